@@ -1,0 +1,440 @@
+//! The FUSE adapter: translates kernel requests into calls on the [`Namespace`] and the
+//! [`BlockReader`], and errors into errnos (through [`FsError::errno`]). Requests that may
+//! reach S3 run as tasks on the tokio runtime and reply from there, so a slow GET never
+//! blocks the FUSE worker threads. Every mutating operation answers `EROFS`.
+
+mod handles;
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
+};
+use tokio::runtime::Handle;
+
+use crate::error::FsError;
+use crate::namespace::{DirListing, Namespace, NodeAttr, NodeKind};
+use crate::read::{BlockReader, OpenObject};
+pub use handles::HandleTable;
+
+/// Ownership and permission bits shown for every node.
+#[derive(Clone, Copy, Debug)]
+pub struct Ownership {
+    /// Owner uid of every file and directory.
+    pub uid: u32,
+    /// Owner gid of every file and directory.
+    pub gid: u32,
+    /// Permission bits of files (e.g. `0o444`).
+    pub file_mode: u16,
+    /// Permission bits of directories (e.g. `0o555`).
+    pub dir_mode: u16,
+}
+
+/// The `fuser::Filesystem` implementation of modelfs.
+#[derive(Debug)]
+pub struct ModelFs {
+    namespace: Arc<Namespace>,
+    reader: Arc<BlockReader>,
+    runtime: Handle,
+    ownership: Ownership,
+    block_size: u32,
+    files: Arc<HandleTable<OpenObject>>,
+    dirs: Arc<HandleTable<Arc<DirListing>>>,
+}
+
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+impl ModelFs {
+    /// An adapter over `namespace` and `reader`, running S3 work on `runtime`.
+    pub fn new(
+        namespace: Arc<Namespace>,
+        reader: Arc<BlockReader>,
+        runtime: Handle,
+        ownership: Ownership,
+        block_size: u32,
+    ) -> ModelFs {
+        ModelFs {
+            namespace,
+            reader,
+            runtime,
+            ownership,
+            block_size,
+            files: Arc::default(),
+            dirs: Arc::default(),
+        }
+    }
+
+    fn ttl(&self) -> Duration {
+        self.namespace.ttl()
+    }
+
+    fn file_attr(&self, attr: &NodeAttr) -> FileAttr {
+        file_attr(attr, &self.ownership, self.block_size)
+    }
+}
+
+fn file_attr(attr: &NodeAttr, own: &Ownership, block_size: u32) -> FileAttr {
+    let (kind, perm, nlink) = match attr.kind {
+        NodeKind::Directory => (FileType::Directory, own.dir_mode, 2),
+        NodeKind::File => (FileType::RegularFile, own.file_mode, 1),
+    };
+    FileAttr {
+        ino: INodeNo(attr.ino),
+        size: attr.size,
+        blocks: attr.size.div_ceil(512),
+        atime: attr.mtime,
+        mtime: attr.mtime,
+        ctime: attr.mtime,
+        crtime: attr.mtime,
+        kind,
+        perm,
+        nlink,
+        uid: own.uid,
+        gid: own.gid,
+        rdev: 0,
+        blksize: block_size,
+        flags: 0,
+    }
+}
+
+impl Filesystem for ModelFs {
+    fn init(&mut self, _req: &Request, _config: &mut KernelConfig) -> std::io::Result<()> {
+        tracing::info!("filesystem initialized");
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let Some(name) = name.to_str().map(str::to_string) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let (ns, own, bs, ttl) = (
+            self.namespace.clone(),
+            self.ownership,
+            self.block_size,
+            self.ttl(),
+        );
+        self.runtime.spawn(async move {
+            match ns.lookup(parent.0, &name).await {
+                Ok(attr) => reply.entry(&ttl, &file_attr(&attr, &own, bs), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.namespace.attr(ino.0) {
+            Ok(attr) => reply.attr(&self.ttl(), &self.file_attr(&attr)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
+            return reply.error(Errno::EROFS);
+        }
+        let (ns, reader, files) = (
+            self.namespace.clone(),
+            self.reader.clone(),
+            self.files.clone(),
+        );
+        self.runtime.spawn(async move {
+            match ns.open(ino.0).await {
+                Ok(version) => {
+                    let fh = files.insert(reader.open(version));
+                    reply.opened(FileHandle(fh), FopenFlags::empty());
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(file) = self.files.get(fh.0) else {
+            return reply.error(errno(&FsError::BadHandle(fh.0)));
+        };
+        let reader = self.reader.clone();
+        self.runtime.spawn(async move {
+            match reader.read(&file, offset, size.into()).await {
+                Ok(bytes) => reply.data(&bytes),
+                Err(e) => {
+                    tracing::warn!(key = %file.version.key, offset, size, "read failed: {e}");
+                    reply.error(errno(&e));
+                }
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.files.remove(fh.0);
+        reply.ok();
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let (ns, dirs) = (self.namespace.clone(), self.dirs.clone());
+        self.runtime.spawn(async move {
+            match ns.listing(ino.0).await {
+                Ok(listing) => reply.opened(FileHandle(dirs.insert(listing)), FopenFlags::empty()),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(listing) = self.dirs.get(fh.0) else {
+            return reply.error(errno(&FsError::BadHandle(fh.0)));
+        };
+        // Offsets: 1 is ".", 2 is "..", 3.. are the listing's entries.
+        let dots = [
+            (ino, FileType::Directory, "."),
+            (ino, FileType::Directory, ".."),
+        ];
+        let entries = dots.into_iter().chain(listing.entries.iter().map(|e| {
+            let kind = match e.kind {
+                NodeKind::Directory => FileType::Directory,
+                NodeKind::File => FileType::RegularFile,
+            };
+            (INodeNo(e.ino), kind, e.name.as_str())
+        }));
+        for (i, (entry_ino, kind, name)) in entries.enumerate().skip(offset as usize) {
+            if reply.add(entry_ino, i as u64 + 1, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs.remove(fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        // A bucket has no capacity; report a large, full-looking read-only filesystem.
+        reply.statfs(0, 0, 0, 0, 0, self.block_size, 255, self.block_size);
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        if mask.contains(AccessFlags::W_OK) {
+            reply.error(Errno::EROFS);
+        } else {
+            reply.ok();
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: fuser::ReplyCreate,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        reply.error(Errno::NO_XATTR);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+}

@@ -1,0 +1,30 @@
+//! # modelfs-fs: the modelfs filesystem library
+//!
+//! modelfs presents an S3 bucket (or a prefix of it) laid out like `ComfyUI/models` as a
+//! read-only POSIX tree. This crate holds everything except the command line:
+//!
+//! - [`store`]: the one seam to S3. [`store::ObjectStore`] is a small async trait (list a page,
+//!   head, ranged get with `If-Match`); [`store::S3Store`] implements it with `aws-sdk-s3`,
+//!   [`store::MemoryStore`] is an in-memory double for unit tests.
+//! - [`namespace`]: inodes and directories. Directories are listed lazily with
+//!   `ListObjectsV2` + `/` delimiter and cached for the metadata TTL; keys that cannot be POSIX
+//!   names are skipped ([`namespace::names`]).
+//! - [`read`]: the read path. An open pins an object version (key + ETag + size); reads are
+//!   split into fixed-size blocks fetched by ranged GETs carrying `If-Match`, single-flighted
+//!   and kept in a byte-bounded memory cache, with sequential readahead.
+//! - [`fuse`]: the adapter that turns kernel requests into calls on the pieces above and
+//!   errors into errnos. No policy lives there.
+//! - [`mount`]: pre-flight checks and the FUSE session.
+//!
+//! `docs/design.md` in the repository walks the data path from `read()` to S3 and back.
+
+pub mod error;
+pub mod fuse;
+pub mod location;
+pub mod mount;
+pub mod namespace;
+pub mod read;
+pub mod store;
+
+pub use error::FsError;
+pub use location::S3Location;

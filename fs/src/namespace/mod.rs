@@ -1,0 +1,380 @@
+//! Inodes and directories over a bucket prefix.
+//!
+//! A directory is listed lazily, on first lookup or readdir, with `ListObjectsV2` and the `/`
+//! delimiter (all pages), and the listing is kept for the metadata TTL; after that the next
+//! access lists again, so objects added to or removed from the bucket appear and disappear
+//! without any sync job. Concurrent accesses to one directory share one listing request.
+//!
+//! Rules (documented in `docs/design.md`):
+//! - a key that is both an object and a prefix of other keys (`a` and `a/b`) is a directory;
+//!   the object is hidden with one warning;
+//! - keys whose segments cannot be names ([`names::check_segment`]) are skipped, one warning
+//!   each;
+//! - zero-length "directory marker" keys ending in `/` only make their directory exist;
+//! - a directory's mtime is the newest mtime of its files when first listed, and the time of
+//!   the refresh that saw its contents change afterwards, so tools that watch directory mtimes
+//!   (ComfyUI's model list cache) notice uploads.
+//!
+//! Inode numbers are never reused while the filesystem is mounted.
+
+pub mod names;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::error::FsError;
+use crate::store::{ObjectInfo, ObjectStore, ObjectVersion};
+
+/// The root directory's inode number.
+pub const ROOT_INO: u64 = 1;
+
+/// Most distinct keys to warn about; past this, skipped keys are no longer reported one by one.
+const MAX_WARNED_KEYS: usize = 10_000;
+
+/// File or directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NodeKind {
+    /// A directory (a common prefix).
+    Directory,
+    /// A regular file (an object).
+    File,
+}
+
+/// What `stat` shows for a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeAttr {
+    /// Inode number.
+    pub ino: u64,
+    /// File or directory.
+    pub kind: NodeKind,
+    /// Size in bytes (0 for directories).
+    pub size: u64,
+    /// Modification time.
+    pub mtime: SystemTime,
+}
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    /// The entry's name.
+    pub name: String,
+    /// Its inode number.
+    pub ino: u64,
+    /// File or directory.
+    pub kind: NodeKind,
+}
+
+/// A directory's contents as of one listing, sorted by name.
+#[derive(Debug)]
+pub struct DirListing {
+    /// Entries, sorted by name.
+    pub entries: Vec<DirEntry>,
+    fetched_at: Instant,
+    fingerprint: u64,
+}
+
+#[derive(Debug, Clone)]
+struct NodeMeta {
+    size: u64,
+    etag: String,
+    mtime: SystemTime,
+    validated_at: Instant,
+}
+
+#[derive(Debug)]
+struct Inode {
+    ino: u64,
+    kind: NodeKind,
+    /// Files: the object key. Directories: the key prefix, ending in `/` (or empty at the
+    /// root of a whole-bucket mount).
+    key: String,
+    meta: Mutex<NodeMeta>,
+    /// Directories only: the cached listing; the async lock makes refreshes single-flight.
+    listing: Option<tokio::sync::Mutex<Option<Arc<DirListing>>>>,
+}
+
+#[derive(Debug, Default)]
+struct InodeTable {
+    by_ino: HashMap<u64, Arc<Inode>>,
+    by_name: HashMap<(u64, String), u64>,
+    next_ino: u64,
+}
+
+/// The tree of inodes over one bucket prefix.
+pub struct Namespace {
+    store: Arc<dyn ObjectStore>,
+    ttl: Duration,
+    table: RwLock<InodeTable>,
+    warned: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for Namespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Namespace")
+            .field("store", &self.store.describe())
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Namespace {
+    /// A namespace rooted at `prefix` (empty or ending in `/`), caching metadata for `ttl`.
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, ttl: Duration) -> Namespace {
+        let root = Arc::new(Inode {
+            ino: ROOT_INO,
+            kind: NodeKind::Directory,
+            key: prefix.to_string(),
+            meta: Mutex::new(NodeMeta {
+                size: 0,
+                etag: String::new(),
+                mtime: SystemTime::now(),
+                validated_at: Instant::now(),
+            }),
+            listing: Some(tokio::sync::Mutex::new(None)),
+        });
+        let mut table = InodeTable {
+            next_ino: ROOT_INO + 1,
+            ..Default::default()
+        };
+        table.by_ino.insert(ROOT_INO, root);
+        Namespace {
+            store,
+            ttl,
+            table: RwLock::new(table),
+            warned: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The metadata TTL this namespace was built with.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    fn inode(&self, ino: u64) -> Result<Arc<Inode>, FsError> {
+        self.table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_ino
+            .get(&ino)
+            .cloned()
+            .ok_or_else(|| FsError::NotFound(format!("inode {ino}")))
+    }
+
+    /// The attributes of `ino` as last seen (no request to the store).
+    pub fn attr(&self, ino: u64) -> Result<NodeAttr, FsError> {
+        let node = self.inode(ino)?;
+        let meta = lock(&node.meta);
+        Ok(NodeAttr {
+            ino,
+            kind: node.kind,
+            size: meta.size,
+            mtime: meta.mtime,
+        })
+    }
+
+    /// Looks `name` up in directory `parent`, listing it if its listing is missing or expired.
+    pub async fn lookup(&self, parent: u64, name: &str) -> Result<NodeAttr, FsError> {
+        if names::check_segment(name).is_err() {
+            return Err(FsError::NotFound(name.to_string()));
+        }
+        let listing = self.listing(parent).await?;
+        let entry = listing
+            .entries
+            .binary_search_by(|e| e.name.as_str().cmp(name))
+            .map(|i| &listing.entries[i])
+            .map_err(|_| FsError::NotFound(name.to_string()))?;
+        self.attr(entry.ino)
+    }
+
+    /// The listing of directory `ino`: the cached one while fresh, else a new one.
+    pub async fn listing(&self, ino: u64) -> Result<Arc<DirListing>, FsError> {
+        let dir = self.inode(ino)?;
+        let slot = dir
+            .listing
+            .as_ref()
+            .ok_or_else(|| FsError::NotADirectory(dir.key.clone()))?;
+        let mut cached = slot.lock().await;
+        if let Some(listing) = cached.as_ref() {
+            if listing.fetched_at.elapsed() < self.ttl {
+                return Ok(listing.clone());
+            }
+        }
+        let listing = Arc::new(self.fetch_listing(&dir, cached.as_deref()).await?);
+        *cached = Some(listing.clone());
+        Ok(listing)
+    }
+
+    /// Pins the current version of file `ino` for an open, asking the store (HEAD) when the
+    /// metadata is older than the TTL.
+    pub async fn open(&self, ino: u64) -> Result<ObjectVersion, FsError> {
+        let node = self.inode(ino)?;
+        if node.kind == NodeKind::Directory {
+            return Err(FsError::IsADirectory(node.key.clone()));
+        }
+        let fresh = lock(&node.meta).validated_at.elapsed() < self.ttl;
+        if !fresh {
+            let info = self.store.head(&node.key).await.map_err(|e| match e {
+                crate::store::StoreError::NotFound { key } => FsError::NotFound(key),
+                other => FsError::Store(other),
+            })?;
+            *lock(&node.meta) = NodeMeta {
+                size: info.size,
+                etag: info.etag,
+                mtime: info.last_modified,
+                validated_at: Instant::now(),
+            };
+        }
+        let meta = lock(&node.meta);
+        Ok(ObjectVersion {
+            key: node.key.as_str().into(),
+            etag: meta.etag.as_str().into(),
+            size: meta.size,
+        })
+    }
+
+    async fn fetch_listing(
+        &self,
+        dir: &Inode,
+        previous: Option<&DirListing>,
+    ) -> Result<DirListing, FsError> {
+        let mut subdirs = BTreeSet::new();
+        let mut files: BTreeMap<String, ObjectInfo> = BTreeMap::new();
+        let mut token = None;
+        loop {
+            let page = self.store.list_page(&dir.key, token).await?;
+            for prefix in page.common_prefixes {
+                let name = prefix
+                    .strip_prefix(dir.key.as_str())
+                    .and_then(|n| n.strip_suffix('/'));
+                match name.map(|n| (n, names::check_segment(n))) {
+                    Some((name, Ok(()))) => {
+                        subdirs.insert(name.to_string());
+                    }
+                    Some((_, Err(why))) => self.warn_skipped(&prefix, &why.to_string()),
+                    None => self.warn_skipped(&prefix, "it is not under the listed prefix"),
+                }
+            }
+            for object in page.objects {
+                let Some(name) = object.key.strip_prefix(dir.key.as_str()) else {
+                    self.warn_skipped(&object.key, "it is not under the listed prefix");
+                    continue;
+                };
+                if name.is_empty() {
+                    continue; // the directory's own marker object
+                }
+                match names::check_segment(name) {
+                    Ok(()) => {
+                        files.insert(name.to_string(), object);
+                    }
+                    Err(why) => self.warn_skipped(&object.key, &why.to_string()),
+                }
+            }
+            token = page.next_continuation_token;
+            if token.is_none() {
+                break;
+            }
+        }
+        for name in &subdirs {
+            if let Some(hidden) = files.remove(name) {
+                self.warn_skipped(
+                    &hidden.key,
+                    "it is also a directory prefix, and the directory wins",
+                );
+            }
+        }
+
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        let mut entries = Vec::with_capacity(subdirs.len() + files.len());
+        for name in subdirs {
+            (name.as_str(), NodeKind::Directory).hash(&mut hasher);
+            let ino = self.intern(dir, &name, NodeKind::Directory, None);
+            entries.push(DirEntry {
+                name,
+                ino,
+                kind: NodeKind::Directory,
+            });
+        }
+        let newest_file = files.values().map(|o| o.last_modified).max();
+        for (name, info) in files {
+            (name.as_str(), NodeKind::File, info.etag.as_str(), info.size).hash(&mut hasher);
+            let ino = self.intern(dir, &name, NodeKind::File, Some(&info));
+            entries.push(DirEntry {
+                name,
+                ino,
+                kind: NodeKind::File,
+            });
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        let fingerprint = hasher.finish();
+
+        let mut meta = lock(&dir.meta);
+        meta.mtime = match previous {
+            None => newest_file.unwrap_or(meta.mtime),
+            Some(prev) if prev.fingerprint != fingerprint => SystemTime::now(),
+            Some(_) => meta.mtime,
+        };
+        meta.validated_at = Instant::now();
+        Ok(DirListing {
+            entries,
+            fetched_at: Instant::now(),
+            fingerprint,
+        })
+    }
+
+    /// Returns the inode for `name` in `parent`, creating it if needed, and records the
+    /// object's latest metadata. A name that changed kind gets a new inode.
+    fn intern(&self, parent: &Inode, name: &str, kind: NodeKind, info: Option<&ObjectInfo>) -> u64 {
+        let meta = NodeMeta {
+            size: info.map_or(0, |i| i.size),
+            etag: info.map_or_else(String::new, |i| i.etag.clone()),
+            mtime: info.map_or_else(SystemTime::now, |i| i.last_modified),
+            validated_at: Instant::now(),
+        };
+        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+        let slot = (parent.ino, name.to_string());
+        if let Some(existing) = table.by_name.get(&slot).and_then(|i| table.by_ino.get(i)) {
+            if existing.kind == kind {
+                if kind == NodeKind::File {
+                    *lock(&existing.meta) = meta;
+                }
+                return existing.ino;
+            }
+        }
+        let ino = table.next_ino;
+        table.next_ino += 1;
+        let key = match kind {
+            NodeKind::Directory => format!("{}{name}/", parent.key),
+            NodeKind::File => format!("{}{name}", parent.key),
+        };
+        let node = Arc::new(Inode {
+            ino,
+            kind,
+            key,
+            meta: Mutex::new(meta),
+            listing: (kind == NodeKind::Directory).then(|| tokio::sync::Mutex::new(None)),
+        });
+        table.by_ino.insert(ino, node);
+        table.by_name.insert(slot, ino);
+        ino
+    }
+
+    fn warn_skipped(&self, key: &str, why: &str) {
+        let mut warned = lock(&self.warned);
+        if warned.len() >= MAX_WARNED_KEYS || !warned.insert(key.to_string()) {
+            return;
+        }
+        tracing::warn!(key = %key.escape_debug(), "skipping S3 key: {why}");
+        if warned.len() == MAX_WARNED_KEYS {
+            tracing::warn!("{MAX_WARNED_KEYS} keys skipped; further skipped keys are not reported");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

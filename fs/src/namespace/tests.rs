@@ -1,0 +1,149 @@
+use super::*;
+use crate::store::MemoryStore;
+
+fn store_with(keys: &[&str]) -> Arc<MemoryStore> {
+    let mut store = MemoryStore::new();
+    store.page_size = 2; // every listing below spans several pages
+    for key in keys {
+        store.put(key, key.as_bytes().to_vec());
+    }
+    Arc::new(store)
+}
+
+async fn names(ns: &Namespace, ino: u64) -> Vec<(String, NodeKind)> {
+    let listing = ns.listing(ino).await.unwrap();
+    listing
+        .entries
+        .iter()
+        .map(|e| (e.name.clone(), e.kind))
+        .collect()
+}
+
+#[tokio::test]
+async fn lists_nested_tree_under_prefix() {
+    let store = store_with(&[
+        "models/checkpoints/a.safetensors",
+        "models/checkpoints/b.safetensors",
+        "models/loras/x/y.safetensors",
+        "models/vae/v.safetensors",
+        "other/ignored",
+    ]);
+    let ns = Namespace::new(store, "models/", Duration::from_secs(60));
+    assert_eq!(
+        names(&ns, ROOT_INO).await,
+        [
+            ("checkpoints".to_string(), NodeKind::Directory),
+            ("loras".to_string(), NodeKind::Directory),
+            ("vae".to_string(), NodeKind::Directory),
+        ]
+    );
+    let ckpt = ns.lookup(ROOT_INO, "checkpoints").await.unwrap();
+    let file = ns.lookup(ckpt.ino, "a.safetensors").await.unwrap();
+    assert_eq!(file.kind, NodeKind::File);
+    assert_eq!(file.size, "models/checkpoints/a.safetensors".len() as u64);
+    let version = ns.open(file.ino).await.unwrap();
+    assert_eq!(&*version.key, "models/checkpoints/a.safetensors");
+    assert!(matches!(
+        ns.lookup(ROOT_INO, "missing").await,
+        Err(FsError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn directory_wins_over_same_named_object_and_markers_are_hidden() {
+    let store = store_with(&["a", "a/b", "dir/", "dir/file"]);
+    let ns = Namespace::new(store, "", Duration::from_secs(60));
+    assert_eq!(
+        names(&ns, ROOT_INO).await,
+        [
+            ("a".to_string(), NodeKind::Directory),
+            ("dir".to_string(), NodeKind::Directory),
+        ]
+    );
+    let dir = ns.lookup(ROOT_INO, "dir").await.unwrap();
+    assert_eq!(
+        names(&ns, dir.ino).await,
+        [("file".to_string(), NodeKind::File)]
+    );
+}
+
+#[tokio::test]
+async fn keys_that_cannot_be_names_are_skipped() {
+    let long = format!("{}.safetensors", "x".repeat(300));
+    let store = store_with(&[
+        "ok.safetensors",
+        "a//b",
+        "../escape",
+        "./dot",
+        "sub/..",
+        "nul\0name",
+        &long,
+        "sub/fine",
+    ]);
+    let ns = Namespace::new(store, "", Duration::from_secs(60));
+    assert_eq!(
+        names(&ns, ROOT_INO).await,
+        [
+            ("a".to_string(), NodeKind::Directory),
+            ("ok.safetensors".to_string(), NodeKind::File),
+            ("sub".to_string(), NodeKind::Directory),
+        ]
+    );
+    let a = ns.lookup(ROOT_INO, "a").await.unwrap();
+    assert!(
+        names(&ns, a.ino).await.is_empty(),
+        "a//b has an empty segment"
+    );
+    let sub = ns.lookup(ROOT_INO, "sub").await.unwrap();
+    assert_eq!(
+        names(&ns, sub.ino).await,
+        [("fine".to_string(), NodeKind::File)]
+    );
+    assert!(ns.lookup(ROOT_INO, "..").await.is_err());
+}
+
+#[tokio::test]
+async fn listing_is_cached_for_the_ttl_and_refreshed_after() {
+    let store = store_with(&["m/one"]);
+    let cached = Namespace::new(store.clone(), "", Duration::from_secs(3600));
+    let fresh = Namespace::new(store.clone(), "", Duration::ZERO);
+    let m_cached = cached.lookup(ROOT_INO, "m").await.unwrap();
+    let m_fresh = fresh.lookup(ROOT_INO, "m").await.unwrap();
+    assert_eq!(names(&cached, m_cached.ino).await.len(), 1);
+    let mtime_before = fresh.attr(m_fresh.ino).unwrap().mtime;
+
+    store.put("m/two", b"2".to_vec());
+    store.delete("m/one");
+    let lists_before = store.lists.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        names(&cached, m_cached.ino).await,
+        [("one".to_string(), NodeKind::File)],
+        "within the TTL the old listing is served"
+    );
+    assert_eq!(
+        store.lists.load(std::sync::atomic::Ordering::Relaxed),
+        lists_before,
+        "a cached listing makes no request"
+    );
+    assert_eq!(
+        names(&fresh, m_fresh.ino).await,
+        [("two".to_string(), NodeKind::File)],
+        "after the TTL the new object appears and the deleted one is gone"
+    );
+    assert!(fresh.attr(m_fresh.ino).unwrap().mtime >= mtime_before);
+}
+
+#[tokio::test]
+async fn open_pins_the_current_etag_after_the_ttl() {
+    let store = store_with(&["f"]);
+    let ns = Namespace::new(store.clone(), "", Duration::ZERO);
+    let f = ns.lookup(ROOT_INO, "f").await.unwrap();
+    let first = ns.open(f.ino).await.unwrap();
+    let new = store.put("f", b"new contents".to_vec());
+    let second = ns.open(f.ino).await.unwrap();
+    assert_ne!(first.etag, second.etag);
+    assert_eq!(&*second.etag, new.etag.as_str());
+    assert_eq!(second.size, 12);
+    store.delete("f");
+    assert!(matches!(ns.open(f.ino).await, Err(FsError::NotFound(_))));
+}

@@ -1,0 +1,82 @@
+//! The seam between the filesystem and S3: the [`ObjectStore`] trait and its implementations.
+//!
+//! Everything above this module talks to the trait only, so the namespace and the read path
+//! can be tested against [`MemoryStore`], and end-to-end tests use [`S3Store`] against a real
+//! S3 protocol server.
+
+mod error;
+mod memory;
+mod s3;
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use error::StoreError;
+pub use memory::MemoryStore;
+pub use s3::{S3Config, S3Store};
+
+/// What a listing or a HEAD says about one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// The full object key.
+    pub key: String,
+    /// The object's size in bytes.
+    pub size: u64,
+    /// The object's ETag as S3 returns it (with its quotes).
+    pub etag: String,
+    /// When the object was last written.
+    pub last_modified: SystemTime,
+}
+
+/// One version of one object, pinned by an open: every read of the handle asks for exactly
+/// this ETag, so a handle never mixes bytes of two versions.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ObjectVersion {
+    /// The full object key.
+    pub key: Arc<str>,
+    /// The ETag pinned at open.
+    pub etag: Arc<str>,
+    /// The size of this version in bytes.
+    pub size: u64,
+}
+
+/// One page of a `ListObjectsV2` with a delimiter.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListPage {
+    /// Objects directly under the prefix.
+    pub objects: Vec<ObjectInfo>,
+    /// Common prefixes (each ends with the delimiter).
+    pub common_prefixes: Vec<String>,
+    /// The token for the next page, if the listing is truncated.
+    pub next_continuation_token: Option<String>,
+}
+
+/// A read-only view of one bucket.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    /// Lists one page of keys under `prefix`, grouped by `/` into common prefixes.
+    async fn list_page(
+        &self,
+        prefix: &str,
+        continuation_token: Option<String>,
+    ) -> Result<ListPage, StoreError>;
+
+    /// Reads the metadata of one object.
+    async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError>;
+
+    /// Reads `range` of the object, but only if its ETag still equals `if_match`. The returned
+    /// buffer always holds exactly `range.end - range.start` bytes.
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: &str,
+    ) -> Result<Bytes, StoreError>;
+
+    /// A short human description (`s3://bucket at https://endpoint`) for messages.
+    fn describe(&self) -> String;
+}

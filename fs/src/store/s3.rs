@@ -1,0 +1,269 @@
+//! [`ObjectStore`] over `aws-sdk-s3`: credentials from the standard AWS chain, any
+//! S3-compatible endpoint, errors classified into [`StoreError`].
+
+use std::ops::Range;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{BehaviorVersion, Region};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+
+use super::{ListPage, ObjectInfo, ObjectStore, StoreError};
+
+/// How to reach the bucket.
+#[derive(Clone, Debug, Default)]
+pub struct S3Config {
+    /// The bucket name.
+    pub bucket: String,
+    /// An S3-compatible endpoint (`http://127.0.0.1:9000`); `None` means AWS S3.
+    pub endpoint_url: Option<String>,
+    /// The region; `None` takes it from the environment/profile chain.
+    pub region: Option<String>,
+    /// Address the bucket in the path (`endpoint/bucket/key`) instead of the host name.
+    pub force_path_style: bool,
+    /// Send unsigned requests (public buckets); no credentials are looked up.
+    pub no_sign_request: bool,
+}
+
+/// The real object store: one `aws-sdk-s3` client for one bucket.
+#[derive(Clone, Debug)]
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    endpoint: String,
+}
+
+/// Connect timeout: an unreachable endpoint must fail a mount quickly, not hang it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time allowed for one attempt of one request, body included (a 1 MiB block at 1 MiB/s).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Attempts per request (the SDK backs off with jitter between them).
+const MAX_ATTEMPTS: u32 = 3;
+
+impl S3Store {
+    /// Builds a client from the standard AWS configuration chain (environment, profile,
+    /// web identity / IRSA, EKS Pod Identity, IMDS) plus the overrides in `config`.
+    pub async fn connect(config: &S3Config) -> S3Store {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(region) = &config.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if config.no_sign_request {
+            loader = loader.no_credentials();
+        }
+        if let Some(url) = &config.endpoint_url {
+            loader = loader.endpoint_url(url.clone());
+        }
+        let shared = loader.load().await;
+        let s3_config = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(config.force_path_style)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                    .build(),
+            )
+            .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+            .build();
+        let endpoint = config
+            .endpoint_url
+            .clone()
+            .unwrap_or_else(|| "AWS S3".to_string());
+        S3Store {
+            client: Client::from_conf(s3_config),
+            bucket: config.bucket.clone(),
+            endpoint,
+        }
+    }
+
+    /// Turns an SDK error into a [`StoreError`] that says what to do about it.
+    fn classify<E>(&self, err: SdkError<E, HttpResponse>, operation: &str, key: &str) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        match &err {
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+                return StoreError::Unreachable {
+                    endpoint: self.endpoint.clone(),
+                    message: error_chain(&err),
+                }
+            }
+            SdkError::ServiceError(service) => {
+                let status = service.raw().status().as_u16();
+                let code = service.err().code().unwrap_or_default().to_string();
+                let message = service.err().message().unwrap_or_default().to_string();
+                match (status, code.as_str()) {
+                    (_, "NoSuchBucket") => {
+                        return StoreError::NoSuchBucket {
+                            bucket: self.bucket.clone(),
+                        }
+                    }
+                    (412, _) | (_, "PreconditionFailed") => {
+                        return StoreError::PreconditionFailed {
+                            key: key.to_string(),
+                            etag: String::new(),
+                        }
+                    }
+                    (404, _) | (_, "NoSuchKey") => {
+                        return StoreError::NotFound {
+                            key: key.to_string(),
+                        }
+                    }
+                    (401 | 403, _) => {
+                        return StoreError::AccessDenied {
+                            code: if code.is_empty() {
+                                format!("HTTP {status}")
+                            } else {
+                                code
+                            },
+                            message,
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+        StoreError::Other {
+            operation: format!("{operation} {key}"),
+            message: error_chain(&err),
+        }
+    }
+}
+
+/// The error and its sources on one line (the SDK's top-level message alone says little).
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut source = err.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        source = e.source();
+    }
+    parts.join(": ")
+}
+
+fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
+    t.and_then(|t| SystemTime::try_from(*t).ok())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    async fn list_page(
+        &self,
+        prefix: &str,
+        continuation_token: Option<String>,
+    ) -> Result<ListPage, StoreError> {
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .delimiter("/")
+            .set_continuation_token(continuation_token)
+            .send()
+            .await
+            .map_err(|e| self.classify(e, "ListObjectsV2 prefix", prefix))?;
+        let objects = out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                Some(ObjectInfo {
+                    key: o.key()?.to_string(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    etag: o.e_tag().unwrap_or_default().to_string(),
+                    last_modified: to_system_time(o.last_modified()),
+                })
+            })
+            .collect();
+        let common_prefixes = out
+            .common_prefixes()
+            .iter()
+            .filter_map(|p| p.prefix().map(str::to_string))
+            .collect();
+        let next_continuation_token = if out.is_truncated().unwrap_or(false) {
+            out.next_continuation_token().map(str::to_string)
+        } else {
+            None
+        };
+        Ok(ListPage {
+            objects,
+            common_prefixes,
+            next_continuation_token,
+        })
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.classify(e, "HeadObject", key))?;
+        Ok(ObjectInfo {
+            key: key.to_string(),
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            etag: out.e_tag().unwrap_or_default().to_string(),
+            last_modified: to_system_time(out.last_modified()),
+        })
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: &str,
+    ) -> Result<Bytes, StoreError> {
+        let expected = range.end - range.start;
+        if expected == 0 {
+            return Ok(Bytes::new());
+        }
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .if_match(if_match)
+            .send()
+            .await
+            .map_err(|e| match self.classify(e, "GetObject", key) {
+                StoreError::PreconditionFailed { key, .. } => StoreError::PreconditionFailed {
+                    key,
+                    etag: if_match.to_string(),
+                },
+                other => other,
+            })?;
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::Other {
+                operation: format!("GetObject {key} bytes {}-{}", range.start, range.end),
+                message: error_chain(&e),
+            })?
+            .into_bytes();
+        if body.len() as u64 != expected {
+            return Err(StoreError::ShortBody {
+                key: key.to_string(),
+                expected,
+                received: body.len() as u64,
+            });
+        }
+        Ok(body)
+    }
+
+    fn describe(&self) -> String {
+        format!("s3://{} at {}", self.bucket, self.endpoint)
+    }
+}
