@@ -18,6 +18,7 @@
 //!
 //! `docs/design.md` in the repository walks the data path from `read()` to S3 and back.
 
+pub mod cache;
 pub mod error;
 pub mod fuse;
 pub mod location;

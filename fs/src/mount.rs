@@ -9,6 +9,7 @@ use std::time::Duration;
 use fuser::{Config, MountOption, Session, SessionACL};
 use tokio::runtime::Handle;
 
+use crate::cache::DiskCache;
 use crate::fuse::{ModelFs, Ownership};
 use crate::namespace::Namespace;
 use crate::read::{BlockReader, ReadConfig};
@@ -30,6 +31,8 @@ pub struct MountConfig {
     pub allow_other: bool,
     /// Read-path tunables.
     pub read: ReadConfig,
+    /// Serve complete disk-cache entries with FUSE passthrough when the kernel allows it.
+    pub passthrough: bool,
     /// Threads reading requests from `/dev/fuse`.
     pub fuse_threads: usize,
 }
@@ -134,6 +137,7 @@ pub async fn check_bucket(
 pub fn mount(
     config: &MountConfig,
     store: Arc<dyn ObjectStore>,
+    disk_cache: Option<Arc<DiskCache>>,
     runtime: Handle,
 ) -> Result<Session<ModelFs>, MountError> {
     let namespace = Arc::new(Namespace::new(
@@ -141,9 +145,21 @@ pub fn mount(
         &config.location.prefix,
         config.metadata_ttl,
     ));
-    let reader = BlockReader::new(store, config.read.clone());
+    let reader = BlockReader::new(
+        store,
+        &config.location.bucket,
+        config.read.clone(),
+        disk_cache,
+    );
     let block_size = u32::try_from(config.read.block_size).unwrap_or(1 << 20);
-    let fs = ModelFs::new(namespace, reader, runtime, config.ownership, block_size);
+    let fs = ModelFs::new(
+        namespace,
+        reader,
+        runtime,
+        config.ownership,
+        block_size,
+        config.passthrough,
+    );
 
     let options = vec![
         MountOption::FSName(config.location.to_string()),

@@ -4,16 +4,18 @@
 //! blocks the FUSE worker threads. Every mutating operation answers `EROFS`.
 
 mod handles;
+mod io_mode;
 
 use std::ffi::OsStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -21,6 +23,17 @@ use crate::error::FsError;
 use crate::namespace::{DirListing, Namespace, NodeAttr, NodeKind};
 use crate::read::{BlockReader, OpenObject};
 pub use handles::HandleTable;
+use io_mode::{IoMode, IoModes};
+
+/// One open file handle.
+#[derive(Debug)]
+struct OpenFile {
+    ino: u64,
+    object: Arc<OpenObject>,
+    mode: IoMode,
+    /// Keeps the kernel's reference to the backing file alive until release.
+    backing: Option<BackingId>,
+}
 
 /// Ownership and permission bits shown for every node.
 #[derive(Clone, Copy, Debug)]
@@ -43,8 +56,12 @@ pub struct ModelFs {
     runtime: Handle,
     ownership: Ownership,
     block_size: u32,
-    files: Arc<HandleTable<OpenObject>>,
+    files: Arc<HandleTable<OpenFile>>,
     dirs: Arc<HandleTable<Arc<DirListing>>>,
+    modes: Arc<IoModes>,
+    passthrough_wanted: bool,
+    passthrough: Arc<AtomicBool>,
+    reads: Arc<AtomicU64>,
 }
 
 fn errno(e: &FsError) -> Errno {
@@ -59,6 +76,7 @@ impl ModelFs {
         runtime: Handle,
         ownership: Ownership,
         block_size: u32,
+        passthrough: bool,
     ) -> ModelFs {
         ModelFs {
             namespace,
@@ -68,6 +86,10 @@ impl ModelFs {
             block_size,
             files: Arc::default(),
             dirs: Arc::default(),
+            modes: Arc::default(),
+            passthrough_wanted: passthrough,
+            passthrough: Arc::new(AtomicBool::new(false)),
+            reads: Arc::default(),
         }
     }
 
@@ -78,6 +100,28 @@ impl ModelFs {
     fn file_attr(&self, attr: &NodeAttr) -> FileAttr {
         file_attr(attr, &self.ownership, self.block_size)
     }
+}
+
+/// Whether `object`'s disk entry is complete and verified, so it can back a passthrough
+/// open. A complete entry not yet verified starts its verification in the background and is
+/// served in cached mode meanwhile.
+async fn passthrough_ready(reader: &BlockReader, object: &OpenObject) -> bool {
+    let (Some(disk), Some(entry)) = (reader.disk(), object.disk.as_ref()) else {
+        return false;
+    };
+    if entry.is_verified() {
+        return true;
+    }
+    if entry.start_verification() {
+        let (disk, entry) = (disk.clone(), entry.clone());
+        tokio::task::spawn_blocking(move || {
+            if entry.entry.is_complete().unwrap_or(false) {
+                disk.verify_complete(&entry);
+            }
+            entry.end_verification();
+        });
+    }
+    false
 }
 
 fn file_attr(attr: &NodeAttr, own: &Ownership, block_size: u32) -> FileAttr {
@@ -105,9 +149,41 @@ fn file_attr(attr: &NodeAttr, own: &Ownership, block_size: u32) -> FileAttr {
 }
 
 impl Filesystem for ModelFs {
-    fn init(&mut self, _req: &Request, _config: &mut KernelConfig) -> std::io::Result<()> {
-        tracing::info!("filesystem initialized");
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Many reads in flight (the kernel's default is 16) and 1 MiB requests.
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        let _ = config.set_max_write(1 << 20);
+        if self.passthrough_wanted && self.reader.disk().is_some() {
+            let negotiated = config
+                .add_capabilities(InitFlags::FUSE_PASSTHROUGH)
+                .map_err(|_| "the kernel does not offer FUSE passthrough (needs Linux 6.9+)")
+                .and_then(|()| {
+                    config
+                        .set_max_stack_depth(1)
+                        .map(drop)
+                        .map_err(|_| "the kernel refused max_stack_depth 1")
+                });
+            match negotiated {
+                Ok(()) => {
+                    self.passthrough.store(true, Ordering::Release);
+                    tracing::info!("FUSE passthrough enabled for complete cache entries");
+                }
+                Err(why) => tracing::info!("FUSE passthrough unavailable: {why}"),
+            }
+        }
         Ok(())
+    }
+
+    fn destroy(&mut self) {
+        tracing::info!(
+            "fuse: {} read requests served by the daemon",
+            self.reads.load(Ordering::Relaxed)
+        );
+        tracing::info!("memory cache: {}", self.reader.memory().stats.snapshot());
+        if let Some(disk) = self.reader.disk() {
+            tracing::info!("disk cache: {}", disk.stats.snapshot());
+        }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -139,18 +215,63 @@ impl Filesystem for ModelFs {
         if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
             return reply.error(Errno::EROFS);
         }
-        let (ns, reader, files) = (
+        let (ns, reader, files, modes) = (
             self.namespace.clone(),
             self.reader.clone(),
             self.files.clone(),
+            self.modes.clone(),
         );
+        let (passthrough, reads) = (self.passthrough.clone(), self.reads.clone());
         self.runtime.spawn(async move {
-            match ns.open(ino.0).await {
-                Ok(version) => {
-                    let fh = files.insert(reader.open(version));
-                    reply.opened(FileHandle(fh), FopenFlags::empty());
+            let version = match ns.open(ino.0).await {
+                Ok(version) => version,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            let object = Arc::new(reader.open(version).await);
+            let can_pass = passthrough.load(Ordering::Acquire)
+                && passthrough_ready(&reader, &object).await;
+            let mut modes = modes.lock();
+            let mode = modes.choose(ino.0, &object.version.etag, can_pass);
+            let backing = match mode {
+                IoMode::Passthrough => match object.disk.as_ref().map(|e| reply.open_backing(&e.entry.data)) {
+                    Some(Ok(id)) => Some(id),
+                    Some(Err(e)) => {
+                        if passthrough.swap(false, Ordering::AcqRel) {
+                            tracing::warn!("FUSE passthrough disabled: cannot register a backing file ({e})");
+                        }
+                        None
+                    }
+                    None => None,
+                },
+                _ => None,
+            };
+            let mode = if backing.is_none() && mode == IoMode::Passthrough {
+                modes.choose(ino.0, &object.version.etag, false)
+            } else {
+                mode
+            };
+            modes.acquire(ino.0, mode);
+            drop(modes);
+            tracing::debug!(
+                ino = ino.0,
+                key = %object.version.key,
+                ?mode,
+                reads_so_far = reads.load(Ordering::Relaxed),
+                "open"
+            );
+            let fh = files.insert(OpenFile {
+                ino: ino.0,
+                object,
+                mode,
+                backing,
+            });
+            let file = files.get(fh);
+            match (mode, file.as_ref().and_then(|f| f.backing.as_ref())) {
+                (IoMode::Passthrough, Some(id)) => {
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id)
                 }
-                Err(e) => reply.error(errno(&e)),
+                (IoMode::CachedKeep, _) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                _ => reply.opened(FileHandle(fh), FopenFlags::empty()),
             }
         });
     }
@@ -169,12 +290,13 @@ impl Filesystem for ModelFs {
         let Some(file) = self.files.get(fh.0) else {
             return reply.error(errno(&FsError::BadHandle(fh.0)));
         };
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let reader = self.reader.clone();
         self.runtime.spawn(async move {
-            match reader.read(&file, offset, size.into()).await {
+            match reader.read(&file.object, offset, size.into()).await {
                 Ok(bytes) => reply.data(&bytes),
                 Err(e) => {
-                    tracing::warn!(key = %file.version.key, offset, size, "read failed: {e}");
+                    tracing::warn!(key = %file.object.version.key, offset, size, "read failed: {e}");
                     reply.error(errno(&e));
                 }
             }
@@ -191,6 +313,9 @@ impl Filesystem for ModelFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if let Some(file) = self.files.get(fh.0) {
+            self.modes.lock().release(file.ino, file.mode);
+        }
         self.files.remove(fh.0);
         reply.ok();
     }

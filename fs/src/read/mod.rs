@@ -11,6 +11,7 @@
 mod readahead;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::future::try_join_all;
@@ -18,8 +19,13 @@ use tokio::sync::Semaphore;
 
 pub use readahead::Readahead;
 
+use crate::cache::disk::{CacheEntry, EntryId};
+use crate::cache::{BlockKey, DiskCache, MemoryTier};
 use crate::error::FsError;
 use crate::store::{ObjectStore, ObjectVersion};
+
+/// Longest wait for another process's download of a block before fetching it ourselves.
+const PEER_DOWNLOAD_WAIT: Duration = Duration::from_secs(120);
 
 /// Tunables of the read path.
 #[derive(Clone, Debug)]
@@ -45,25 +51,23 @@ impl Default for ReadConfig {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct BlockKey {
-    key: Arc<str>,
-    etag: Arc<str>,
-    index: u64,
-}
-
-/// One open file: its pinned version and its access pattern.
+/// One open file: its pinned version, its disk cache entry (if any) and its access pattern.
 #[derive(Debug)]
 pub struct OpenObject {
     /// The version every read of this handle returns.
     pub version: ObjectVersion,
+    /// The version's disk cache entry, held (and so protected from eviction) while open.
+    pub disk: Option<Arc<CacheEntry>>,
     readahead: Mutex<Readahead>,
 }
 
-/// Reads byte ranges of pinned object versions through the block cache.
+/// Reads byte ranges of pinned object versions through the cache tiers: memory, then disk,
+/// then S3.
 pub struct BlockReader {
     store: Arc<dyn ObjectStore>,
-    cache: moka::future::Cache<BlockKey, Bytes>,
+    bucket: String,
+    memory: MemoryTier,
+    disk: Option<Arc<DiskCache>>,
     config: ReadConfig,
     prefetch_slots: Arc<Semaphore>,
 }
@@ -72,29 +76,66 @@ impl std::fmt::Debug for BlockReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BlockReader")
             .field("config", &self.config)
+            .field("disk", &self.disk.as_ref().map(|d| d.root().to_path_buf()))
             .finish_non_exhaustive()
     }
 }
 
 impl BlockReader {
-    /// A reader over `store` with the given tunables.
-    pub fn new(store: Arc<dyn ObjectStore>, config: ReadConfig) -> Arc<BlockReader> {
-        let cache = moka::future::Cache::builder()
-            .weigher(|_key: &BlockKey, block: &Bytes| block.len().try_into().unwrap_or(u32::MAX))
-            .max_capacity(config.memory_cache_bytes)
-            .build();
+    /// A reader over `bucket` in `store`, with an optional disk tier.
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        bucket: &str,
+        config: ReadConfig,
+        disk: Option<Arc<DiskCache>>,
+    ) -> Arc<BlockReader> {
         Arc::new(BlockReader {
             store,
-            cache,
+            bucket: bucket.to_string(),
+            memory: MemoryTier::new(config.memory_cache_bytes),
+            disk,
             prefetch_slots: Arc::new(Semaphore::new(config.prefetch_concurrency.max(1))),
             config,
         })
     }
 
-    /// Starts reading `version`.
-    pub fn open(&self, version: ObjectVersion) -> OpenObject {
+    /// The memory tier (for its counters).
+    pub fn memory(&self) -> &MemoryTier {
+        &self.memory
+    }
+
+    /// The disk tier, if configured.
+    pub fn disk(&self) -> Option<&Arc<DiskCache>> {
+        self.disk.as_ref()
+    }
+
+    /// The block size in bytes.
+    pub fn block_size(&self) -> u64 {
+        self.config.block_size
+    }
+
+    /// Starts reading `version`: opens (or creates) its disk cache entry.
+    pub async fn open(&self, version: ObjectVersion) -> OpenObject {
+        let disk = match &self.disk {
+            Some(cache) if version.size > 0 => {
+                let cache = cache.clone();
+                let id = EntryId {
+                    bucket: self.bucket.clone(),
+                    key: version.key.to_string(),
+                    etag: version.etag.to_string(),
+                    size: version.size,
+                    block_size: self.config.block_size,
+                };
+                tokio::task::spawn_blocking(move || cache.entry(&id))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            _ => None,
+        };
         OpenObject {
             version,
+            disk,
             readahead: Mutex::new(Readahead::default()),
         }
     }
@@ -102,7 +143,7 @@ impl BlockReader {
     /// Reads up to `len` bytes at `offset`; short only at the end of the object.
     pub async fn read(
         self: &Arc<Self>,
-        file: &OpenObject,
+        file: &Arc<OpenObject>,
         offset: u64,
         len: u64,
     ) -> Result<Bytes, FsError> {
@@ -126,11 +167,10 @@ impl BlockReader {
                 size.div_ceil(bs),
             );
         for index in ahead {
-            self.spawn_prefetch(&file.version, index);
+            self.spawn_prefetch(file.clone(), index);
         }
 
-        let blocks =
-            try_join_all((first..=last).map(|index| self.block(&file.version, index))).await?;
+        let blocks = try_join_all((first..=last).map(|index| self.block(file, index))).await?;
         if let [block] = blocks.as_slice() {
             let start = (offset - first * bs) as usize;
             return Ok(block.slice(start..start + (end - offset) as usize));
@@ -145,37 +185,63 @@ impl BlockReader {
         Ok(out.freeze())
     }
 
-    /// One block, from the cache or from the store (one request however many callers wait).
-    async fn block(&self, version: &ObjectVersion, index: u64) -> Result<Bytes, FsError> {
-        let bs = self.config.block_size;
-        let range = index * bs..((index + 1) * bs).min(version.size);
+    /// One block: memory, else disk, else S3 (stored on disk on the way back). One request
+    /// per block however many readers in this process wait for it; other processes sharing
+    /// the disk cache wait for our download instead of making their own.
+    async fn block(self: &Arc<Self>, file: &Arc<OpenObject>, index: u64) -> Result<Bytes, FsError> {
         let key = BlockKey {
-            key: version.key.clone(),
-            etag: version.etag.clone(),
+            key: file.version.key.clone(),
+            etag: file.version.etag.clone(),
             index,
         };
-        let store = self.store.clone();
-        let version = version.clone();
-        self.cache
-            .try_get_with(key, async move {
-                store
-                    .get_range(&version.key, range, &version.etag)
-                    .await
-                    .map_err(FsError::from)
-            })
+        let this = self.clone();
+        let file = file.clone();
+        self.memory
+            .get_or_load(key, async move { this.load(&file, index).await })
             .await
-            .map_err(|e| (*e).clone())
     }
 
-    fn spawn_prefetch(self: &Arc<Self>, version: &ObjectVersion, index: u64) {
+    async fn load(&self, file: &OpenObject, index: u64) -> Result<Bytes, FsError> {
+        let (Some(cache), Some(entry)) = (&self.disk, &file.disk) else {
+            return self.fetch(&file.version, index).await;
+        };
+        let from_disk = |cache: Arc<DiskCache>, entry: Arc<CacheEntry>| async move {
+            tokio::task::spawn_blocking(move || cache.read_block(&entry, index))
+                .await
+                .ok()
+                .flatten()
+        };
+        if let Some(bytes) = from_disk(cache.clone(), entry.clone()).await {
+            return Ok(Bytes::from(bytes));
+        }
+        let _download = cache.lock_block(entry, index, PEER_DOWNLOAD_WAIT).await;
+        if let Some(bytes) = from_disk(cache.clone(), entry.clone()).await {
+            return Ok(Bytes::from(bytes));
+        }
+        let bytes = self.fetch(&file.version, index).await?;
+        let (cache, entry, stored) = (cache.clone(), entry.clone(), bytes.clone());
+        let _ =
+            tokio::task::spawn_blocking(move || cache.write_block(&entry, index, &stored)).await;
+        Ok(bytes)
+    }
+
+    async fn fetch(&self, version: &ObjectVersion, index: u64) -> Result<Bytes, FsError> {
+        let bs = self.config.block_size;
+        let range = index * bs..((index + 1) * bs).min(version.size);
+        Ok(self
+            .store
+            .get_range(&version.key, range, &version.etag)
+            .await?)
+    }
+
+    fn spawn_prefetch(self: &Arc<Self>, file: Arc<OpenObject>, index: u64) {
         let this = self.clone();
-        let version = version.clone();
         tokio::spawn(async move {
             let Ok(_slot) = this.prefetch_slots.clone().acquire_owned().await else {
                 return;
             };
-            if let Err(e) = this.block(&version, index).await {
-                tracing::debug!(key = %version.key, index, "prefetch failed: {e}");
+            if let Err(e) = this.block(&file, index).await {
+                tracing::debug!(key = %file.version.key, index, "prefetch failed: {e}");
             }
         });
     }
@@ -194,12 +260,14 @@ mod tests {
     fn reader(store: Arc<MemoryStore>, block_size: u64) -> Arc<BlockReader> {
         BlockReader::new(
             store,
+            "bucket",
             ReadConfig {
                 block_size,
                 memory_cache_bytes: 1 << 20,
                 max_readahead_blocks: 4,
                 prefetch_concurrency: 4,
             },
+            None,
         )
     }
 
@@ -217,7 +285,7 @@ mod tests {
         let data = pattern(10_000);
         let info = store.put("obj", data.clone());
         let reader = reader(store, 1000);
-        let file = reader.open(version(&info));
+        let file = Arc::new(reader.open(version(&info)).await);
         for (offset, len) in [(0, 10), (995, 10), (0, 10_000), (2500, 3333), (9990, 100)] {
             let got = reader.read(&file, offset, len).await.unwrap();
             let end = (offset + len).min(10_000) as usize;
@@ -231,7 +299,7 @@ mod tests {
         let store = Arc::new(MemoryStore::new());
         let info = store.put("obj", pattern(4000));
         let reader = reader(store.clone(), 1000);
-        let file = reader.open(version(&info));
+        let file = Arc::new(reader.open(version(&info)).await);
         reader.read(&file, 3000, 500).await.unwrap(); // a jump: no readahead
         let gets = store.gets.load(Ordering::Relaxed);
         reader.read(&file, 3100, 100).await.unwrap();
@@ -243,7 +311,7 @@ mod tests {
         let store = Arc::new(MemoryStore::new());
         let info = store.put("obj", pattern(4000));
         let reader = reader(store.clone(), 1000);
-        let file = reader.open(version(&info));
+        let file = Arc::new(reader.open(version(&info)).await);
         reader.read(&file, 3000, 10).await.unwrap();
         store.put("obj", vec![1u8; 4000]);
         let err = reader.read(&file, 0, 10).await.unwrap_err();

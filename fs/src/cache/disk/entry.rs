@@ -1,0 +1,405 @@
+//! One cache entry on disk: one object version as a directory holding
+//!
+//! - `data`: a sparse file with the object's bytes at the object's own offsets (a complete
+//!   entry is an ordinary local copy of the object, usable as a FUSE passthrough backing file);
+//! - `map`: a 4 KiB header naming the object version, then one 8-byte record per block:
+//!   CRC32C of the block and a presence marker.
+//!
+//! Crash safety: a block's bytes are written before its record, and every read checks the
+//! CRC, so a block torn by a crash or flipped on disk is detected, dropped and fetched again.
+//! Entries are created in a temporary directory and renamed into place, so another process
+//! sees either no entry or a whole one.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, ErrorKind};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sha2::{Digest, Sha256};
+
+const MAGIC: &[u8; 8] = b"MODELFS1";
+const FORMAT_VERSION: u32 = 1;
+/// Bytes before the first block record in `map`.
+pub const HEADER_LEN: u64 = 4096;
+/// Bytes per block record in `map`.
+pub const RECORD_LEN: u64 = 8;
+/// Marks a present block (not 1, so stray bytes rarely read as present).
+const PRESENT: u32 = 0x5453_5250; // "PRST"
+
+/// Which object version an entry holds, and how it is cut into blocks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryId {
+    /// The bucket.
+    pub bucket: String,
+    /// The object key.
+    pub key: String,
+    /// The object's ETag.
+    pub etag: String,
+    /// The object's size.
+    pub size: u64,
+    /// Bytes per block.
+    pub block_size: u64,
+}
+
+impl EntryId {
+    /// The entry's directory name: a hash of everything that identifies the version.
+    pub fn stem(&self) -> String {
+        let mut hash = Sha256::new();
+        for part in [&self.bucket, &self.key, &self.etag] {
+            hash.update(part.as_bytes());
+            hash.update([0u8]);
+        }
+        hash.update(self.size.to_le_bytes());
+        hash.update(self.block_size.to_le_bytes());
+        hash.finalize()[..20]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Number of blocks.
+    pub fn blocks(&self) -> u64 {
+        self.size.div_ceil(self.block_size)
+    }
+
+    /// Length of block `index`.
+    pub fn block_len(&self, index: u64) -> u64 {
+        let start = index * self.block_size;
+        self.size.saturating_sub(start).min(self.block_size)
+    }
+
+    fn header(&self) -> Vec<u8> {
+        let mut h = Vec::with_capacity(HEADER_LEN as usize);
+        h.extend_from_slice(MAGIC);
+        h.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        h.extend_from_slice(&self.block_size.to_le_bytes());
+        h.extend_from_slice(&self.size.to_le_bytes());
+        let ident = format!("{}\0{}\0{}", self.bucket, self.key, self.etag);
+        h.extend_from_slice(&(ident.len() as u32).to_le_bytes());
+        h.extend_from_slice(ident.as_bytes());
+        h
+    }
+
+    /// Reads the identity back from a map header.
+    pub fn parse_header(bytes: &[u8]) -> Option<EntryId> {
+        if bytes.len() < 32 || &bytes[..8] != MAGIC {
+            return None;
+        }
+        let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap_or([0; 4]));
+        let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap_or([0; 8]));
+        if u32_at(8) != FORMAT_VERSION {
+            return None;
+        }
+        let (block_size, size, len) = (u64_at(12), u64_at(20), u32_at(28) as usize);
+        let ident = std::str::from_utf8(bytes.get(32..32 + len)?).ok()?;
+        let mut parts = ident.splitn(3, '\0');
+        let (bucket, key, etag) = (parts.next()?, parts.next()?, parts.next()?);
+        (block_size > 0).then(|| EntryId {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            etag: etag.to_string(),
+            size,
+            block_size,
+        })
+    }
+}
+
+/// An open cache entry.
+#[derive(Debug)]
+pub struct Entry {
+    /// Identity of the version held.
+    pub id: EntryId,
+    /// The entry's directory.
+    pub dir: PathBuf,
+    /// The data file (object bytes at object offsets).
+    pub data: File,
+    /// The map file (header + block records).
+    pub map: File,
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn options() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.read(true).write(true).mode(0o600);
+    o
+}
+
+impl Entry {
+    /// Opens the entry for `id` under `objects`, creating it if it does not exist. An entry
+    /// that is damaged (wrong header, wrong sizes) is replaced.
+    pub fn open_or_create(objects: &Path, id: &EntryId) -> io::Result<Entry> {
+        let stem = id.stem();
+        let shard = objects.join(&stem[..2]);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&shard)?;
+        let dir = shard.join(&stem);
+        for _ in 0..4 {
+            match Self::open_existing(&dir, id) {
+                Ok(Some(entry)) => return Ok(entry),
+                Ok(None) => {
+                    // Damaged: move it away so a fresh one can take its place.
+                    let trash = shard.join(format!(".trash-{stem}-{}", unique()));
+                    if std::fs::rename(&dir, &trash).is_ok() {
+                        let _ = std::fs::remove_dir_all(&trash);
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            Self::create(&shard, &dir, id)?;
+        }
+        Err(io::Error::other(format!(
+            "cache entry {} keeps changing under us",
+            dir.display()
+        )))
+    }
+
+    /// Opens the entry in `dir` whatever version it holds (for `modelfs cache` commands);
+    /// `Ok(None)` if it is damaged.
+    pub fn open_dir(dir: &Path) -> io::Result<Option<Entry>> {
+        let map = options().open(dir.join("map"))?;
+        let mut header = vec![0u8; HEADER_LEN as usize];
+        let n = map.read_at(&mut header, 0)?;
+        match EntryId::parse_header(&header[..n]) {
+            Some(id) => Self::open_existing(dir, &id),
+            None => Ok(None),
+        }
+    }
+
+    /// Opens an existing entry; `Ok(None)` when it exists but does not match `id`.
+    pub fn open_existing(dir: &Path, id: &EntryId) -> io::Result<Option<Entry>> {
+        let map = options().open(dir.join("map"))?;
+        let mut header = vec![0u8; HEADER_LEN as usize];
+        let n = map.read_at(&mut header, 0)?;
+        if EntryId::parse_header(&header[..n]).as_ref() != Some(id) {
+            return Ok(None);
+        }
+        let data = match options().open(dir.join("data")) {
+            Ok(d) => d,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let map_len = HEADER_LEN + id.blocks() * RECORD_LEN;
+        if data.metadata()?.len() != id.size || map.metadata()?.len() != map_len {
+            return Ok(None);
+        }
+        Ok(Some(Entry {
+            id: id.clone(),
+            dir: dir.to_path_buf(),
+            data,
+            map,
+        }))
+    }
+
+    fn create(shard: &Path, dir: &Path, id: &EntryId) -> io::Result<()> {
+        let tmp = shard.join(format!(".tmp-{}-{}", id.stem(), unique()));
+        std::fs::DirBuilder::new().mode(0o700).create(&tmp)?;
+        let result = (|| {
+            let data = options().create_new(true).open(tmp.join("data"))?;
+            data.set_len(id.size)?;
+            let map = options().create_new(true).open(tmp.join("map"))?;
+            map.write_all_at(&id.header(), 0)?;
+            map.set_len(HEADER_LEN + id.blocks() * RECORD_LEN)?;
+            std::fs::rename(&tmp, dir)
+        })();
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                // Another process created it first: use theirs.
+                if matches!(e.raw_os_error(), Some(libc::EEXIST) | Some(libc::ENOTEMPTY)) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Whether this open entry is still the one at its path (not evicted and replaced).
+    pub fn is_current(&self) -> bool {
+        match (self.map.metadata(), std::fs::metadata(self.dir.join("map"))) {
+            (Ok(open), Ok(on_disk)) => open.ino() == on_disk.ino() && open.dev() == on_disk.dev(),
+            _ => false,
+        }
+    }
+
+    fn record_offset(&self, index: u64) -> u64 {
+        HEADER_LEN + index * RECORD_LEN
+    }
+
+    /// The CRC recorded for block `index`, if the block is present.
+    pub fn record(&self, index: u64) -> io::Result<Option<u32>> {
+        let mut rec = [0u8; RECORD_LEN as usize];
+        self.map
+            .read_exact_at(&mut rec, self.record_offset(index))?;
+        let crc = u32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]);
+        let state = u32::from_le_bytes([rec[4], rec[5], rec[6], rec[7]]);
+        Ok((state == PRESENT).then_some(crc))
+    }
+
+    /// All records at once: `Some(crc)` per present block.
+    pub fn records(&self) -> io::Result<Vec<Option<u32>>> {
+        let blocks = self.id.blocks() as usize;
+        let mut raw = vec![0u8; blocks * RECORD_LEN as usize];
+        self.map.read_exact_at(&mut raw, HEADER_LEN)?;
+        Ok(raw
+            .chunks_exact(RECORD_LEN as usize)
+            .map(|r| {
+                let crc = u32::from_le_bytes([r[0], r[1], r[2], r[3]]);
+                let state = u32::from_le_bytes([r[4], r[5], r[6], r[7]]);
+                (state == PRESENT).then_some(crc)
+            })
+            .collect())
+    }
+
+    /// Reads block `index` if present and intact. A block whose CRC does not match is
+    /// dropped (its record cleared) and reported as `Err(Corrupt)`.
+    pub fn read_block(&self, index: u64) -> Result<Option<Vec<u8>>, ReadBlockError> {
+        let Some(crc) = self.record(index)? else {
+            return Ok(None);
+        };
+        let mut buf = vec![0u8; self.id.block_len(index) as usize];
+        self.data
+            .read_exact_at(&mut buf, index * self.id.block_size)?;
+        if crc32c::crc32c(&buf) != crc {
+            self.clear(index)?;
+            return Err(ReadBlockError::Corrupt);
+        }
+        Ok(Some(buf))
+    }
+
+    /// Writes block `index`: bytes first, then the record that makes them visible.
+    pub fn write_block(&self, index: u64, bytes: &[u8]) -> io::Result<()> {
+        if bytes.len() as u64 != self.id.block_len(index) {
+            return Err(io::Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "block {index} has {} bytes, expected {}",
+                    bytes.len(),
+                    self.id.block_len(index)
+                ),
+            ));
+        }
+        self.data.write_all_at(bytes, index * self.id.block_size)?;
+        let mut rec = [0u8; RECORD_LEN as usize];
+        rec[..4].copy_from_slice(&crc32c::crc32c(bytes).to_le_bytes());
+        rec[4..].copy_from_slice(&PRESENT.to_le_bytes());
+        self.map.write_all_at(&rec, self.record_offset(index))
+    }
+
+    /// Forgets block `index`.
+    pub fn clear(&self, index: u64) -> io::Result<()> {
+        self.map
+            .write_all_at(&[0u8; RECORD_LEN as usize], self.record_offset(index))
+    }
+
+    /// Whether every block is present (CRCs not checked).
+    pub fn is_complete(&self) -> io::Result<bool> {
+        Ok(self.records()?.iter().all(Option::is_some))
+    }
+
+    /// Checks every present block's CRC; drops bad ones. Returns (present, corrupt).
+    pub fn verify(&self) -> io::Result<(u64, u64)> {
+        let (mut present, mut corrupt) = (0, 0);
+        for index in 0..self.id.blocks() {
+            match self.read_block(index) {
+                Ok(Some(_)) => present += 1,
+                Ok(None) => {}
+                Err(ReadBlockError::Corrupt) => corrupt += 1,
+                Err(ReadBlockError::Io(e)) => return Err(e),
+            }
+        }
+        Ok((present, corrupt))
+    }
+}
+
+/// Why a block could not be read from disk.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadBlockError {
+    /// Its CRC did not match; the block was dropped.
+    #[error("block checksum mismatch")]
+    Corrupt,
+    /// The disk failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+fn unique() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(size: u64) -> EntryId {
+        EntryId {
+            bucket: "b".into(),
+            key: "models/x.safetensors".into(),
+            etag: "\"abc\"".into(),
+            size,
+            block_size: 1000,
+        }
+    }
+
+    #[test]
+    fn blocks_round_trip_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = id(2500);
+        let entry = Entry::open_or_create(dir.path(), &id).unwrap();
+        assert_eq!(entry.read_block(0).unwrap(), None);
+        entry.write_block(2, &[7u8; 500]).unwrap();
+        assert!(
+            entry.write_block(1, &[1u8; 10]).is_err(),
+            "wrong length refused"
+        );
+        drop(entry);
+        let entry = Entry::open_or_create(dir.path(), &id).unwrap();
+        assert_eq!(entry.read_block(2).unwrap(), Some(vec![7u8; 500]));
+        assert!(!entry.is_complete().unwrap());
+        entry.write_block(0, &[0u8; 1000]).unwrap();
+        entry.write_block(1, &[1u8; 1000]).unwrap();
+        assert!(entry.is_complete().unwrap());
+        let meta = std::fs::metadata(entry.dir.join("data")).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(&entry.dir).unwrap().mode() & 0o777, 0o700);
+    }
+
+    #[test]
+    fn a_flipped_byte_is_detected_and_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = Entry::open_or_create(dir.path(), &id(2000)).unwrap();
+        entry.write_block(1, &[9u8; 1000]).unwrap();
+        entry.data.write_all_at(&[8u8], 1500).unwrap();
+        assert!(matches!(entry.read_block(1), Err(ReadBlockError::Corrupt)));
+        assert_eq!(
+            entry.read_block(1).unwrap(),
+            None,
+            "dropped after detection"
+        );
+    }
+
+    #[test]
+    fn a_new_etag_is_a_different_entry_and_damage_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Entry::open_or_create(dir.path(), &id(10)).unwrap();
+        let mut other = id(10);
+        other.etag = "\"def\"".into();
+        let b = Entry::open_or_create(dir.path(), &other).unwrap();
+        assert_ne!(a.dir, b.dir);
+        a.write_block(0, &[1u8; 10]).unwrap();
+        std::fs::write(a.dir.join("map"), b"garbage").unwrap();
+        let again = Entry::open_or_create(dir.path(), &id(10)).unwrap();
+        assert_eq!(again.read_block(0).unwrap(), None);
+        assert_eq!(EntryId::parse_header(&id(10).header()), Some(id(10)));
+    }
+}

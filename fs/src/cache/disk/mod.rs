@@ -1,0 +1,512 @@
+//! The persistent block cache on local disk (on EKS: the Karpenter RAID0 instance store).
+//!
+//! Layout under `--cache-dir`: `v1/objects/<2 hex>/<40 hex>/{data,map}`, one directory per
+//! object version (see [`entry`]). Directory 0700, files 0600.
+//!
+//! - **Persistent and shared**: nothing is wiped at start or exit; any number of modelfs
+//!   processes use one directory at once. Entries appear atomically (rename of a complete
+//!   directory); block downloads are coordinated by byte-range locks ([`lock`]), so two
+//!   processes reading the same object fetch each block once between them.
+//! - **Crash-safe**: CRC32C per block, checked on every read from disk.
+//! - **Bounded**: usage is kept under the limit ([`CacheSize`]): a write that would cross it
+//!   is skipped and starts an eviction pass that removes least-recently-opened entries not in
+//!   use by any process (a shared `flock` marks entries in use) until usage is below 90% of
+//!   the limit (data and map files both count). Start-up never reads data: it stats the
+//!   entries (~10,000 entries in well under a second).
+//! - **Degrades, never fails**: every disk error (full, read-only, I/O) is counted, warned
+//!   about once, and the read is served from S3 instead.
+
+pub mod entry;
+pub mod lock;
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+
+pub use entry::{Entry, EntryId, ReadBlockError};
+
+use super::TierStats;
+
+/// How large the disk cache may grow.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum CacheSize {
+    /// At most this many bytes.
+    Bytes(u64),
+    /// At most this percentage of the cache filesystem's size.
+    PercentOfDisk(f64),
+    /// Grow while the filesystem keeps this percentage free (the default: 10).
+    LeaveFree(f64),
+}
+
+impl std::str::FromStr for CacheSize {
+    type Err = String;
+
+    /// `50GiB`, `80%` (of the disk), or `free:10%` (leave 10% of the disk free).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let percent = |p: &str| -> Result<f64, String> {
+            let v: f64 = p
+                .trim_end_matches('%')
+                .parse()
+                .map_err(|_| format!("invalid percentage {p:?}"))?;
+            if (0.0..=100.0).contains(&v) {
+                Ok(v)
+            } else {
+                Err(format!("percentage {p:?} is not between 0 and 100"))
+            }
+        };
+        if let Some(p) = s.strip_prefix("free:") {
+            return Ok(CacheSize::LeaveFree(percent(p)?));
+        }
+        if s.ends_with('%') {
+            return Ok(CacheSize::PercentOfDisk(percent(s)?));
+        }
+        parse_bytes(s).map(CacheSize::Bytes)
+    }
+}
+
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid size {text:?} (examples: 50GiB, 80%, free:10%)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => return Err(format!("unknown size unit {other:?} in {text:?}")),
+    };
+    Ok((value * (1u64 << shift) as f64) as u64)
+}
+
+/// Where and how big the disk cache is.
+#[derive(Clone, Debug)]
+pub struct DiskCacheConfig {
+    /// The cache directory (created 0700 if missing).
+    pub dir: PathBuf,
+    /// The size limit.
+    pub size: CacheSize,
+}
+
+/// One cache entry in use by this process. While it exists the process holds a shared lock
+/// on it, so no eviction removes it.
+#[derive(Debug)]
+pub struct CacheEntry {
+    /// The entry's files.
+    pub entry: Entry,
+    verified: AtomicBool,
+    verifying: AtomicBool,
+}
+
+impl CacheEntry {
+    /// Claims the right to run a verification; false if one is already running.
+    pub fn start_verification(&self) -> bool {
+        !self.verifying.swap(true, Ordering::AcqRel)
+    }
+
+    /// Ends a verification started with [`CacheEntry::start_verification`].
+    pub fn end_verification(&self) {
+        self.verifying.store(false, Ordering::Release);
+    }
+
+    /// Whether every block's checksum has been verified since this process opened it.
+    pub fn is_verified(&self) -> bool {
+        self.verified.load(Ordering::Acquire)
+    }
+}
+
+/// The disk tier. Cheap to share (`Arc`); all methods are blocking file I/O and are called
+/// from blocking threads.
+#[derive(Debug)]
+pub struct DiskCache {
+    root: PathBuf,
+    objects: PathBuf,
+    size: CacheSize,
+    usage: AtomicU64,
+    limit: AtomicU64,
+    written_since_scan: AtomicU64,
+    evicting: AtomicBool,
+    open: Mutex<HashMap<String, Weak<CacheEntry>>>,
+    warned: Mutex<std::collections::HashSet<&'static str>>,
+    /// Counters of this tier.
+    pub stats: Arc<TierStats>,
+}
+
+/// One entry as found by a scan.
+#[derive(Clone, Debug)]
+pub struct ScannedEntry {
+    /// The entry directory.
+    pub dir: PathBuf,
+    /// Bytes allocated on disk (data + map).
+    pub bytes: u64,
+    /// Last time a process opened it.
+    pub last_used: SystemTime,
+}
+
+impl DiskCache {
+    /// Opens (creating if needed) the cache at `config.dir`. Never scans data; usage is
+    /// measured in the background.
+    pub fn open(config: &DiskCacheConfig) -> io::Result<Arc<DiskCache>> {
+        let objects = config.dir.join("v1").join("objects");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&objects)?;
+        for dir in [&config.dir, &config.dir.join("v1"), &objects] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        let cache = Arc::new(DiskCache {
+            root: config.dir.clone(),
+            objects,
+            size: config.size,
+            usage: AtomicU64::new(0),
+            limit: AtomicU64::new(u64::MAX),
+            written_since_scan: AtomicU64::new(0),
+            evicting: AtomicBool::new(false),
+            open: Mutex::new(HashMap::new()),
+            warned: Mutex::new(Default::default()),
+            stats: Arc::new(TierStats::default()),
+        });
+        // Stats every entry (no data is read): ~10,000 entries take well under a second.
+        cache.evict_pass()?;
+        Ok(cache)
+    }
+
+    /// The cache directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Bytes in the cache as of the last scan plus writes since.
+    pub fn usage(&self) -> u64 {
+        self.usage.load(Ordering::Relaxed)
+    }
+
+    /// The current effective limit in bytes.
+    pub fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    fn warn_once(&self, what: &'static str, err: &dyn std::fmt::Display) {
+        TierStats::bump(&self.stats.errors);
+        let first = self
+            .warned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(what);
+        if first {
+            tracing::warn!(
+                cache = %self.root.display(),
+                "disk cache {what} failed ({err}); serving from S3 instead (further failures of this kind are counted, not logged)"
+            );
+        }
+    }
+
+    /// The entry for `id`, opened or created, locked as in use; `None` (after a warning) if
+    /// the disk cannot hold it.
+    pub fn entry(&self, id: &EntryId) -> Option<Arc<CacheEntry>> {
+        let stem = id.stem();
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = open.get(&stem).and_then(Weak::upgrade) {
+            return Some(existing);
+        }
+        let entry = match self.open_locked(id) {
+            Ok(entry) => entry,
+            Err(e) => {
+                self.warn_once("open entry", &e);
+                return None;
+            }
+        };
+        let entry = Arc::new(CacheEntry {
+            entry,
+            verified: AtomicBool::new(false),
+            verifying: AtomicBool::new(false),
+        });
+        // Count the entry's map (and the directory) until the next scan measures it.
+        let overhead =
+            (entry::HEADER_LEN + id.blocks() * entry::RECORD_LEN).next_multiple_of(4096) + 4096;
+        self.usage.fetch_add(overhead, Ordering::Relaxed);
+        open.retain(|_, weak| weak.strong_count() > 0);
+        open.insert(stem, Arc::downgrade(&entry));
+        Some(entry)
+    }
+
+    fn open_locked(&self, id: &EntryId) -> io::Result<Entry> {
+        for _ in 0..4 {
+            let entry = Entry::open_or_create(&self.objects, id)?;
+            lock::flock_shared(&entry.map)?;
+            // An eviction may have removed it between open and lock.
+            if entry.is_current() {
+                let _ = entry.map.set_modified(SystemTime::now());
+                return Ok(entry);
+            }
+        }
+        Err(io::Error::other(
+            "cache entry evicted repeatedly while opening",
+        ))
+    }
+
+    /// Block `index` of `entry` if present and intact.
+    pub fn read_block(&self, entry: &CacheEntry, index: u64) -> Option<Vec<u8>> {
+        match entry.entry.read_block(index) {
+            Ok(Some(bytes)) => {
+                TierStats::bump(&self.stats.hits);
+                Some(bytes)
+            }
+            Ok(None) => {
+                TierStats::bump(&self.stats.misses);
+                None
+            }
+            Err(ReadBlockError::Corrupt) => {
+                TierStats::bump(&self.stats.corrupt);
+                TierStats::bump(&self.stats.misses);
+                entry.verified.store(false, Ordering::Release);
+                tracing::warn!(
+                    key = %entry.entry.id.key,
+                    index,
+                    "disk cache block failed its checksum; dropped and fetched again"
+                );
+                None
+            }
+            Err(ReadBlockError::Io(e)) => {
+                self.warn_once("read", &e);
+                None
+            }
+        }
+    }
+
+    /// Stores block `index` of `entry`, unless that would cross the size limit (then an
+    /// eviction pass starts and the block is only served, not stored).
+    pub fn write_block(self: &Arc<Self>, entry: &CacheEntry, index: u64, bytes: &[u8]) {
+        let len = bytes.len() as u64;
+        if self.usage() + len > self.limit() {
+            TierStats::bump(&self.stats.errors);
+            self.trigger_eviction();
+            return;
+        }
+        match entry.entry.write_block(index, bytes) {
+            Ok(()) => {
+                TierStats::bump(&self.stats.writes);
+                self.usage.fetch_add(len, Ordering::Relaxed);
+                let written = self.written_since_scan.fetch_add(len, Ordering::Relaxed) + len;
+                // Other processes write too: re-measure the truth regularly.
+                if written > (self.limit() / 20).max(64 << 20) {
+                    self.trigger_eviction();
+                }
+            }
+            Err(e) => self.warn_once("write", &e),
+        }
+    }
+
+    /// Waits until this process holds the download lock of block `index` (or `max_wait`
+    /// passed). While held, other processes wanting the block wait, then find it on disk.
+    pub async fn lock_block(
+        &self,
+        entry: &Arc<CacheEntry>,
+        index: u64,
+        max_wait: Duration,
+    ) -> BlockLock {
+        let start = entry::HEADER_LEN + index * entry::RECORD_LEN;
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            match lock::try_lock_range(&entry.entry.map, start, entry::RECORD_LEN) {
+                Ok(true) => {
+                    return BlockLock {
+                        entry: Some(entry.clone()),
+                        start,
+                    }
+                }
+                Ok(false) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                Ok(false) => {
+                    tracing::debug!(index, "block lock wait timed out; fetching anyway");
+                    return BlockLock { entry: None, start };
+                }
+                Err(e) => {
+                    self.warn_once("lock", &e);
+                    return BlockLock { entry: None, start };
+                }
+            }
+        }
+    }
+
+    /// Verifies every present block of `entry` (dropping damaged ones) and records the
+    /// result; true if the entry is complete and intact.
+    pub fn verify_complete(&self, entry: &CacheEntry) -> bool {
+        match entry.entry.verify() {
+            Ok((present, corrupt)) => {
+                if corrupt > 0 {
+                    self.stats.corrupt.fetch_add(corrupt, Ordering::Relaxed);
+                    tracing::warn!(key = %entry.entry.id.key, corrupt, "disk cache blocks failed their checksum; dropped");
+                }
+                let ok = corrupt == 0 && present == entry.entry.id.blocks();
+                entry.verified.store(ok, Ordering::Release);
+                ok
+            }
+            Err(e) => {
+                self.warn_once("verify", &e);
+                false
+            }
+        }
+    }
+
+    fn trigger_eviction(self: &Arc<Self>) {
+        if self.evicting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("modelfs-evict".into())
+            .spawn(move || {
+                if let Err(e) = this.evict_pass() {
+                    this.warn_once("eviction", &e);
+                }
+                this.evicting.store(false, Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            self.evicting.store(false, Ordering::Release);
+            self.warn_once("eviction thread", &e);
+        }
+    }
+
+    fn compute_limit(&self, usage: u64) -> io::Result<u64> {
+        let (total, free) = fs_space(&self.root)?;
+        Ok(match self.size {
+            CacheSize::Bytes(n) => n,
+            CacheSize::PercentOfDisk(p) => (total as f64 * p / 100.0) as u64,
+            CacheSize::LeaveFree(p) => {
+                let keep_free = (total as f64 * p / 100.0) as u64;
+                usage + free.saturating_sub(keep_free)
+            }
+        })
+    }
+
+    /// Measures the cache and, if it is near or over its limit, removes least-recently-used entries
+    /// that no process has open until usage is below 90% of the limit.
+    pub fn evict_pass(&self) -> io::Result<()> {
+        let mut entries = scan(&self.objects)?;
+        let mut usage: u64 = entries.iter().map(|e| e.bytes).sum();
+        let limit = self.compute_limit(usage)?;
+        self.written_since_scan.store(0, Ordering::Relaxed);
+        if usage > limit || usage + (64 << 20) > limit {
+            let target = limit / 10 * 9;
+            entries.sort_by_key(|e| e.last_used);
+            for candidate in entries {
+                if usage <= target {
+                    break;
+                }
+                match remove_if_unused(&candidate.dir) {
+                    Ok(true) => {
+                        usage = usage.saturating_sub(candidate.bytes);
+                        TierStats::bump(&self.stats.evictions);
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::debug!(dir = %candidate.dir.display(), "evict: {e}"),
+                }
+            }
+        }
+        self.usage.store(usage, Ordering::Relaxed);
+        self.limit.store(limit, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// A held block download lock; released on drop.
+#[derive(Debug)]
+pub struct BlockLock {
+    entry: Option<Arc<CacheEntry>>,
+    start: u64,
+}
+
+impl Drop for BlockLock {
+    fn drop(&mut self) {
+        if let Some(entry) = &self.entry {
+            let _ = lock::unlock_range(&entry.entry.map, self.start, entry::RECORD_LEN);
+        }
+    }
+}
+
+/// (total, available) bytes of the filesystem holding `path`.
+fn fs_space(path: &Path) -> io::Result<(u64, u64)> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statvfs is plain old data; zeroed is valid; the path pointer is valid.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let frsize = st.f_frsize as u64;
+    Ok((st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize))
+}
+
+/// Lists every entry under `objects` with its size and last use; removes leftovers of
+/// interrupted creations and evictions older than an hour.
+pub fn scan(objects: &Path) -> io::Result<Vec<ScannedEntry>> {
+    let mut found = Vec::new();
+    for shard in std::fs::read_dir(objects)? {
+        let shard = shard?.path();
+        let Ok(dirs) = std::fs::read_dir(&shard) else {
+            continue;
+        };
+        for dir in dirs.flatten() {
+            let path = dir.path();
+            let name = dir.file_name();
+            if name.to_string_lossy().starts_with('.') {
+                let stale = dir
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > Duration::from_secs(3600));
+                if stale {
+                    let _ = std::fs::remove_dir_all(&path);
+                }
+                continue;
+            }
+            let (Ok(map), Ok(data)) = (
+                std::fs::metadata(path.join("map")),
+                std::fs::metadata(path.join("data")),
+            ) else {
+                continue;
+            };
+            found.push(ScannedEntry {
+                bytes: (map.blocks() + data.blocks()) * 512,
+                last_used: map.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                dir: path,
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// Removes the entry at `dir` unless a process holds it; true if removed.
+pub fn remove_if_unused(dir: &Path) -> io::Result<bool> {
+    let map = std::fs::File::open(dir.join("map"))?;
+    if !lock::try_flock(&map, true)? {
+        return Ok(false);
+    }
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let trash = dir.with_file_name(format!(".trash-{name}-{}", std::process::id()));
+    std::fs::rename(dir, &trash)?;
+    std::fs::remove_dir_all(&trash)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests;
