@@ -1,12 +1,10 @@
 //! The memory tier: blocks in a `moka` cache bounded in bytes.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::TierStats;
-use crate::error::FsError;
 
 /// Identifies one block of one object version.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -19,7 +17,7 @@ pub struct BlockKey {
     pub index: u64,
 }
 
-/// Hot blocks in memory, with single-flight loading.
+/// Hot blocks in memory.
 pub struct MemoryTier {
     cache: moka::future::Cache<BlockKey, Bytes>,
     /// Counters of this tier.
@@ -51,24 +49,20 @@ impl MemoryTier {
         MemoryTier { cache, stats }
     }
 
-    /// The block for `key`: from memory, or from `load` (run once however many callers ask
-    /// for the same block at the same time; failures are not cached).
-    pub async fn get_or_load<F>(&self, key: BlockKey, load: F) -> Result<Bytes, FsError>
-    where
-        F: Future<Output = Result<Bytes, FsError>>,
-    {
-        if let Some(hit) = self.cache.get(&key).await {
-            TierStats::bump(&self.stats.hits);
-            return Ok(hit);
-        }
-        TierStats::bump(&self.stats.misses);
-        self.cache
-            .try_get_with(key, async {
-                let bytes = load.await?;
-                TierStats::bump(&self.stats.writes);
-                Ok(bytes)
-            })
-            .await
-            .map_err(|e: Arc<FsError>| (*e).clone())
+    /// The block for `key`, if in memory (counted as a hit or a miss).
+    pub async fn get(&self, key: &BlockKey) -> Option<Bytes> {
+        let hit = self.cache.get(key).await;
+        TierStats::bump(if hit.is_some() {
+            &self.stats.hits
+        } else {
+            &self.stats.misses
+        });
+        hit
+    }
+
+    /// Keeps `block` in memory.
+    pub async fn insert(&self, key: BlockKey, block: Bytes) {
+        TierStats::bump(&self.stats.writes);
+        self.cache.insert(key, block).await;
     }
 }

@@ -1,42 +1,50 @@
-//! The read path: fixed-size blocks of a pinned object version, fetched by ranged GETs with
-//! `If-Match`, kept in a byte-bounded memory cache.
+//! The read path: *what* to fetch for each read of a pinned object version.
 //!
-//! A FUSE read of `offset..offset+len` is split into block indices. Each block is looked up in
-//! the cache; a miss fetches exactly that block's byte range. Concurrent readers of one block
-//! share one request (the cache's `try_get_with` is single-flight). A [`Readahead`] per open
-//! file decides which following blocks to fetch in the background, bounded by a semaphore.
+//! A FUSE read of `offset..offset+len` is split into fixed-size blocks fetched by the
+//! [`fetch`] engine (memory, disk, then one ranged GET with `If-Match` per block, single-flight).
+//! Around it, per open file:
+//!
+//! - safetensors headers are kept in a small memory cache of their own, so repeated header
+//!   scans (ComfyUI's asset scan) need no I/O, and reads inside a header never trigger
+//!   readahead;
+//! - a [`Readahead`] window grows on sequential reads (tolerating the kernel's out-of-order
+//!   async reads) and resets on jumps; random reads fetch only the aligned blocks they touch;
+//! - once a model file is being loaded ([`model_file`]), a [`sweep`] fetches every remaining
+//!   block at full concurrency from the read position, while demand reads go first.
 //!
 //! Cache keys include the ETag, so a block of one version is never served for another.
 
+mod fetch;
+pub mod model_file;
 mod readahead;
+mod sweep;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::future::try_join_all;
-use tokio::sync::Semaphore;
 
+pub use fetch::{Fetcher, Priority};
 pub use readahead::Readahead;
 
 use crate::cache::disk::{CacheEntry, EntryId};
-use crate::cache::{BlockKey, DiskCache, MemoryTier};
+use crate::cache::{DiskCache, MemoryTier};
 use crate::error::FsError;
 use crate::store::{ObjectStore, ObjectVersion};
-
-/// Longest wait for another process's download of a block before fetching it ourselves.
-const PEER_DOWNLOAD_WAIT: Duration = Duration::from_secs(120);
+use model_file::{FileKind, LoadDetector};
 
 /// Tunables of the read path.
 #[derive(Clone, Debug)]
 pub struct ReadConfig {
     /// Bytes per block: the unit of fetching and caching.
     pub block_size: u64,
-    /// Memory cache budget in bytes.
+    /// Memory cache budget in bytes (blocks).
     pub memory_cache_bytes: u64,
+    /// Memory budget for safetensors headers.
+    pub header_cache_bytes: u64,
     /// Largest readahead window, in blocks.
     pub max_readahead_blocks: u64,
-    /// Most background block fetches in flight at once (across all files).
+    /// Most background fetches (readahead and sweeps) in flight at once, across all files.
     pub prefetch_concurrency: usize,
 }
 
@@ -45,10 +53,17 @@ impl Default for ReadConfig {
         ReadConfig {
             block_size: 1 << 20,
             memory_cache_bytes: 512 << 20,
+            header_cache_bytes: 64 << 20,
             max_readahead_blocks: 32,
-            prefetch_concurrency: 16,
+            prefetch_concurrency: 32,
         }
     }
+}
+
+#[derive(Debug)]
+struct AccessState {
+    readahead: Readahead,
+    load: LoadDetector,
 }
 
 /// One open file: its pinned version, its disk cache entry (if any) and its access pattern.
@@ -58,25 +73,22 @@ pub struct OpenObject {
     pub version: ObjectVersion,
     /// The version's disk cache entry, held (and so protected from eviction) while open.
     pub disk: Option<Arc<CacheEntry>>,
-    readahead: Mutex<Readahead>,
+    kind: FileKind,
+    access: Mutex<AccessState>,
 }
 
-/// Reads byte ranges of pinned object versions through the cache tiers: memory, then disk,
-/// then S3.
+/// Reads byte ranges of pinned object versions through the cache tiers.
 pub struct BlockReader {
-    store: Arc<dyn ObjectStore>,
+    fetcher: Arc<Fetcher>,
+    headers: moka::future::Cache<(Arc<str>, Arc<str>), Bytes>,
     bucket: String,
-    memory: MemoryTier,
-    disk: Option<Arc<DiskCache>>,
     config: ReadConfig,
-    prefetch_slots: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for BlockReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BlockReader")
             .field("config", &self.config)
-            .field("disk", &self.disk.as_ref().map(|d| d.root().to_path_buf()))
             .finish_non_exhaustive()
     }
 }
@@ -89,24 +101,33 @@ impl BlockReader {
         config: ReadConfig,
         disk: Option<Arc<DiskCache>>,
     ) -> Arc<BlockReader> {
-        Arc::new(BlockReader {
+        let fetcher = Arc::new(Fetcher::new(
             store,
-            bucket: bucket.to_string(),
-            memory: MemoryTier::new(config.memory_cache_bytes),
+            MemoryTier::new(config.memory_cache_bytes),
             disk,
-            prefetch_slots: Arc::new(Semaphore::new(config.prefetch_concurrency.max(1))),
+            config.block_size,
+            config.prefetch_concurrency,
+        ));
+        let headers = moka::future::Cache::builder()
+            .weigher(|_k: &(Arc<str>, Arc<str>), v: &Bytes| v.len().try_into().unwrap_or(u32::MAX))
+            .max_capacity(config.header_cache_bytes)
+            .build();
+        Arc::new(BlockReader {
+            fetcher,
+            headers,
+            bucket: bucket.to_string(),
             config,
         })
     }
 
     /// The memory tier (for its counters).
     pub fn memory(&self) -> &MemoryTier {
-        &self.memory
+        self.fetcher.memory()
     }
 
     /// The disk tier, if configured.
     pub fn disk(&self) -> Option<&Arc<DiskCache>> {
-        self.disk.as_ref()
+        self.fetcher.disk()
     }
 
     /// The block size in bytes.
@@ -116,7 +137,7 @@ impl BlockReader {
 
     /// Starts reading `version`: opens (or creates) its disk cache entry.
     pub async fn open(&self, version: ObjectVersion) -> OpenObject {
-        let disk = match &self.disk {
+        let disk = match self.fetcher.disk() {
             Some(cache) if version.size > 0 => {
                 let cache = cache.clone();
                 let id = EntryId {
@@ -133,10 +154,25 @@ impl BlockReader {
             }
             _ => None,
         };
+        let kind = FileKind::from_key(&version.key);
+        let mut load = LoadDetector::new(kind);
+        if kind == FileKind::Safetensors {
+            if let Some(header) = self
+                .headers
+                .get(&(version.key.clone(), version.etag.clone()))
+                .await
+            {
+                load.set_header_end(header.len() as u64);
+            }
+        }
         OpenObject {
             version,
             disk,
-            readahead: Mutex::new(Readahead::default()),
+            kind,
+            access: Mutex::new(AccessState {
+                readahead: Readahead::default(),
+                load,
+            }),
         }
     }
 
@@ -152,25 +188,27 @@ impl BlockReader {
             return Ok(Bytes::new());
         }
         let end = offset.saturating_add(len).min(size);
+        let header_key = (file.version.key.clone(), file.version.etag.clone());
+        if file.kind == FileKind::Safetensors {
+            if let Some(header) = self.headers.get(&header_key).await {
+                if end <= header.len() as u64 {
+                    return Ok(header.slice(offset as usize..end as usize));
+                }
+            }
+        }
+        self.plan_background(file, offset, end);
+
         let bs = self.config.block_size;
         let (first, last) = (offset / bs, (end - 1) / bs);
-
-        let ahead = file
-            .readahead
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .observe(
-                offset,
-                end,
-                bs,
-                self.config.max_readahead_blocks,
-                size.div_ceil(bs),
-            );
-        for index in ahead {
-            self.spawn_prefetch(file.clone(), index);
+        let entry = file.disk.as_ref();
+        let blocks = try_join_all((first..=last).map(|index| {
+            self.fetcher
+                .block(&file.version, entry, index, Priority::Demand)
+        }))
+        .await?;
+        if file.kind == FileKind::Safetensors && first == 0 {
+            self.remember_header(file, &blocks[0]).await;
         }
-
-        let blocks = try_join_all((first..=last).map(|index| self.block(file, index))).await?;
         if let [block] = blocks.as_slice() {
             let start = (offset - first * bs) as usize;
             return Ok(block.slice(start..start + (end - offset) as usize));
@@ -185,65 +223,61 @@ impl BlockReader {
         Ok(out.freeze())
     }
 
-    /// One block: memory, else disk, else S3 (stored on disk on the way back). One request
-    /// per block however many readers in this process wait for it; other processes sharing
-    /// the disk cache wait for our download instead of making their own.
-    async fn block(self: &Arc<Self>, file: &Arc<OpenObject>, index: u64) -> Result<Bytes, FsError> {
-        let key = BlockKey {
-            key: file.version.key.clone(),
-            etag: file.version.etag.clone(),
-            index,
+    /// Keeps a safetensors header in memory once its first block is known.
+    async fn remember_header(&self, file: &OpenObject, block0: &Bytes) {
+        let Some(end) = model_file::header_end(block0, file.version.size) else {
+            return;
         };
-        let this = self.clone();
-        let file = file.clone();
-        self.memory
-            .get_or_load(key, async move { this.load(&file, index).await })
-            .await
+        file.access
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .load
+            .set_header_end(end);
+        if end <= block0.len() as u64 {
+            let key = (file.version.key.clone(), file.version.etag.clone());
+            self.headers.insert(key, block0.slice(..end as usize)).await;
+        }
     }
 
-    async fn load(&self, file: &OpenObject, index: u64) -> Result<Bytes, FsError> {
-        let (Some(cache), Some(entry)) = (&self.disk, &file.disk) else {
-            return self.fetch(&file.version, index).await;
-        };
-        let from_disk = |cache: Arc<DiskCache>, entry: Arc<CacheEntry>| async move {
-            tokio::task::spawn_blocking(move || cache.read_block(&entry, index))
-                .await
-                .ok()
-                .flatten()
-        };
-        if let Some(bytes) = from_disk(cache.clone(), entry.clone()).await {
-            return Ok(Bytes::from(bytes));
-        }
-        let _download = cache.lock_block(entry, index, PEER_DOWNLOAD_WAIT).await;
-        if let Some(bytes) = from_disk(cache.clone(), entry.clone()).await {
-            return Ok(Bytes::from(bytes));
-        }
-        let bytes = self.fetch(&file.version, index).await?;
-        let (cache, entry, stored) = (cache.clone(), entry.clone(), bytes.clone());
-        let _ =
-            tokio::task::spawn_blocking(move || cache.write_block(&entry, index, &stored)).await;
-        Ok(bytes)
-    }
-
-    async fn fetch(&self, version: &ObjectVersion, index: u64) -> Result<Bytes, FsError> {
+    /// Decides what to fetch in the background for a read of `offset..end`.
+    fn plan_background(self: &Arc<Self>, file: &Arc<OpenObject>, offset: u64, end: u64) {
         let bs = self.config.block_size;
-        let range = index * bs..((index + 1) * bs).min(version.size);
-        Ok(self
-            .store
-            .get_range(&version.key, range, &version.etag)
-            .await?)
-    }
-
-    fn spawn_prefetch(self: &Arc<Self>, file: Arc<OpenObject>, index: u64) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            let Ok(_slot) = this.prefetch_slots.clone().acquire_owned().await else {
-                return;
+        let (ahead, start_sweep) = {
+            let mut access = file.access.lock().unwrap_or_else(|e| e.into_inner());
+            let start_sweep = access.load.observe(offset, end, bs);
+            let ahead = if access.load.in_header(offset) {
+                0..0
+            } else {
+                access.readahead.observe(
+                    offset,
+                    end,
+                    bs,
+                    self.config.max_readahead_blocks,
+                    file.version.size.div_ceil(bs),
+                )
             };
-            if let Err(e) = this.block(&file, index).await {
-                tracing::debug!(key = %file.version.key, index, "prefetch failed: {e}");
-            }
-        });
+            (ahead, start_sweep)
+        };
+        if start_sweep && file.disk.is_some() {
+            sweep::spawn(
+                self.fetcher.clone(),
+                file,
+                offset / bs,
+                self.config.prefetch_concurrency,
+            );
+        }
+        for index in ahead {
+            let (fetcher, file) = (self.fetcher.clone(), file.clone());
+            tokio::spawn(async move {
+                let entry = file.disk.as_ref();
+                if let Err(e) = fetcher
+                    .block(&file.version, entry, index, Priority::Background)
+                    .await
+                {
+                    tracing::debug!(key = %file.version.key, index, "readahead failed: {e}");
+                }
+            });
+        }
     }
 }
 
@@ -264,6 +298,7 @@ mod tests {
             ReadConfig {
                 block_size,
                 memory_cache_bytes: 1 << 20,
+                header_cache_bytes: 1 << 20,
                 max_readahead_blocks: 4,
                 prefetch_concurrency: 4,
             },
