@@ -15,6 +15,8 @@
 //! - [`fuse`]: the adapter that turns kernel requests into calls on the pieces above and
 //!   errors into errnos. No policy lives there.
 //! - [`mount`]: pre-flight checks and the FUSE session.
+//! - [`cache`]: the memory and disk tiers.
+//! - [`warm`]: filling the disk cache ahead of use.
 //!
 //! `docs/design.md` in the repository walks the data path from `read()` to S3 and back.
 
@@ -26,6 +28,7 @@ pub mod mount;
 pub mod namespace;
 pub mod read;
 pub mod store;
+pub mod warm;
 
 pub use error::FsError;
 pub use location::S3Location;

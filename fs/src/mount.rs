@@ -197,11 +197,23 @@ pub fn mount(
 pub const READ_AHEAD_KIB: u32 = 4096;
 
 /// Sets the `read_ahead_kb` of the backing device info of the filesystem mounted at `path`.
+/// The device number comes from `/proc/self/mountinfo`: a `stat` of the mountpoint would be
+/// a request to the filesystem itself, which is not serving yet.
 pub fn set_read_ahead(path: &Path, kib: u32) -> std::io::Result<()> {
-    let dev = std::fs::metadata(path)?.dev();
-    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let wanted = path.to_string_lossy().replace(' ', "\\040");
+    let device = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let device = fields.nth(2)?;
+            let mountpoint = fields.nth(1)?;
+            (mountpoint == wanted).then_some(device)
+        })
+        .last()
+        .ok_or_else(|| std::io::Error::other("mount not found in /proc/self/mountinfo"))?;
     std::fs::write(
-        format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb"),
+        format!("/sys/class/bdi/{device}/read_ahead_kb"),
         kib.to_string(),
     )
 }

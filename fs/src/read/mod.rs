@@ -120,6 +120,11 @@ impl BlockReader {
         })
     }
 
+    /// The fetch engine.
+    pub fn fetcher(&self) -> &Arc<Fetcher> {
+        &self.fetcher
+    }
+
     /// The memory tier (for its counters).
     pub fn memory(&self) -> &MemoryTier {
         self.fetcher.memory()

@@ -1,0 +1,287 @@
+//! [`LocalS3`]: the S3 service served over HTTP on loopback, on its own tokio runtime in a
+//! background thread, so it works the same from plain `#[test]` functions, from async code
+//! and from the `modelfs demo` command.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use s3s::service::S3Service;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::service::LocalS3Service;
+use crate::stats::RequestStats;
+use crate::store::FileStore;
+
+/// Worker threads of the server's runtime.
+const WORKERS: usize = 2;
+
+/// How long shutdown waits for blocking file work still in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// How to run a [`LocalS3`].
+#[derive(Clone, Debug)]
+pub struct LocalS3Config {
+    /// Directory of the [`FileStore`] (created if missing; existing content is served).
+    pub root: PathBuf,
+    /// Address to listen on; port 0 picks a free port.
+    pub bind: SocketAddr,
+    /// Access key id clients must sign with.
+    pub access_key: String,
+    /// Secret key clients must sign with.
+    pub secret_key: String,
+    /// Region clients should be configured with (signatures for any region are accepted).
+    pub region: String,
+}
+
+impl LocalS3Config {
+    /// Access key id used by [`LocalS3Config::new`].
+    pub const DEFAULT_ACCESS_KEY: &'static str = "modelfs-test";
+    /// Secret key used by [`LocalS3Config::new`].
+    pub const DEFAULT_SECRET_KEY: &'static str = "modelfs-test-secret";
+    /// Region used by [`LocalS3Config::new`].
+    pub const DEFAULT_REGION: &'static str = "us-east-1";
+
+    /// A configuration serving the store at `root` on `127.0.0.1:0` with the default
+    /// credentials and region.
+    pub fn new(root: impl Into<PathBuf>) -> LocalS3Config {
+        LocalS3Config {
+            root: root.into(),
+            bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            access_key: Self::DEFAULT_ACCESS_KEY.to_string(),
+            secret_key: Self::DEFAULT_SECRET_KEY.to_string(),
+            region: Self::DEFAULT_REGION.to_string(),
+        }
+    }
+}
+
+/// A running local S3 server. Dropping it stops the server: the listener closes, open
+/// connections are aborted and the server thread is joined.
+#[derive(Debug)]
+pub struct LocalS3 {
+    config: LocalS3Config,
+    addr: SocketAddr,
+    service: LocalS3Service,
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LocalS3 {
+    /// Opens (or creates) the store at `config.root`, binds `config.bind` and starts serving.
+    /// Returns once the listener is bound and the server thread is running.
+    pub fn start(config: LocalS3Config) -> io::Result<LocalS3> {
+        let store = Arc::new(FileStore::open(&config.root)?);
+        let service = LocalS3Service::new(store);
+        let http = service
+            .clone()
+            .into_http_service(&config.access_key, &config.secret_key);
+
+        let listener = std::net::TcpListener::bind(config.bind)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+
+        let (shutdown_tx, shutdown_rx) = oneshot::channel();
+        let (ready_tx, ready_rx) = std_mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name(format!("s3local-{}", addr.port()))
+            .spawn(move || serve_thread(listener, http, shutdown_rx, ready_tx))?;
+        let started = ready_rx.recv().unwrap_or_else(|_| {
+            Err(io::Error::other(
+                "the local S3 server thread exited during startup",
+            ))
+        });
+        if let Err(err) = started {
+            let _ = thread.join();
+            return Err(err);
+        }
+        tracing::debug!(%addr, root = %config.root.display(), "local S3 server started");
+        Ok(LocalS3 {
+            config,
+            addr,
+            service,
+            shutdown: Some(shutdown_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// `http://HOST:PORT` (a loopback address when bound to an unspecified one).
+    pub fn endpoint_url(&self) -> String {
+        let mut addr = self.addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr.ip() {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            });
+        }
+        format!("http://{addr}")
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Access key id clients must sign with.
+    pub fn access_key(&self) -> &str {
+        &self.config.access_key
+    }
+
+    /// Secret key clients must sign with.
+    pub fn secret_key(&self) -> &str {
+        &self.config.secret_key
+    }
+
+    /// Region clients should use.
+    pub fn region(&self) -> &str {
+        &self.config.region
+    }
+
+    /// The configuration the server was started with.
+    pub fn config(&self) -> &LocalS3Config {
+        &self.config
+    }
+
+    /// The store behind the server (seed or inspect objects without HTTP).
+    pub fn store(&self) -> &Arc<FileStore> {
+        self.service.store()
+    }
+
+    /// A snapshot of the request counters.
+    pub fn stats(&self) -> RequestStats {
+        self.service.stats()
+    }
+
+    /// Sets every request counter to zero.
+    pub fn reset_stats(&self) {
+        self.service.reset_stats();
+    }
+
+    /// Stops the server and waits for its thread (what dropping it does).
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::warn!(addr = %self.addr, "the local S3 server thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for LocalS3 {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Body of the server thread: builds the runtime, reports readiness, serves until told to
+/// stop, then drops every connection task.
+fn serve_thread(
+    listener: std::net::TcpListener,
+    http: S3Service,
+    shutdown: oneshot::Receiver<()>,
+    ready: std_mpsc::SyncSender<io::Result<()>>,
+) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKERS)
+        .thread_name("s3local-worker")
+        .enable_all()
+        .build();
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            let _ = ready.send(Err(err));
+            return;
+        }
+    };
+    let listener = {
+        let _entered = runtime.enter();
+        TcpListener::from_std(listener)
+    };
+    let listener = match listener {
+        Ok(listener) => listener,
+        Err(err) => {
+            let _ = ready.send(Err(err));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    runtime.block_on(accept_loop(listener, http, shutdown));
+    // Dropping the runtime's tasks closes every connection; blocking file work in flight
+    // gets a short grace period.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+}
+
+/// Accepts connections and serves each (HTTP/1.1 or HTTP/2) on its own task until
+/// `shutdown` fires.
+async fn accept_loop(listener: TcpListener, http: S3Service, mut shutdown: oneshot::Receiver<()>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => accepted,
+        };
+        let socket = match accepted {
+            Ok((socket, _peer)) => socket,
+            Err(err) => {
+                // E.g. out of file descriptors: back off instead of spinning.
+                tracing::warn!(%err, "local S3 server: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        let http = http.clone();
+        tokio::spawn(async move {
+            let served = ConnBuilder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(socket), http)
+                .await;
+            if let Err(err) = served {
+                tracing::debug!(%err, "local S3 server: connection ended with an error");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_and_stops_quickly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = LocalS3::start(LocalS3Config::new(dir.path())).expect("start");
+        assert!(server.endpoint_url().starts_with("http://127.0.0.1:"));
+        assert_eq!(server.access_key(), "modelfs-test");
+        assert_eq!(server.secret_key(), "modelfs-test-secret");
+        assert_eq!(server.region(), "us-east-1");
+        let addr = server.local_addr();
+        // An idle connection must not keep the server alive.
+        let _idle = std::net::TcpStream::connect(addr).expect("connect");
+        let started = std::time::Instant::now();
+        drop(server);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "listener closed"
+        );
+    }
+
+    #[tokio::test]
+    async fn can_be_dropped_inside_a_runtime() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = LocalS3::start(LocalS3Config::new(dir.path())).expect("start");
+        drop(server);
+    }
+}

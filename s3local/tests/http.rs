@@ -1,0 +1,615 @@
+//! The local S3 server over real HTTP, driven by aws-sdk-s3 (SigV4, path-style), plus a raw
+//! socket for unsigned requests.
+
+use std::io::{Read, Write};
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::Client;
+use md5::{Digest, Md5};
+use modelfs_s3local::models::{parse_safetensors_header, SafetensorsReader, SafetensorsSpec};
+use modelfs_s3local::{LocalS3, LocalS3Config};
+
+const BUCKET: &str = "models";
+
+/// A server with one bucket, and its temporary root.
+fn server() -> (tempfile::TempDir, LocalS3) {
+    let root = tempfile::tempdir().expect("tempdir");
+    let server = LocalS3::start(LocalS3Config::new(root.path())).expect("start");
+    server.store().create_bucket(BUCKET).expect("bucket");
+    (root, server)
+}
+
+/// A client for `server` signing with `secret`.
+fn client_with_secret(server: &LocalS3, secret: &str) -> Client {
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(server.endpoint_url())
+        .region(Region::new(server.region().to_string()))
+        .credentials_provider(Credentials::new(
+            server.access_key(),
+            secret,
+            None,
+            None,
+            "test",
+        ))
+        .force_path_style(true)
+        .build();
+    Client::from_conf(config)
+}
+
+fn client(server: &LocalS3) -> Client {
+    client_with_secret(server, server.secret_key())
+}
+
+fn status<E>(err: &SdkError<E>) -> Option<u16> {
+    err.raw_response().map(|r| r.status().as_u16())
+}
+
+fn md5_etag(data: &[u8]) -> String {
+    let digest = Md5::digest(data);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"{hex}\"")
+}
+
+async fn get(client: &Client, key: &str, range: Option<&str>) -> (Vec<u8>, Option<String>) {
+    let out = client
+        .get_object()
+        .bucket(BUCKET)
+        .key(key)
+        .set_range(range.map(str::to_string))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GetObject {key} {range:?}: {e:?}"));
+    let content_range = out.content_range().map(str::to_string);
+    let body = out
+        .body
+        .collect()
+        .await
+        .expect("body")
+        .into_bytes()
+        .to_vec();
+    (body, content_range)
+}
+
+#[tokio::test]
+async fn put_get_head_delete() {
+    let (_root, server) = server();
+    let client = client(&server);
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let put = client
+        .put_object()
+        .bucket(BUCKET)
+        .key("checkpoints/a.safetensors")
+        .body(ByteStream::from(data.clone()))
+        .send()
+        .await
+        .expect("PutObject");
+    assert_eq!(put.e_tag(), Some(md5_etag(&data).as_str()));
+
+    let (body, range) = get(&client, "checkpoints/a.safetensors", None).await;
+    assert_eq!(body, data);
+    assert_eq!(range, None);
+
+    let head = client
+        .head_object()
+        .bucket(BUCKET)
+        .key("checkpoints/a.safetensors")
+        .send()
+        .await
+        .expect("HeadObject");
+    assert_eq!(head.content_length(), Some(data.len() as i64));
+    assert_eq!(head.e_tag(), put.e_tag());
+    assert_eq!(head.accept_ranges(), Some("bytes"));
+    assert!(head.last_modified().is_some());
+
+    let local = server
+        .store()
+        .head(BUCKET, "checkpoints/a.safetensors")
+        .expect("stored");
+    assert_eq!(Some(local.etag.as_str()), put.e_tag());
+
+    client
+        .delete_object()
+        .bucket(BUCKET)
+        .key("checkpoints/a.safetensors")
+        .send()
+        .await
+        .expect("DeleteObject");
+    // Deleting again is fine, as on S3.
+    client
+        .delete_object()
+        .bucket(BUCKET)
+        .key("checkpoints/a.safetensors")
+        .send()
+        .await
+        .expect("DeleteObject again");
+    let err = client
+        .get_object()
+        .bucket(BUCKET)
+        .key("checkpoints/a.safetensors")
+        .send()
+        .await
+        .expect_err("deleted");
+    assert_eq!(status(&err), Some(404));
+    assert!(err.into_service_error().is_no_such_key());
+    let err = client
+        .head_object()
+        .bucket(BUCKET)
+        .key("missing")
+        .send()
+        .await
+        .expect_err("missing");
+    assert_eq!(status(&err), Some(404));
+}
+
+#[tokio::test]
+async fn list_with_delimiter_and_pagination() {
+    let (_root, server) = server();
+    let store = server.store();
+    // Under "p/": five keys and two common prefixes ("p/x/", "p/y/").
+    let keys = [
+        "p/a", "p/b", "p/c", "p/d", "p/e", "p/x/1", "p/x/2", "p/y/1", "q/other",
+    ];
+    for key in keys {
+        store.put_bytes(BUCKET, key, key.as_bytes()).expect("seed");
+    }
+    let client = client(&server);
+    let mut pages = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let out = client
+            .list_objects_v2()
+            .bucket(BUCKET)
+            .prefix("p/")
+            .delimiter("/")
+            .max_keys(2)
+            .set_continuation_token(token.clone())
+            .send()
+            .await
+            .expect("ListObjectsV2");
+        let mut page: Vec<String> = Vec::new();
+        for object in out.contents() {
+            let key = object.key().expect("key");
+            let meta = store.head(BUCKET, key).expect("listed key exists");
+            assert_eq!(object.e_tag(), Some(meta.etag.as_str()), "ETag in listing");
+            assert_eq!(object.size(), Some(meta.size as i64));
+            assert!(object.last_modified().is_some());
+            assert_eq!(
+                object.storage_class(),
+                Some(&aws_sdk_s3::types::ObjectStorageClass::Standard)
+            );
+            page.push(key.to_string());
+        }
+        for prefix in out.common_prefixes() {
+            page.push(prefix.prefix().expect("prefix").to_string());
+        }
+        assert_eq!(out.key_count(), Some(page.len() as i32));
+        assert!(page.len() <= 2);
+        pages.push(page);
+        if out.is_truncated() == Some(true) {
+            token = Some(out.next_continuation_token().expect("token").to_string());
+        } else {
+            assert!(out.next_continuation_token().is_none());
+            break;
+        }
+        assert!(pages.len() < 10, "pagination does not end");
+    }
+    assert_eq!(
+        pages,
+        vec![
+            vec!["p/a", "p/b"],
+            vec!["p/c", "p/d"],
+            vec!["p/e", "p/x/"],
+            vec!["p/y/"],
+        ]
+    );
+
+    // The paginator sees the same thing, and a listing without delimiter sees every key.
+    let all: Vec<String> = client
+        .list_objects_v2()
+        .bucket(BUCKET)
+        .into_paginator()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .expect("paginate")
+        .iter()
+        .flat_map(|page| {
+            page.contents()
+                .iter()
+                .map(|o| o.key().unwrap_or_default().to_string())
+        })
+        .collect();
+    assert_eq!(all, keys);
+
+    let err = client
+        .list_objects_v2()
+        .bucket("nope")
+        .send()
+        .await
+        .expect_err("missing bucket");
+    assert_eq!(status(&err), Some(404));
+    assert_eq!(err.into_service_error().code(), Some("NoSuchBucket"));
+}
+
+#[tokio::test]
+async fn url_encoded_listing() {
+    let (_root, server) = server();
+    server
+        .store()
+        .put_bytes(BUCKET, "sp ace/ü+x.bin", b"x")
+        .expect("seed");
+    let client = client(&server);
+    let out = client
+        .list_objects_v2()
+        .bucket(BUCKET)
+        .encoding_type(aws_sdk_s3::types::EncodingType::Url)
+        .send()
+        .await
+        .expect("ListObjectsV2");
+    let key = out.contents()[0].key().expect("key");
+    assert_eq!(key, "sp%20ace/%C3%BC%2Bx.bin");
+}
+
+#[tokio::test]
+async fn ranged_gets() {
+    let (_root, server) = server();
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 249) as u8).collect();
+    server.store().put_bytes(BUCKET, "r", &data).expect("seed");
+    server
+        .store()
+        .put_bytes(BUCKET, "empty", b"")
+        .expect("seed");
+    let client = client(&server);
+
+    let (body, range) = get(&client, "r", Some("bytes=10-19")).await;
+    assert_eq!(body, &data[10..20]);
+    assert_eq!(range.as_deref(), Some("bytes 10-19/1000000"));
+
+    let (body, range) = get(&client, "r", Some("bytes=999990-")).await;
+    assert_eq!(body, &data[999_990..]);
+    assert_eq!(range.as_deref(), Some("bytes 999990-999999/1000000"));
+
+    let (body, range) = get(&client, "r", Some("bytes=-5")).await;
+    assert_eq!(body, &data[999_995..]);
+    assert_eq!(range.as_deref(), Some("bytes 999995-999999/1000000"));
+
+    let (body, _) = get(&client, "r", Some("bytes=500000-2000000")).await;
+    assert_eq!(body, &data[500_000..], "a range past the end is clamped");
+
+    let (body, _) = get(&client, "r", Some("bytes=300000-700000")).await;
+    assert_eq!(body, &data[300_000..700_001], "multi-chunk range");
+
+    for (key, range) in [
+        ("r", "bytes=1000000-"),
+        ("empty", "bytes=0-"),
+        ("empty", "bytes=-1"),
+    ] {
+        let err = client
+            .get_object()
+            .bucket(BUCKET)
+            .key(key)
+            .range(range)
+            .send()
+            .await
+            .expect_err("unsatisfiable");
+        assert_eq!(status(&err), Some(416), "{key} {range}");
+        assert_eq!(err.into_service_error().code(), Some("InvalidRange"));
+    }
+    let (body, _) = get(&client, "empty", None).await;
+    assert!(body.is_empty());
+}
+
+#[tokio::test]
+async fn conditional_gets() {
+    let (_root, server) = server();
+    let meta = server
+        .store()
+        .put_bytes(BUCKET, "k", b"version 1")
+        .expect("seed");
+    let client = client(&server);
+    server.reset_stats();
+
+    let ok = client
+        .get_object()
+        .bucket(BUCKET)
+        .key("k")
+        .if_match(&meta.etag)
+        .range("bytes=0-6")
+        .send()
+        .await
+        .expect("matching If-Match");
+    assert_eq!(ok.e_tag(), Some(meta.etag.as_str()));
+    let unquoted = meta.etag.trim_matches('"').to_string();
+    client
+        .get_object()
+        .bucket(BUCKET)
+        .key("k")
+        .if_match(unquoted)
+        .send()
+        .await
+        .expect("unquoted If-Match");
+
+    server
+        .store()
+        .put_bytes(BUCKET, "k", b"version 2")
+        .expect("overwrite");
+    let err = client
+        .get_object()
+        .bucket(BUCKET)
+        .key("k")
+        .if_match(&meta.etag)
+        .send()
+        .await
+        .expect_err("stale If-Match");
+    assert_eq!(status(&err), Some(412));
+    assert_eq!(err.into_service_error().code(), Some("PreconditionFailed"));
+    let err = client
+        .head_object()
+        .bucket(BUCKET)
+        .key("k")
+        .if_match(&meta.etag)
+        .send()
+        .await
+        .expect_err("stale If-Match on HEAD");
+    assert_eq!(status(&err), Some(412));
+
+    let current = server.store().head(BUCKET, "k").expect("head");
+    let err = client
+        .get_object()
+        .bucket(BUCKET)
+        .key("k")
+        .if_none_match(&current.etag)
+        .send()
+        .await
+        .expect_err("If-None-Match on the current version");
+    assert_eq!(status(&err), Some(304));
+    let headers = err.raw_response().expect("response").headers();
+    assert_eq!(headers.get("etag"), Some(current.etag.as_str()));
+    assert!(headers.get("last-modified").is_some());
+    let err = client
+        .head_object()
+        .bucket(BUCKET)
+        .key("k")
+        .if_none_match(&current.etag)
+        .send()
+        .await
+        .expect_err("If-None-Match on HEAD");
+    assert_eq!(status(&err), Some(304));
+
+    let stats = server.stats();
+    assert_eq!(stats.precondition_failed, 2);
+    assert_eq!(stats.get_object, 4);
+    assert_eq!(stats.head_object, 2);
+    assert_eq!(stats.bytes_sent, 7 + 9, "only served bodies count");
+}
+
+#[tokio::test]
+async fn weird_keys_round_trip() {
+    let (_root, server) = server();
+    let client = client(&server);
+    let long = format!("long/{}.safetensors", "x".repeat(300));
+    let keys = [
+        "a",
+        "a/b",
+        "a//b",
+        "../x",
+        "./y",
+        "sp ace/ü.safetensors",
+        "q?uery#frag&amp=+%20.bin",
+        long.as_str(),
+    ];
+    for (i, key) in keys.iter().enumerate() {
+        client
+            .put_object()
+            .bucket(BUCKET)
+            .key(*key)
+            .body(ByteStream::from(format!("content {i}").into_bytes()))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("PutObject {key:?}: {e:?}"));
+    }
+    for (i, key) in keys.iter().enumerate() {
+        let (body, _) = get(&client, key, None).await;
+        assert_eq!(body, format!("content {i}").as_bytes(), "{key:?}");
+        assert_eq!(
+            server
+                .store()
+                .get_bytes(BUCKET, key)
+                .expect("stored under the exact key"),
+            format!("content {i}").as_bytes()
+        );
+    }
+    let listed: Vec<String> = client
+        .list_objects_v2()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .expect("list")
+        .contents()
+        .iter()
+        .map(|o| o.key().unwrap_or_default().to_string())
+        .collect();
+    let mut expected: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+}
+
+#[tokio::test]
+async fn bad_signatures_are_rejected() {
+    let (_root, server) = server();
+    server
+        .store()
+        .put_bytes(BUCKET, "k", b"secret")
+        .expect("seed");
+    let wrong = client_with_secret(&server, "not-the-secret");
+    let err = wrong
+        .get_object()
+        .bucket(BUCKET)
+        .key("k")
+        .send()
+        .await
+        .expect_err("wrong secret");
+    assert_eq!(status(&err), Some(403));
+    assert_eq!(
+        err.into_service_error().code(),
+        Some("SignatureDoesNotMatch")
+    );
+
+    // No signature at all.
+    let addr = server.local_addr();
+    let response = tokio::task::spawn_blocking(move || {
+        let mut socket = std::net::TcpStream::connect(addr).expect("connect");
+        write!(
+            socket,
+            "GET /{BUCKET}/k HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut response = String::new();
+        socket.read_to_string(&mut response).expect("read");
+        response
+    })
+    .await
+    .expect("raw request");
+    assert!(response.starts_with("HTTP/1.1 403"), "{response}");
+    assert!(!response.contains("secret\r\n"), "no content leaks");
+}
+
+#[tokio::test]
+async fn buckets_over_http() {
+    let (_root, server) = server();
+    let client = client(&server);
+    client
+        .create_bucket()
+        .bucket("second")
+        .send()
+        .await
+        .expect("CreateBucket");
+    assert!(server.store().bucket_exists("second"));
+    client
+        .head_bucket()
+        .bucket("second")
+        .send()
+        .await
+        .expect("HeadBucket");
+    let names: Vec<String> = client
+        .list_buckets()
+        .send()
+        .await
+        .expect("ListBuckets")
+        .buckets()
+        .iter()
+        .map(|b| b.name().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(names, [BUCKET, "second"]);
+    let err = client
+        .head_bucket()
+        .bucket("missing")
+        .send()
+        .await
+        .expect_err("missing");
+    assert_eq!(status(&err), Some(404));
+    client
+        .delete_bucket()
+        .bucket("second")
+        .send()
+        .await
+        .expect("DeleteBucket");
+    assert!(!server.store().bucket_exists("second"));
+}
+
+#[tokio::test]
+async fn large_generated_model_streams_and_counts() {
+    let (_root, server) = server();
+    let spec = SafetensorsSpec::new(11, 24 << 20);
+    let meta = server
+        .store()
+        .put_from_reader(
+            BUCKET,
+            "checkpoints/big.safetensors",
+            SafetensorsReader::new(&spec),
+        )
+        .expect("seed");
+    let source = std::fs::read(
+        server
+            .store()
+            .data_path(BUCKET, "checkpoints/big.safetensors")
+            .expect("path"),
+    )
+    .expect("read source");
+    assert_eq!(source.len() as u64, meta.size);
+    assert_eq!(md5_etag(&source), meta.etag);
+
+    let client = client(&server);
+    server.reset_stats();
+    let (body, _) = get(&client, "checkpoints/big.safetensors", None).await;
+    assert!(body == source, "GET returns the stored bytes");
+    let header = parse_safetensors_header(&body).expect("valid safetensors");
+    assert_eq!(header.data_len(), 24 << 20);
+    let (tail, _) = get(
+        &client,
+        "checkpoints/big.safetensors",
+        Some("bytes=-1048576"),
+    )
+    .await;
+    assert!(tail == source[source.len() - (1 << 20)..]);
+    let stats = server.stats();
+    assert_eq!(stats.get_object, 2);
+    assert_eq!(stats.bytes_sent, meta.size + (1 << 20));
+    assert_eq!(stats.put_object, 0);
+}
+
+#[tokio::test]
+async fn objects_survive_a_restart() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let etag = {
+        let server = LocalS3::start(LocalS3Config::new(root.path())).expect("start");
+        server.store().create_bucket(BUCKET).expect("bucket");
+        let out = client(&server)
+            .put_object()
+            .bucket(BUCKET)
+            .key("a//b")
+            .body(ByteStream::from_static(b"persistent"))
+            .send()
+            .await
+            .expect("put");
+        out.e_tag().expect("etag").to_string()
+    };
+    let server = LocalS3::start(LocalS3Config::new(root.path())).expect("restart");
+    let client = client(&server);
+    let out = client
+        .head_object()
+        .bucket(BUCKET)
+        .key("a//b")
+        .send()
+        .await
+        .expect("head after restart");
+    assert_eq!(out.e_tag(), Some(etag.as_str()));
+    let (body, _) = get(&client, "a//b", None).await;
+    assert_eq!(body, b"persistent");
+}
+
+#[test]
+fn usable_from_plain_tests() {
+    let (_root, server) = server();
+    server.store().put_bytes(BUCKET, "k", b"v").expect("seed");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = client(&server);
+    let body = runtime.block_on(async {
+        let out = client
+            .get_object()
+            .bucket(BUCKET)
+            .key("k")
+            .send()
+            .await
+            .expect("get");
+        out.body.collect().await.expect("body").into_bytes()
+    });
+    assert_eq!(&body[..], b"v");
+    assert_eq!(server.stats().get_object, 1);
+}

@@ -1,0 +1,208 @@
+//! `modelfs mount`: flags, pre-flight checks, the FUSE session, and a clean unmount on
+//! SIGTERM/SIGINT.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use modelfs_fs::cache::{CacheSize, DiskCache, DiskCacheConfig};
+use modelfs_fs::fuse::Ownership;
+use modelfs_fs::mount::{check_bucket, check_fuse_device, check_mountpoint, mount, MountConfig};
+use modelfs_fs::read::ReadConfig;
+use modelfs_fs::store::{ObjectStore, S3Store};
+use modelfs_fs::S3Location;
+
+use crate::daemon::{self, ReadyPipe};
+use crate::s3_args::S3Args;
+use crate::units::{parse_duration, parse_mode, parse_size};
+
+/// How long SIGTERM waits for open files to close before detaching the mount lazily.
+const UNMOUNT_GRACE: Duration = Duration::from_secs(30);
+
+/// Arguments of `modelfs mount`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MountArgs {
+    /// The models location: s3://BUCKET or s3://BUCKET/PREFIX.
+    pub source: String,
+    /// An existing empty directory to mount on.
+    pub mountpoint: PathBuf,
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// How long listings and attributes are trusted before S3 is asked again (new uploads
+    /// appear, deleted objects disappear and new versions are opened after this).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub metadata_ttl: Duration,
+    /// Owner uid of every file (default: the mounting user).
+    #[arg(long)]
+    pub uid: Option<u32>,
+    /// Owner gid of every file (default: the mounting user's group).
+    #[arg(long)]
+    pub gid: Option<u32>,
+    /// Permission bits of files.
+    #[arg(long, default_value = "0444", value_parser = parse_mode)]
+    pub file_mode: u16,
+    /// Permission bits of directories.
+    #[arg(long, default_value = "0555", value_parser = parse_mode)]
+    pub dir_mode: u16,
+    /// Allow users other than the mounting user (needs user_allow_other in /etc/fuse.conf
+    /// when not root).
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Stay in the foreground until unmounted (default: return once the mount is ready).
+    #[arg(long, short = 'f')]
+    pub foreground: bool,
+    /// Log filter: error, warn, info, debug, trace, or per-module directives.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+    /// Append logs to this file (default: stderr, which a background mount discards).
+    #[arg(long)]
+    pub log_file: Option<PathBuf>,
+    /// Memory budget for cached blocks.
+    #[arg(long, default_value = "512MiB", value_parser = parse_size)]
+    pub memory_cache_size: u64,
+    /// Directory of the persistent disk cache, shared by every modelfs process on the node
+    /// (e.g. the instance store). Without it, only the memory cache is used.
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Disk cache limit: bytes (`50GiB`), a share of the disk (`80%`), or `free:N%` to grow
+    /// while N% of the disk stays free.
+    #[arg(long, default_value = "free:10%")]
+    pub cache_size: CacheSize,
+    /// Never serve reads by FUSE passthrough (by default, complete disk-cache entries are
+    /// read by the kernel directly when it supports passthrough and we have CAP_SYS_ADMIN).
+    #[arg(long)]
+    pub no_passthrough: bool,
+    /// Internal: fd on which a background child reports readiness.
+    #[arg(long, hide = true)]
+    pub ready_fd: Option<i32>,
+}
+
+/// Runs `modelfs mount`; `argv` is the command line after the program name (re-used to
+/// start the background child).
+pub fn run(args: MountArgs, argv: &[OsString]) -> anyhow::Result<()> {
+    let location: S3Location = args.source.parse()?;
+    if !args.foreground {
+        // Obvious mistakes fail here, in the caller's terminal; the rest in the child.
+        check_mountpoint(&args.mountpoint)?;
+        return daemon::spawn_background(argv.to_vec());
+    }
+    let mut ready = args.ready_fd.map(ReadyPipe::from_fd);
+    let result = serve(&args, location, &mut ready);
+    if let (Err(e), Some(pipe)) = (&result, ready.take()) {
+        pipe.failed(&format!("{e:#}"));
+    }
+    result
+}
+
+fn serve(
+    args: &MountArgs,
+    location: S3Location,
+    ready: &mut Option<ReadyPipe>,
+) -> anyhow::Result<()> {
+    crate::logging::init(&args.log_level, args.log_file.as_deref())?;
+    check_mountpoint(&args.mountpoint)?;
+    check_fuse_device()?;
+    let mountpoint = args
+        .mountpoint
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", args.mountpoint.display()))?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("modelfs-io")
+        .build()
+        .context("cannot start the async runtime")?;
+    let s3_config = args.s3.config(&location.bucket);
+    let store: Arc<dyn ObjectStore> = Arc::new(runtime.block_on(S3Store::connect(&s3_config)));
+    runtime.block_on(check_bucket(store.as_ref(), &location))?;
+
+    let config = MountConfig {
+        location: location.clone(),
+        mountpoint: mountpoint.clone(),
+        metadata_ttl: args.metadata_ttl,
+        ownership: Ownership {
+            // SAFETY: geteuid/getegid have no preconditions.
+            uid: args.uid.unwrap_or_else(|| unsafe { libc::geteuid() }),
+            gid: args.gid.unwrap_or_else(|| unsafe { libc::getegid() }),
+            file_mode: args.file_mode,
+            dir_mode: args.dir_mode,
+        },
+        allow_other: args.allow_other,
+        read: ReadConfig {
+            memory_cache_bytes: args.memory_cache_size,
+            ..ReadConfig::default()
+        },
+        passthrough: !args.no_passthrough,
+        fuse_threads: 4,
+    };
+    let disk_cache = match &args.cache_dir {
+        Some(dir) => Some(
+            DiskCache::open(&DiskCacheConfig {
+                dir: dir.clone(),
+                size: args.cache_size,
+            })
+            .with_context(|| format!("cannot use cache directory {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let session = mount(&config, store, disk_cache.clone(), runtime.handle().clone())?;
+    tracing::info!(
+        "mounted {location} at {} (metadata TTL {:?})",
+        mountpoint.display(),
+        args.metadata_ttl
+    );
+    if let Some(pipe) = ready.take() {
+        pipe.ready();
+    }
+    crate::sd_notify::notify("READY=1");
+
+    runtime.spawn(unmount_on_signal(mountpoint.clone()));
+    session
+        .run()
+        .with_context(|| format!("serving {} failed", mountpoint.display()))?;
+    tracing::info!("unmounted {}", mountpoint.display());
+
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+/// On SIGTERM or SIGINT: unmount once no file is open, or detach lazily after a grace period.
+async fn unmount_on_signal(mountpoint: PathBuf) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot install signal handlers; unmount with `modelfs unmount`");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("signal received: unmounting {}", mountpoint.display());
+    crate::sd_notify::notify("STOPPING=1");
+    graceful_unmount(&mountpoint, UNMOUNT_GRACE).await;
+}
+
+async fn graceful_unmount(mountpoint: &Path, grace: Duration) {
+    let started = Instant::now();
+    loop {
+        match crate::unmount_cmd::unmount(mountpoint, false) {
+            Ok(()) => return,
+            Err(e) if started.elapsed() < grace => {
+                tracing::debug!("unmount not possible yet: {e:#}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                tracing::warn!("{e:#}; detaching lazily after {grace:?}");
+                if let Err(e) = crate::unmount_cmd::unmount(mountpoint, true) {
+                    tracing::error!("lazy unmount failed: {e:#}");
+                }
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! End-to-end tests of the disk cache through real mounts against the local S3 server, with
+//! requests counted at the server.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::mount::Mount;
+use common::s3::LocalServer;
+use common::suite::eventually;
+
+const BUCKET: &str = "models";
+const MIB: u64 = 1 << 20;
+
+fn seed(server: &LocalServer, key: &str, size: u64, seed: u64) -> PathBuf {
+    server
+        .store()
+        .put_from_reader(BUCKET, key, common::PseudoRandomReader::new(seed, size))
+        .expect("seed object");
+    server.store().data_path(BUCKET, key).expect("source path")
+}
+
+fn mount(server: &LocalServer, cache: &Path, extra: &[&str]) -> Mount {
+    let mut args = vec!["--cache-dir", cache.to_str().expect("utf-8 path")];
+    args.extend_from_slice(extra);
+    Mount::new(&server.endpoint, "s3://models/m", &args)
+}
+
+fn assert_same_file(a: &Path, b: &Path) {
+    let (x, y) = (
+        std::fs::read(a).expect("read a"),
+        std::fs::read(b).expect("read b"),
+    );
+    assert_eq!(x.len(), y.len(), "sizes differ");
+    assert!(
+        x == y,
+        "contents of {} and {} differ",
+        a.display(),
+        b.display()
+    );
+}
+
+/// Allocated bytes under `dir` (what the cache occupies on disk).
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += meta.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+fn drop_page_cache() {
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+#[test]
+fn second_read_after_remount_makes_zero_gets() {
+    let server = LocalServer::start(BUCKET);
+    let source = seed(&server, "m/checkpoints/a.safetensors", 48 * MIB + 123, 1);
+    let cache = tempfile::tempdir().expect("cache dir");
+    let mut first = mount(&server, cache.path(), &[]);
+    assert_same_file(&first.join("checkpoints/a.safetensors"), &source);
+    first.unmount();
+    assert!(server.server.stats().get_object > 0);
+
+    server.server.reset_stats();
+    let mut second = mount(&server, cache.path(), &[]);
+    assert_same_file(&second.join("checkpoints/a.safetensors"), &source);
+    let stats = server.server.stats();
+    assert_eq!(
+        stats.get_object, 0,
+        "second read must come from the disk cache"
+    );
+    assert_eq!(stats.bytes_sent, 0);
+    second.unmount();
+}
+
+#[test]
+fn two_mounts_on_one_cache_download_each_block_once() {
+    let server = LocalServer::start(BUCKET);
+    let size = 64 * MIB;
+    let source = seed(&server, "m/loras/shared.safetensors", size, 2);
+    let cache = tempfile::tempdir().expect("cache dir");
+    let a = mount(&server, cache.path(), &[]);
+    let b = mount(&server, cache.path(), &[]);
+    server.server.reset_stats();
+    std::thread::scope(|s| {
+        for m in [&a, &b] {
+            let source = &source;
+            s.spawn(move || assert_same_file(&m.join("loras/shared.safetensors"), source));
+        }
+    });
+    let stats = server.server.stats();
+    assert_eq!(
+        stats.bytes_sent, size,
+        "the two mounts together downloaded {} bytes of a {size}-byte object",
+        stats.bytes_sent
+    );
+}
+
+#[test]
+fn kill_9_mid_download_then_restart_serves_every_byte_correctly() {
+    let server = LocalServer::start(BUCKET);
+    let size = 256 * MIB;
+    let source = seed(&server, "m/checkpoints/big.safetensors", size, 3);
+    let cache = tempfile::tempdir().expect("cache dir");
+    let mut victim = mount(&server, cache.path(), &[]);
+    let path = victim.join("checkpoints/big.safetensors");
+    let pid = victim.pid().expect("daemon pid");
+    let reader = std::thread::spawn(move || {
+        // Reads until the daemon dies under it; any error is expected here.
+        let _ = std::fs::read(&path);
+    });
+    assert!(
+        eventually(Duration::from_secs(30), || disk_usage(cache.path())
+            > 32 * MIB),
+        "download did not start"
+    );
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    assert!(victim.wait_exit(Duration::from_secs(10)).is_some());
+    let _ = Command::new("umount").arg("-l").arg(&victim.path).status();
+    reader.join().expect("reader thread");
+
+    let mut again = mount(&server, cache.path(), &[]);
+    assert_same_file(&again.join("checkpoints/big.safetensors"), &source);
+    again.unmount();
+    let verify = Command::new(common::mount::modelfs_bin())
+        .args(["cache", "verify", "--cache-dir"])
+        .arg(cache.path())
+        .output()
+        .expect("modelfs cache verify");
+    let report = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success(), "{report}");
+    assert!(report.contains(" 0 damaged blocks"), "{report}");
+}
+
+#[test]
+fn a_flipped_byte_on_disk_is_detected_and_fetched_again() {
+    let server = LocalServer::start(BUCKET);
+    let source = seed(&server, "m/vae/v.safetensors", 16 * MIB, 4);
+    let cache = tempfile::tempdir().expect("cache dir");
+    let mut first = mount(&server, cache.path(), &[]);
+    assert_same_file(&first.join("vae/v.safetensors"), &source);
+    first.unmount();
+
+    let data = find_files(cache.path(), "data");
+    assert_eq!(data.len(), 1);
+    let mut bytes = std::fs::read(&data[0]).expect("read cache file");
+    bytes[5 * MIB as usize + 77] ^= 0xFF;
+    std::fs::write(&data[0], &bytes).expect("corrupt cache file");
+
+    server.server.reset_stats();
+    let mut second = mount(&server, cache.path(), &[]);
+    assert_same_file(&second.join("vae/v.safetensors"), &source);
+    let stats = server.server.stats();
+    assert_eq!(
+        stats.bytes_sent, MIB,
+        "exactly the damaged block is fetched again"
+    );
+    second.unmount();
+    assert!(second.log_text().contains("failed its checksum"));
+}
+
+#[test]
+fn eviction_keeps_the_cache_under_its_limit() {
+    let server = LocalServer::start(BUCKET);
+    let limit = 24 * MIB;
+    let sources: Vec<PathBuf> = (0..6)
+        .map(|i| {
+            seed(
+                &server,
+                &format!("m/loras/l{i}.safetensors"),
+                8 * MIB,
+                10 + i,
+            )
+        })
+        .collect();
+    let cache = tempfile::tempdir().expect("cache dir");
+    let mut m = mount(&server, cache.path(), &["--cache-size", "24MiB"]);
+    for (i, source) in sources.iter().enumerate() {
+        assert_same_file(&m.join(&format!("loras/l{i}.safetensors")), source);
+        let used = disk_usage(cache.path());
+        assert!(used <= limit, "cache uses {used} bytes, limit {limit}");
+    }
+    m.unmount();
+    assert!(m.log_text().contains("evictions="));
+}
+
+#[test]
+fn a_full_cache_filesystem_still_serves_correct_bytes() {
+    let server = LocalServer::start(BUCKET);
+    let source = seed(&server, "m/checkpoints/c.safetensors", 40 * MIB, 5);
+    let dir = tempfile::tempdir().expect("tmp");
+    let tiny = dir.path().join("tiny");
+    std::fs::create_dir(&tiny).expect("mkdir");
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(&tiny)
+        .status()
+        .expect("mount tmpfs");
+    assert!(status.success(), "cannot mount a tmpfs (tests run as root)");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(tiny.clone());
+    // Limit far above the filesystem's size: writes hit ENOSPC and must degrade.
+    let mut m = mount(&server, &tiny, &["--cache-size", "1GiB"]);
+    assert_same_file(&m.join("checkpoints/c.safetensors"), &source);
+    assert_same_file(&m.join("checkpoints/c.safetensors"), &source);
+    m.unmount();
+    let log = m.log_text();
+    assert!(log.contains("serving from S3 instead"), "{log}");
+}
+
+fn find_files(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else if e.file_name() == name {
+                found.push(e.path());
+            }
+        }
+    }
+    found
+}
+
+/// The `reads_so_far` of the daemon's last debug "open" line with `mode`.
+fn last_open(log: &str, mode: &str) -> Option<u64> {
+    log.lines()
+        .filter(|l| l.contains(" open") && l.contains(&format!("mode={mode}")))
+        .filter_map(|l| l.split("reads_so_far=").nth(1))
+        .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .filter_map(|n| n.parse().ok())
+        .last()
+}
+
+fn final_reads(log: &str) -> u64 {
+    log.lines()
+        .filter_map(|l| l.split("fuse: ").nth(1))
+        .filter_map(|rest| rest.split(' ').next())
+        .filter_map(|n| n.parse().ok())
+        .last()
+        .expect("final read count in log")
+}
+
+#[test]
+fn passthrough_serves_complete_entries_without_daemon_reads() {
+    let server = LocalServer::start(BUCKET);
+    let source = seed(&server, "m/checkpoints/p.safetensors", 32 * MIB, 6);
+    let cache = tempfile::tempdir().expect("cache dir");
+    let mut m = mount(&server, cache.path(), &[]);
+    let path = m.join("checkpoints/p.safetensors");
+    assert_same_file(&path, &source); // fills the cache
+                                      // Opens of a complete entry start its verification; once verified, opens pass through.
+    let mut passthrough_file = None;
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let f = std::fs::File::open(&path).expect("open");
+            if last_open(&m.log_text(), "Passthrough").is_some() {
+                passthrough_file = Some(f);
+                true
+            } else {
+                false
+            }
+        }),
+        "no passthrough open within 20 s:\n{}",
+        m.log_text()
+    );
+    let reads_before = last_open(&m.log_text(), "Passthrough").expect("open line");
+    drop_page_cache();
+    let mut via_fd = Vec::new();
+    std::io::Read::read_to_end(&mut passthrough_file.take().expect("file"), &mut via_fd)
+        .expect("read through passthrough");
+    assert!(via_fd == std::fs::read(&source).expect("source"));
+    m.unmount();
+    assert_eq!(
+        final_reads(&m.log_text()),
+        reads_before,
+        "reads through a passthrough open must not reach the daemon"
+    );
+}
+
+#[test]
+fn without_passthrough_reads_fall_back_to_the_daemon() {
+    let server = LocalServer::start(BUCKET);
+    let source = seed(&server, "m/checkpoints/n.safetensors", 16 * MIB, 7);
+    let cache = tempfile::tempdir().expect("cache dir");
+    let mut m = mount(&server, cache.path(), &["--no-passthrough"]);
+    let path = m.join("checkpoints/n.safetensors");
+    assert_same_file(&path, &source);
+    std::thread::sleep(Duration::from_millis(200));
+    drop_page_cache();
+    server.server.reset_stats();
+    assert_same_file(&path, &source);
+    assert_eq!(
+        server.server.stats().get_object,
+        0,
+        "served from the disk cache"
+    );
+    m.unmount();
+    let log = m.log_text();
+    assert!(last_open(&log, "Passthrough").is_none(), "{log}");
+    assert!(final_reads(&log) > 0);
+}

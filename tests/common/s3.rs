@@ -1,0 +1,117 @@
+//! S3 endpoints for tests: the project's local server, and a small synchronous admin client
+//! (aws-sdk-s3) that changes a bucket the way a user would, over HTTP.
+
+use std::sync::Arc;
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use modelfs_s3local::{FileStore, LocalS3, LocalS3Config};
+
+/// How to reach an S3 endpoint.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Region name.
+    pub region: String,
+    /// Access key id.
+    pub access_key: String,
+    /// Secret key.
+    pub secret_key: String,
+}
+
+/// The project's s3s-based server on loopback, over a temporary directory.
+pub struct LocalServer {
+    /// The running server.
+    pub server: LocalS3,
+    /// How to reach it.
+    pub endpoint: Endpoint,
+    _root: tempfile::TempDir,
+}
+
+impl LocalServer {
+    /// Starts a server with one empty bucket, `bucket`.
+    pub fn start(bucket: &str) -> LocalServer {
+        let root = tempfile::tempdir().expect("tempdir");
+        let server = LocalS3::start(LocalS3Config::new(root.path())).expect("start local S3");
+        server.store().create_bucket(bucket).expect("create bucket");
+        let endpoint = Endpoint {
+            url: server.endpoint_url(),
+            region: server.region().to_string(),
+            access_key: server.access_key().to_string(),
+            secret_key: server.secret_key().to_string(),
+        };
+        LocalServer {
+            server,
+            endpoint,
+            _root: root,
+        }
+    }
+
+    /// The file store behind the server (seeds large or unusual objects without HTTP).
+    pub fn store(&self) -> &Arc<FileStore> {
+        self.server.store()
+    }
+}
+
+/// A blocking S3 client for changing buckets from tests.
+pub struct Admin {
+    client: aws_sdk_s3::Client,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Admin {
+    /// A client for `endpoint` (path-style, static credentials).
+    pub fn new(endpoint: &Endpoint) -> Admin {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let config = aws_sdk_s3::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .endpoint_url(&endpoint.url)
+            .region(Region::new(endpoint.region.clone()))
+            .credentials_provider(Credentials::new(
+                &endpoint.access_key,
+                &endpoint.secret_key,
+                None,
+                None,
+                "tests",
+            ))
+            .force_path_style(true)
+            .build();
+        Admin {
+            client: aws_sdk_s3::Client::from_conf(config),
+            runtime,
+        }
+    }
+
+    /// Creates `bucket`.
+    pub fn create_bucket(&self, bucket: &str) {
+        self.runtime
+            .block_on(self.client.create_bucket().bucket(bucket).send())
+            .expect("CreateBucket");
+    }
+
+    /// Puts `data` at `key`; returns the new ETag.
+    pub fn put(&self, bucket: &str, key: &str, data: Vec<u8>) -> String {
+        let out = self
+            .runtime
+            .block_on(
+                self.client
+                    .put_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .body(data.into())
+                    .send(),
+            )
+            .unwrap_or_else(|e| panic!("PutObject {key}: {e:?}"));
+        out.e_tag().unwrap_or_default().to_string()
+    }
+
+    /// Deletes `key`.
+    pub fn delete(&self, bucket: &str, key: &str) {
+        self.runtime
+            .block_on(self.client.delete_object().bucket(bucket).key(key).send())
+            .unwrap_or_else(|e| panic!("DeleteObject {key}: {e:?}"));
+    }
+}

@@ -1,0 +1,167 @@
+//! Mount-time failures give a clear message and a non-zero exit, and leave nothing mounted;
+//! the default (background) mode returns once the mount is ready.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::mount::{endpoint_args, is_mounted, modelfs_bin, s3_env};
+use common::s3::{Endpoint, LocalServer};
+
+const BUCKET: &str = "models";
+
+/// Runs `cmd` to completion (killing it after 60 s); returns (success, stderr).
+fn run(mut cmd: Command, mountpoint: &Path) -> (bool, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = Command::new("umount").arg("-l").arg(mountpoint).status();
+            panic!("modelfs mount did not finish in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut stderr).expect("stderr");
+    }
+    (status.success(), stderr)
+}
+
+fn mount_cmd(endpoint: &Endpoint, source: &str, mountpoint: &Path, foreground: bool) -> Command {
+    let mut cmd = Command::new(modelfs_bin());
+    s3_env(&mut cmd, endpoint);
+    cmd.arg("mount")
+        .arg(source)
+        .arg(mountpoint)
+        .args(endpoint_args(endpoint));
+    if foreground {
+        cmd.arg("--foreground");
+    }
+    cmd
+}
+
+fn assert_fails(cmd: Command, mountpoint: &Path, expected: &[&str]) {
+    let (ok, stderr) = run(cmd, mountpoint);
+    assert!(!ok, "mount should fail; stderr: {stderr}");
+    let lower = stderr.to_lowercase();
+    assert!(
+        expected.iter().any(|e| lower.contains(&e.to_lowercase())),
+        "stderr should mention one of {expected:?}: {stderr}"
+    );
+    assert!(!is_mounted(mountpoint), "nothing may stay mounted");
+}
+
+#[test]
+fn missing_bucket_is_reported_in_foreground_and_background() {
+    let server = LocalServer::start(BUCKET);
+    let dir = tempfile::tempdir().expect("tempdir");
+    for foreground in [true, false] {
+        let cmd = mount_cmd(
+            &server.endpoint,
+            "s3://no-such-bucket",
+            dir.path(),
+            foreground,
+        );
+        assert_fails(cmd, dir.path(), &["no-such-bucket does not exist"]);
+    }
+}
+
+#[test]
+fn unreachable_endpoint_is_reported() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let endpoint = Endpoint {
+        url: format!("http://127.0.0.1:{port}"),
+        region: "us-east-1".into(),
+        access_key: "k".into(),
+        secret_key: "s".into(),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cmd = mount_cmd(&endpoint, "s3://models", dir.path(), true);
+    assert_fails(cmd, dir.path(), &["cannot reach"]);
+}
+
+#[test]
+fn bad_credentials_are_reported() {
+    let server = LocalServer::start(BUCKET);
+    let mut endpoint = server.endpoint.clone();
+    endpoint.secret_key = "wrong-secret".into();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cmd = mount_cmd(&endpoint, "s3://models", dir.path(), true);
+    assert_fails(cmd, dir.path(), &["access denied", "SignatureDoesNotMatch"]);
+}
+
+#[test]
+fn bad_mountpoints_and_urls_are_reported() {
+    let server = LocalServer::start(BUCKET);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("missing");
+    let cmd = mount_cmd(&server.endpoint, "s3://models", &missing, true);
+    assert_fails(cmd, &missing, &["does not exist"]);
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").expect("write");
+    let cmd = mount_cmd(&server.endpoint, "s3://models", &file, false);
+    assert_fails(cmd, &file, &["not a directory"]);
+    let cmd = mount_cmd(&server.endpoint, "models", dir.path(), true);
+    assert_fails(cmd, dir.path(), &["expected s3://"]);
+    let cmd = mount_cmd(&server.endpoint, "s3://Bad_Bucket", dir.path(), true);
+    assert_fails(cmd, dir.path(), &["invalid bucket name"]);
+}
+
+#[test]
+fn missing_dev_fuse_is_reported() {
+    let server = LocalServer::start(BUCKET);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A private mount namespace whose /dev is an empty tmpfs: no /dev/fuse.
+    let script = format!(
+        "mount -t tmpfs tmpfs /dev && exec {} mount s3://models {} {} --foreground",
+        modelfs_bin(),
+        dir.path().display(),
+        endpoint_args(&server.endpoint).join(" ")
+    );
+    let mut cmd = Command::new("unshare");
+    s3_env(&mut cmd, &server.endpoint);
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    assert_fails(cmd, dir.path(), &["/dev/fuse is not available"]);
+}
+
+#[test]
+fn background_mount_returns_when_ready_and_unmount_command_works() {
+    let server = LocalServer::start(BUCKET);
+    server
+        .store()
+        .put_bytes(BUCKET, "m/checkpoints/a.safetensors", b"hello")
+        .expect("seed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mp = dir.path();
+    let (ok, stderr) = run(mount_cmd(&server.endpoint, "s3://models/m", mp, false), mp);
+    assert!(ok, "background mount failed: {stderr}");
+    assert!(is_mounted(mp), "mounted when the command returns");
+    let read = std::fs::read(mp.join("checkpoints/a.safetensors"));
+    let status = Command::new(modelfs_bin())
+        .arg("unmount")
+        .arg(mp)
+        .status()
+        .expect("modelfs unmount");
+    if !status.success() {
+        let _ = Command::new("umount").arg("-l").arg(mp).status();
+    }
+    assert_eq!(read.expect("read through background mount"), b"hello");
+    assert!(status.success());
+    assert!(!is_mounted(mp));
+}

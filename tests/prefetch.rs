@@ -1,0 +1,288 @@
+//! End-to-end tests of the read patterns model loaders use, through real mounts against the
+//! local S3 server: every byte compared with the source, bytes counted at the server.
+
+mod common;
+
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::mount::Mount;
+use common::s3::LocalServer;
+use common::suite::eventually;
+use modelfs_s3local::models::{
+    parse_safetensors_header, Header, SafetensorsReader, SafetensorsSpec,
+};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+const BUCKET: &str = "models";
+const MIB: u64 = 1 << 20;
+
+fn seed_model(server: &LocalServer, key: &str, data_bytes: u64, seed: u64) -> (PathBuf, Header) {
+    let spec = SafetensorsSpec::new(seed, data_bytes);
+    server
+        .store()
+        .put_from_reader(BUCKET, key, SafetensorsReader::new(&spec))
+        .expect("seed model");
+    let source = server.store().data_path(BUCKET, key).expect("source");
+    let bytes = std::fs::read(&source).expect("read source");
+    let header = parse_safetensors_header(&bytes).expect("valid header");
+    (source, header)
+}
+
+fn mount(server: &LocalServer, cache: Option<&Path>) -> Mount {
+    match cache {
+        Some(dir) => Mount::new(
+            &server.endpoint,
+            "s3://models/m",
+            &["--cache-dir", dir.to_str().expect("utf-8")],
+        ),
+        None => Mount::new(&server.endpoint, "s3://models/m", &[]),
+    }
+}
+
+/// ComfyUI's asset scan: the 8-byte length, then the JSON header, of every model.
+fn scan_header(path: &Path) -> usize {
+    let file = std::fs::File::open(path).expect("open");
+    let mut len = [0u8; 8];
+    file.read_exact_at(&mut len, 0).expect("length");
+    let n = u64::from_le_bytes(len) as usize;
+    let mut json = vec![0u8; n];
+    file.read_exact_at(&mut json, 8).expect("json");
+    let value: serde_json::Value = serde_json::from_slice(&json).expect("header is JSON");
+    value.as_object().map_or(0, |o| o.len())
+}
+
+#[test]
+fn a_header_scan_downloads_only_headers_and_one_block_per_file() {
+    let server = LocalServer::start(BUCKET);
+    let files = 40;
+    for i in 0..files {
+        seed_model(&server, &format!("m/loras/l{i:02}.safetensors"), 6 * MIB, i);
+    }
+    for cache in [None, Some(tempfile::tempdir().expect("cache"))] {
+        server.server.reset_stats();
+        let mut m = mount(&server, cache.as_ref().map(|d| d.path()));
+        for i in 0..files {
+            assert!(scan_header(&m.join(&format!("loras/l{i:02}.safetensors"))) > 1);
+        }
+        // Let anything that might have been started in the background run.
+        std::thread::sleep(Duration::from_millis(500));
+        let stats = server.server.stats();
+        assert!(
+            stats.bytes_sent <= files * MIB,
+            "a header scan of {files} files pulled {} bytes",
+            stats.bytes_sent
+        );
+        server.server.reset_stats();
+        for i in 0..files {
+            scan_header(&m.join(&format!("loras/l{i:02}.safetensors")));
+        }
+        assert_eq!(
+            server.server.stats().get_object,
+            0,
+            "repeat scans need no GET"
+        );
+        m.unmount();
+    }
+}
+
+#[test]
+fn threaded_2mib_preads_in_shuffled_tensor_order_are_byte_exact() {
+    let server = LocalServer::start(BUCKET);
+    let (source, header) = seed_model(&server, "m/checkpoints/c.safetensors", 96 * MIB, 77);
+    let cache = tempfile::tempdir().expect("cache");
+    let mut m = mount(&server, Some(cache.path()));
+    let path = m.join("checkpoints/c.safetensors");
+    let mut tensors = header.tensors.clone();
+    tensors.shuffle(&mut rand::rngs::StdRng::seed_from_u64(3));
+    // ComfyUI's dynamic-VRAM loader: each tensor split into 2 MiB preads over 8 threads.
+    let mut jobs = Vec::new();
+    for t in &tensors {
+        let (begin, end) = (
+            header.data_start + t.data_offsets.0,
+            header.data_start + t.data_offsets.1,
+        );
+        let mut off = begin;
+        while off < end {
+            let len = (end - off).min(2 * MIB);
+            jobs.push((off, len as usize));
+            off += len;
+        }
+    }
+    let jobs = std::sync::Mutex::new(jobs.into_iter());
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                let file = std::fs::File::open(&path).expect("open");
+                let src = std::fs::File::open(&source).expect("open source");
+                loop {
+                    let Some((off, len)) = jobs.lock().expect("jobs").next() else {
+                        break;
+                    };
+                    let mut got = vec![0u8; len];
+                    let mut want = vec![0u8; len];
+                    file.read_exact_at(&mut got, off).expect("pread");
+                    src.read_exact_at(&mut want, off).expect("source pread");
+                    assert!(got == want, "bytes differ at {off}+{len}");
+                }
+            });
+        }
+    });
+    m.unmount();
+}
+
+#[test]
+fn mmap_loads_in_name_order_shared_and_private_are_byte_exact() {
+    let server = LocalServer::start(BUCKET);
+    let (source, header) = seed_model(&server, "m/vae/v.safetensors", 48 * MIB, 5);
+    let want = std::fs::read(&source).expect("source");
+    let cache = tempfile::tempdir().expect("cache");
+    let mut m = mount(&server, Some(cache.path()));
+    let mut by_name = header.tensors.clone();
+    by_name.sort_by(|a, b| a.name.cmp(&b.name));
+    for shared in [true, false] {
+        let file = std::fs::File::open(m.join("vae/v.safetensors")).expect("open");
+        // SAFETY: the mapping is read-only and the file is not modified while mapped.
+        let map = unsafe {
+            if shared {
+                memmap2::MmapOptions::new().map(&file)
+            } else {
+                memmap2::MmapOptions::new().map_copy_read_only(&file)
+            }
+        }
+        .expect("mmap");
+        assert_eq!(map.len(), want.len());
+        for t in &by_name {
+            let (b, e) = (
+                (header.data_start + t.data_offsets.0) as usize,
+                (header.data_start + t.data_offsets.1) as usize,
+            );
+            assert!(
+                map[b..e] == want[b..e],
+                "tensor {} differs (shared={shared})",
+                t.name
+            );
+        }
+    }
+    m.unmount();
+}
+
+#[test]
+fn o_direct_reads_are_byte_exact() {
+    let server = LocalServer::start(BUCKET);
+    let (source, _) = seed_model(&server, "m/checkpoints/d.safetensors", 12 * MIB, 9);
+    let want = std::fs::read(&source).expect("source");
+    let mut m = mount(&server, None);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(m.join("checkpoints/d.safetensors"))
+        .expect("open O_DIRECT");
+    // O_DIRECT wants aligned buffers: take a 4 KiB-aligned window of a larger Vec.
+    let mut raw = vec![0u8; (1 << 20) + 4096];
+    let shift = raw.as_ptr().align_offset(4096);
+    let buf = &mut raw[shift..shift + (1 << 20)];
+    let mut off = 0usize;
+    while off < want.len() {
+        let n = file.read_at(buf, off as u64).expect("O_DIRECT read");
+        assert!(n > 0, "early EOF at {off}");
+        assert!(buf[..n] == want[off..off + n], "bytes differ at {off}");
+        off += n;
+    }
+    m.unmount();
+}
+
+#[test]
+fn loading_a_model_sweeps_the_whole_file_into_the_cache_once() {
+    let server = LocalServer::start(BUCKET);
+    let (source, header) = seed_model(&server, "m/checkpoints/s.safetensors", 64 * MIB, 11);
+    let size = std::fs::metadata(&source).expect("stat").len();
+    let cache = tempfile::tempdir().expect("cache");
+    let mut m = mount(&server, Some(cache.path()));
+    server.server.reset_stats();
+    let path = m.join("checkpoints/s.safetensors");
+    let file = std::fs::File::open(&path).expect("open");
+    scan_header(&path);
+    // One tensor from the middle of the data: the model is being loaded.
+    let t = &header.tensors[header.tensors.len() / 2];
+    let mut buf = vec![0u8; (t.data_offsets.1 - t.data_offsets.0) as usize];
+    file.read_exact_at(&mut buf, header.data_start + t.data_offsets.0)
+        .expect("read tensor");
+    assert!(
+        eventually(Duration::from_secs(60), || server.server.stats().bytes_sent
+            >= size),
+        "the rest of the file was not fetched: {} of {size} bytes",
+        server.server.stats().bytes_sent
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        server.server.stats().bytes_sent,
+        size,
+        "each block fetched once"
+    );
+    drop(file);
+    m.unmount();
+    server.server.reset_stats();
+    let mut again = mount(&server, Some(cache.path()));
+    let got = std::fs::read(again.join("checkpoints/s.safetensors")).expect("read");
+    assert!(got == std::fs::read(&source).expect("source"));
+    assert_eq!(
+        server.server.stats().get_object,
+        0,
+        "everything came from the cache"
+    );
+    again.unmount();
+}
+
+#[test]
+fn warm_fills_the_cache_from_globs_and_a_workflow() {
+    let server = LocalServer::start(BUCKET);
+    let (ckpt, _) = seed_model(&server, "m/checkpoints/sdxl.safetensors", 24 * MIB, 21);
+    let (lora, _) = seed_model(&server, "m/loras/ink.safetensors", 6 * MIB, 22);
+    seed_model(&server, "m/loras/unused.safetensors", 6 * MIB, 23);
+    let (vae, _) = seed_model(&server, "m/vae/v.safetensors", 4 * MIB, 24);
+    let dir = tempfile::tempdir().expect("tmp");
+    let workflow = dir.path().join("wf.json");
+    std::fs::write(
+        &workflow,
+        r#"{"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sdxl.safetensors"}},
+            "2": {"class_type": "LoraLoader", "inputs": {"lora_name": "ink.safetensors", "model": ["1", 0]}}}"#,
+    )
+    .expect("workflow");
+    let cache = dir.path().join("cache");
+    let mut cmd = std::process::Command::new(common::mount::modelfs_bin());
+    common::mount::s3_env(&mut cmd, &server.endpoint);
+    let out = cmd
+        .args(["warm", "s3://models/m", "vae/*.safetensors", "--workflow"])
+        .arg(&workflow)
+        .arg("--cache-dir")
+        .arg(&cache)
+        .args(common::mount::endpoint_args(&server.endpoint))
+        .output()
+        .expect("modelfs warm");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("warmed 3 files"), "{stdout}");
+
+    server.server.reset_stats();
+    let mut m = mount(&server, Some(&cache));
+    for (rel, source) in [
+        ("checkpoints/sdxl.safetensors", &ckpt),
+        ("loras/ink.safetensors", &lora),
+        ("vae/v.safetensors", &vae),
+    ] {
+        assert!(std::fs::read(m.join(rel)).expect("read") == std::fs::read(source).expect("src"));
+    }
+    assert_eq!(
+        server.server.stats().get_object,
+        0,
+        "warmed files need no GET"
+    );
+    m.unmount();
+}
