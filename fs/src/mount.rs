@@ -204,13 +204,14 @@ pub fn set_read_ahead(path: &Path, kib: u32) -> std::io::Result<()> {
     let wanted = path.to_string_lossy().replace(' ', "\\040");
     let device = mountinfo
         .lines()
+        .rev()
         .filter_map(|line| {
             let mut fields = line.split(' ');
             let device = fields.nth(2)?;
             let mountpoint = fields.nth(1)?;
             (mountpoint == wanted).then_some(device)
         })
-        .last()
+        .next()
         .ok_or_else(|| std::io::Error::other("mount not found in /proc/self/mountinfo"))?;
     std::fs::write(
         format!("/sys/class/bdi/{device}/read_ahead_kb"),

@@ -15,7 +15,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 
 /// Decodes lowercase or uppercase hexadecimal; `None` if `text` is not hex.
 pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     text.as_bytes()

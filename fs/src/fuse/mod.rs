@@ -115,9 +115,9 @@ async fn passthrough_ready(reader: &BlockReader, object: &OpenObject) -> bool {
     if entry.start_verification() {
         let (disk, entry) = (disk.clone(), entry.clone());
         tokio::task::spawn_blocking(move || {
-            if entry.entry.is_complete().unwrap_or(false) {
-                disk.verify_complete(&entry);
-            }
+            let complete = entry.entry.is_complete().unwrap_or(false);
+            let verified = complete && disk.verify_complete(&entry);
+            tracing::debug!(key = %entry.entry.id.key, complete, verified, "cache entry checked for passthrough");
             entry.end_verification();
         });
     }

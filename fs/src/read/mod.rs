@@ -193,9 +193,8 @@ impl BlockReader {
             return Ok(Bytes::new());
         }
         let end = offset.saturating_add(len).min(size);
-        let header_key = (file.version.key.clone(), file.version.etag.clone());
         if file.kind == FileKind::Safetensors {
-            if let Some(header) = self.headers.get(&header_key).await {
+            if let Some(header) = self.known_header(file).await? {
                 if end <= header.len() as u64 {
                     return Ok(header.slice(offset as usize..end as usize));
                 }
@@ -211,9 +210,6 @@ impl BlockReader {
                 .block(&file.version, entry, index, Priority::Demand)
         }))
         .await?;
-        if file.kind == FileKind::Safetensors && first == 0 {
-            self.remember_header(file, &blocks[0]).await;
-        }
         if let [block] = blocks.as_slice() {
             let start = (offset - first * bs) as usize;
             return Ok(block.slice(start..start + (end - offset) as usize));
@@ -228,9 +224,40 @@ impl BlockReader {
         Ok(out.freeze())
     }
 
+    /// The safetensors header of `file`, learning it first if this handle does not know it
+    /// yet (from the header cache, else from block 0): every later decision (is this read a
+    /// header scan or a model load?) depends on where the header ends.
+    async fn known_header(&self, file: &OpenObject) -> Result<Option<Bytes>, FsError> {
+        let key = (file.version.key.clone(), file.version.etag.clone());
+        if let Some(header) = self.headers.get(&key).await {
+            let mut access = file.access.lock().unwrap_or_else(|e| e.into_inner());
+            if access.load.header_end().is_none() {
+                access.load.set_header_end(header.len() as u64);
+            }
+            return Ok(Some(header));
+        }
+        let known = {
+            let access = file.access.lock().unwrap_or_else(|e| e.into_inner());
+            access.load.header_end().is_some() || !access.load.in_header(0)
+        };
+        if !known {
+            let block0 = self
+                .fetcher
+                .block(&file.version, file.disk.as_ref(), 0, Priority::Demand)
+                .await?;
+            self.remember_header(file, &block0).await;
+        }
+        Ok(self.headers.get(&key).await)
+    }
+
     /// Keeps a safetensors header in memory once its first block is known.
     async fn remember_header(&self, file: &OpenObject, block0: &Bytes) {
         let Some(end) = model_file::header_end(block0, file.version.size) else {
+            file.access
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .load
+                .not_safetensors();
             return;
         };
         file.access

@@ -2,8 +2,8 @@
 //!
 //! - `.safetensors`/`.sft`: the header (`u64` little-endian length `N`, then `N` bytes of JSON)
 //!   ends at `8 + N`. Reads inside it are header scans (ComfyUI reads every model's header at
-//!   start-up) and must never start a download of the file; the first read past it means the
-//!   model is being loaded.
+//!   start-up) and must never start a download of the file; a read reaching more than
+//!   [`LOAD_MARGIN`] past it means the model is being loaded.
 //! - `.ckpt`, `.pt`, `.pth`, `.bin`, `.gguf`: no header to parse; the file counts as being
 //!   loaded once reads have touched several distinct blocks.
 //!
@@ -14,6 +14,10 @@ use std::collections::BTreeSet;
 
 /// Largest safetensors header the format allows.
 pub const MAX_HEADER_LEN: u64 = 100_000_000;
+/// How far past the header a read must reach before a safetensors file counts as being
+/// loaded: the kernel's readahead after a header read can run a little past the header, and
+/// that alone must not start a download of the whole file.
+pub const LOAD_MARGIN: u64 = 1 << 20;
 /// Distinct blocks read before a non-safetensors model file counts as being loaded.
 const BLOCKS_BEFORE_LOADING: usize = 4;
 
@@ -75,6 +79,13 @@ impl LoadDetector {
         self.header_end = Some(end);
     }
 
+    /// The file's first bytes are not a valid safetensors header: treat it as a plain file.
+    pub fn not_safetensors(&mut self) {
+        if self.kind == FileKind::Safetensors {
+            self.kind = FileKind::Other;
+        }
+    }
+
     /// The known header end.
     pub fn header_end(&self) -> Option<u64> {
         self.header_end
@@ -92,7 +103,7 @@ impl LoadDetector {
             return false;
         }
         let now_loading = match self.kind {
-            FileKind::Safetensors => self.header_end.is_some_and(|h| end > h),
+            FileKind::Safetensors => self.header_end.is_some_and(|h| end > h + LOAD_MARGIN),
             FileKind::OtherModel => {
                 for b in offset / bs..=end.saturating_sub(1) / bs {
                     self.touched.insert(b);
@@ -135,7 +146,11 @@ mod tests {
         d.set_header_end(5000);
         assert!(!d.observe(0, 5000, 1 << 20));
         assert!(d.in_header(4000));
-        assert!(d.observe(5000, 9000, 1 << 20), "first data read");
+        assert!(
+            !d.observe(5000, 70_000, 1 << 20),
+            "readahead just past the header"
+        );
+        assert!(d.observe(5000, 5000 + (2 << 20), 1 << 20), "a data read");
         assert!(!d.observe(9000, 10000, 1 << 20), "reported once");
         let mut other = LoadDetector::new(FileKind::OtherModel);
         let bs = 1 << 20;
@@ -143,6 +158,12 @@ mod tests {
         assert!(!other.observe(50 * bs, 50 * bs + 10, bs));
         assert!(!other.observe(3 * bs, 3 * bs + 10, bs));
         assert!(other.observe(9 * bs, 9 * bs + 10, bs));
+        let mut broken = LoadDetector::new(FileKind::Safetensors);
+        broken.not_safetensors();
+        assert!(
+            !broken.in_header(0),
+            "an invalid header falls back to generic reads"
+        );
         let mut plain = LoadDetector::new(FileKind::Other);
         assert!(!plain.observe(0, 100 * bs, bs));
     }

@@ -137,6 +137,9 @@ pub struct DiskCache {
     written_since_scan: AtomicU64,
     evicting: AtomicBool,
     open: Mutex<HashMap<String, Weak<CacheEntry>>>,
+    /// Entries whose every block passed its checksum in this process, by stem, with the
+    /// inode of their map file (a replaced entry is not verified).
+    verified: Mutex<HashMap<String, u64>>,
     warned: Mutex<std::collections::HashSet<&'static str>>,
     /// Counters of this tier.
     pub stats: Arc<TierStats>,
@@ -174,6 +177,7 @@ impl DiskCache {
             written_since_scan: AtomicU64::new(0),
             evicting: AtomicBool::new(false),
             open: Mutex::new(HashMap::new()),
+            verified: Mutex::new(HashMap::new()),
             warned: Mutex::new(Default::default()),
             stats: Arc::new(TierStats::default()),
         });
@@ -227,9 +231,10 @@ impl DiskCache {
                 return None;
             }
         };
+        let already_verified = self.is_known_verified(&stem, &entry);
         let entry = Arc::new(CacheEntry {
             entry,
-            verified: AtomicBool::new(false),
+            verified: AtomicBool::new(already_verified),
             verifying: AtomicBool::new(false),
         });
         // Count the entry's map (and the directory) until the next scan measures it.
@@ -239,6 +244,26 @@ impl DiskCache {
         open.retain(|_, weak| weak.strong_count() > 0);
         open.insert(stem, Arc::downgrade(&entry));
         Some(entry)
+    }
+
+    fn is_known_verified(&self, stem: &str, entry: &Entry) -> bool {
+        let ino = entry.map.metadata().map(|m| m.ino()).ok();
+        let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        ino.is_some() && verified.get(stem).copied() == ino
+    }
+
+    fn set_verified(&self, entry: &CacheEntry, ok: bool) {
+        entry.verified.store(ok, Ordering::Release);
+        let stem = entry.entry.id.stem();
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        match (ok, entry.entry.map.metadata().map(|m| m.ino())) {
+            (true, Ok(ino)) => {
+                verified.insert(stem, ino);
+            }
+            _ => {
+                verified.remove(&stem);
+            }
+        }
     }
 
     fn open_locked(&self, id: &EntryId) -> io::Result<Entry> {
@@ -270,11 +295,11 @@ impl DiskCache {
             Err(ReadBlockError::Corrupt) => {
                 TierStats::bump(&self.stats.corrupt);
                 TierStats::bump(&self.stats.misses);
-                entry.verified.store(false, Ordering::Release);
+                self.set_verified(entry, false);
                 tracing::warn!(
                     key = %entry.entry.id.key,
                     index,
-                    "disk cache block failed its checksum; dropped and fetched again"
+                    "disk cache block failed the checksum check; dropped and fetched again"
                 );
                 None
             }
@@ -350,10 +375,10 @@ impl DiskCache {
             Ok((present, corrupt)) => {
                 if corrupt > 0 {
                     self.stats.corrupt.fetch_add(corrupt, Ordering::Relaxed);
-                    tracing::warn!(key = %entry.entry.id.key, corrupt, "disk cache blocks failed their checksum; dropped");
+                    tracing::warn!(key = %entry.entry.id.key, corrupt, "disk cache blocks failed the checksum check; dropped");
                 }
                 let ok = corrupt == 0 && present == entry.entry.id.blocks();
-                entry.verified.store(ok, Ordering::Release);
+                self.set_verified(entry, ok);
                 ok
             }
             Err(e) => {
