@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# Installs what modelfs needs to build, mount and test on Debian/Ubuntu: FUSE 3 (fusermount3),
-# util-linux (unshare, used by tests), and moto's S3 server from PyPI (the second S3
-# implementation the tests run against). Safe to run again.
+# Installs what modelfs needs to build and mount on Debian/Ubuntu (FUSE 3: fusermount3) and,
+# with --with-tests, what the tests need: util-linux tools, systemd-analyze, shellcheck,
+# e2fsprogs, and moto's S3 server from PyPI (the second S3 implementation the tests run
+# against). Safe to run again.
 set -euo pipefail
 
 need_apt=()
 command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
 command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
+if [ "${1:-}" = "--with-tests" ]; then
+  # The EC2 deployment tests: systemd-analyze, shellcheck, mkfs.ext4/blkid, losetup/mountpoint.
+  command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+  command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
+  command -v mkfs.ext4 >/dev/null 2>&1 || need_apt+=(e2fsprogs)
+  command -v losetup >/dev/null 2>&1 || need_apt+=(mount)
+  command -v mountpoint >/dev/null 2>&1 || need_apt+=(util-linux)
+fi
 if ((${#need_apt[@]})); then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

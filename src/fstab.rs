@@ -1,6 +1,7 @@
-//! `/etc/fstab` support: when the binary is invoked as `mount.modelfs` or
-//! `mount.fuse.modelfs` (symlinks made at install time), mount(8)'s helper convention
-//! `mount.modelfs SOURCE DIR [-sfnv] [-o opt[,opt…]]` is translated into `modelfs mount`.
+//! `/etc/fstab` support: mount(8)'s helper convention `SOURCE DIR [-sfnv] [-o opt[,opt…]]` is
+//! translated into `modelfs mount`. It applies when the binary is invoked as `mount.modelfs`
+//! or `mount.fuse.modelfs` (symlinks made at install time), and when fuse3's `mount.fuse3`
+//! runs it for a `fuse.modelfs` entry as `modelfs s3://… DIR -o …`.
 //!
 //! Example fstab line:
 //! `s3://models/ComfyUI/models /opt/ComfyUI/models fuse.modelfs _netdev,nofail,region=us-west-2,cache_dir=/mnt/nvme/modelfs,allow_other 0 0`
@@ -61,7 +62,12 @@ const VALUES: &[&str] = &[
 /// If `argv[0]` names a mount helper, the equivalent `modelfs mount …` argument list.
 pub fn helper_args(args: &[OsString]) -> Option<anyhow::Result<Vec<OsString>>> {
     let name = Path::new(args.first()?).file_name()?.to_str()?;
-    if name != "mount.modelfs" && name != "mount.fuse.modelfs" {
+    let via_mount_fuse = name == "modelfs"
+        && args
+            .get(1)
+            .and_then(|a| a.to_str())
+            .is_some_and(|a| a.starts_with("s3://"));
+    if name != "mount.modelfs" && name != "mount.fuse.modelfs" && !via_mount_fuse {
         return None;
     }
     Some(translate(&args[1..]))
@@ -173,5 +179,7 @@ mod tests {
         assert!(run(&["mount.modelfs", "s3://m"]).is_err());
         let plain: Vec<OsString> = vec!["modelfs".into(), "mount".into()];
         assert!(helper_args(&plain).is_none());
+        let via_fuse3 = run(&["/usr/bin/modelfs", "s3://m/p", "/x", "-o", "allow_other"]).unwrap();
+        assert_eq!(via_fuse3, ["modelfs", "mount", "s3://m/p", "/x", "--allow-other"]);
     }
 }
