@@ -107,6 +107,16 @@ fn bad_credentials_are_reported() {
 }
 
 #[test]
+fn missing_credentials_are_reported() {
+    let server = LocalServer::start(BUCKET);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = mount_cmd(&server.endpoint, "s3://models", dir.path(), true);
+    cmd.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY");
+    assert_fails(cmd, dir.path(), &["no AWS credentials found"]);
+}
+
+#[test]
 fn bad_mountpoints_and_urls_are_reported() {
     let server = LocalServer::start(BUCKET);
     let dir = tempfile::tempdir().expect("tempdir");

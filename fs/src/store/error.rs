@@ -49,6 +49,16 @@ pub enum StoreError {
         /// Bytes received.
         received: u64,
     },
+    /// The response body broke off: connection reset, stalled, or an I/O error mid-body.
+    #[error("object {key} bytes {}-{}: transfer interrupted: {message}", range.0, range.1)]
+    Interrupted {
+        /// The key read.
+        key: String,
+        /// The byte range asked for.
+        range: (u64, u64),
+        /// What happened.
+        message: String,
+    },
     /// Anything else, with the operation and the server's words.
     #[error("{operation} failed: {message}")]
     Other {
@@ -57,4 +67,16 @@ pub enum StoreError {
         /// The error message.
         message: String,
     },
+}
+
+impl StoreError {
+    /// Whether trying again may succeed (the network, not the request, failed).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unreachable { .. }
+                | StoreError::ShortBody { .. }
+                | StoreError::Interrupted { .. }
+        )
+    }
 }

@@ -11,7 +11,7 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::Client;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::{ListPage, ObjectInfo, ObjectStore, StoreError};
 
@@ -42,8 +42,20 @@ pub struct S3Store {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed for one attempt of one request, body included (a 1 MiB block at 1 MiB/s).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
-/// Attempts per request (the SDK backs off with jitter between them).
+/// Attempts per request (the SDK backs off with jitter between them, and in adaptive mode
+/// slows all requests down when S3 throttles).
 const MAX_ATTEMPTS: u32 = 3;
+/// Attempts of one ranged read when the body fails after the response started (reset
+/// connections, truncated or stalled bodies), which the SDK does not retry.
+const BODY_ATTEMPTS: u32 = 4;
+/// A response body that sends nothing for this long is abandoned and retried.
+const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Exponential backoff with full jitter: up to 200 ms, 400 ms, 800 ms… capped at 5 s.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = Duration::from_millis(100 << attempt.min(6)).min(Duration::from_secs(5));
+    ceiling.mul_f64(rand::random::<f64>())
+}
 
 impl S3Store {
     /// Builds a client from the standard AWS configuration chain (environment, profile,
@@ -68,7 +80,7 @@ impl S3Store {
                     .operation_attempt_timeout(ATTEMPT_TIMEOUT)
                     .build(),
             )
-            .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+            .retry_config(RetryConfig::adaptive().with_max_attempts(MAX_ATTEMPTS))
             .build();
         let endpoint = config
             .endpoint_url
@@ -81,6 +93,65 @@ impl S3Store {
         }
     }
 
+    /// One ranged GET: the request (retried by the SDK), then the body, read chunk by chunk
+    /// with a stall timeout, and checked for length.
+    async fn get_range_once(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: &str,
+    ) -> Result<Bytes, StoreError> {
+        let expected = range.end - range.start;
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .if_match(if_match)
+            .send()
+            .await
+            .map_err(|e| match self.classify(e, "GetObject", key) {
+                StoreError::PreconditionFailed { key, .. } => StoreError::PreconditionFailed {
+                    key,
+                    etag: if_match.to_string(),
+                },
+                other => other,
+            })?;
+        let interrupted = |message: String| StoreError::Interrupted {
+            key: key.to_string(),
+            range: (range.start, range.end),
+            message,
+        };
+        let mut body = out.body;
+        let mut buf = BytesMut::with_capacity(expected as usize);
+        loop {
+            match tokio::time::timeout(STALL_TIMEOUT, body.next()).await {
+                Err(_) => return Err(interrupted(format!("no data for {STALL_TIMEOUT:?}"))),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(interrupted(error_chain(&e))),
+                Ok(Some(Ok(chunk))) => {
+                    if buf.len() as u64 + chunk.len() as u64 > expected {
+                        return Err(StoreError::ShortBody {
+                            key: key.to_string(),
+                            expected,
+                            received: buf.len() as u64 + chunk.len() as u64,
+                        });
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+            }
+        }
+        if buf.len() as u64 != expected {
+            return Err(StoreError::ShortBody {
+                key: key.to_string(),
+                expected,
+                received: buf.len() as u64,
+            });
+        }
+        Ok(buf.freeze())
+    }
+
     /// Turns an SDK error into a [`StoreError`] that says what to do about it.
     fn classify<E>(&self, err: SdkError<E, HttpResponse>, operation: &str, key: &str) -> StoreError
     where
@@ -88,10 +159,20 @@ impl S3Store {
     {
         match &err {
             SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+                let message = error_chain(&err);
+                if message.contains("credential") {
+                    return StoreError::AccessDenied {
+                        code: "NoCredentials".into(),
+                        message: format!(
+                            "no AWS credentials found (environment, profile, web identity, \
+                             Pod Identity, instance metadata): {message}"
+                        ),
+                    };
+                }
                 return StoreError::Unreachable {
                     endpoint: self.endpoint.clone(),
-                    message: error_chain(&err),
-                }
+                    message,
+                };
             }
             SdkError::ServiceError(service) => {
                 let status = service.raw().status().as_u16();
@@ -228,39 +309,18 @@ impl ObjectStore for S3Store {
         if expected == 0 {
             return Ok(Bytes::new());
         }
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .range(format!("bytes={}-{}", range.start, range.end - 1))
-            .if_match(if_match)
-            .send()
-            .await
-            .map_err(|e| match self.classify(e, "GetObject", key) {
-                StoreError::PreconditionFailed { key, .. } => StoreError::PreconditionFailed {
-                    key,
-                    etag: if_match.to_string(),
-                },
-                other => other,
-            })?;
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::Other {
-                operation: format!("GetObject {key} bytes {}-{}", range.start, range.end),
-                message: error_chain(&e),
-            })?
-            .into_bytes();
-        if body.len() as u64 != expected {
-            return Err(StoreError::ShortBody {
-                key: key.to_string(),
-                expected,
-                received: body.len() as u64,
-            });
+        let mut attempt = 1;
+        loop {
+            match self.get_range_once(key, range.clone(), if_match).await {
+                Err(e) if e.is_transient() && attempt < BODY_ATTEMPTS => {
+                    let pause = backoff(attempt);
+                    tracing::debug!(key, attempt, ?pause, "retrying ranged read: {e}");
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                result => return result,
+            }
         }
-        Ok(body)
     }
 
     fn describe(&self) -> String {
