@@ -29,8 +29,10 @@ enum CacheAction {
 /// Runs `modelfs cache`.
 pub fn run(args: CacheArgs) -> anyhow::Result<()> {
     let objects = args.cache_dir.join("v1").join("objects");
+    let started = std::time::Instant::now();
     let entries = scan(&objects)
         .with_context(|| format!("cannot read cache directory {}", args.cache_dir.display()))?;
+    let scan_time = started.elapsed();
     match args.action {
         CacheAction::Stats => {
             let bytes: u64 = entries.iter().map(|e| e.bytes).sum();
@@ -49,6 +51,11 @@ pub fn run(args: CacheArgs) -> anyhow::Result<()> {
                 "bytes on disk:   {} ({:.1} MiB)",
                 bytes,
                 bytes as f64 / 1048576.0
+            );
+            println!(
+                "full scan:       {:.1} ms (mounts start from the usage recorded by the last \
+                 scan and rescan in the background)",
+                scan_time.as_secs_f64() * 1000.0
             );
         }
         CacheAction::Verify => {

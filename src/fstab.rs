@@ -180,6 +180,9 @@ mod tests {
         let plain: Vec<OsString> = vec!["modelfs".into(), "mount".into()];
         assert!(helper_args(&plain).is_none());
         let via_fuse3 = run(&["/usr/bin/modelfs", "s3://m/p", "/x", "-o", "allow_other"]).unwrap();
-        assert_eq!(via_fuse3, ["modelfs", "mount", "s3://m/p", "/x", "--allow-other"]);
+        assert_eq!(
+            via_fuse3,
+            ["modelfs", "mount", "s3://m/p", "/x", "--allow-other"]
+        );
     }
 }

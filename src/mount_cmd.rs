@@ -101,6 +101,7 @@ fn serve(
     location: S3Location,
     ready: &mut Option<ReadyPipe>,
 ) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     crate::logging::init(&args.log_level, args.log_file.as_deref())?;
     check_mountpoint(&args.mountpoint)?;
     check_fuse_device()?;
@@ -149,8 +150,9 @@ fn serve(
     };
     let session = mount(&config, store, disk_cache.clone(), runtime.handle().clone())?;
     tracing::info!(
-        "mounted {location} at {} (metadata TTL {:?})",
+        "mounted {location} at {} in {:.0} ms (metadata TTL {:?})",
         mountpoint.display(),
+        started.elapsed().as_secs_f64() * 1000.0,
         args.metadata_ttl
     );
     if let Some(pipe) = ready.take() {

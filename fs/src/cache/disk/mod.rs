@@ -11,8 +11,9 @@
 //! - **Bounded**: usage is kept under the limit ([`CacheSize`]): a write that would cross it
 //!   is skipped and starts an eviction pass that removes least-recently-opened entries not in
 //!   use by any process (a shared `flock` marks entries in use) until usage is below 90% of
-//!   the limit (data and map files both count). Start-up never reads data: it stats the
-//!   entries (~10,000 entries in well under a second).
+//!   the limit (data and map files both count). Start-up reads no data and scans nothing:
+//!   it starts from the usage the last scan recorded (`v1/usage`) and re-measures in the
+//!   background.
 //! - **Degrades, never fails**: every disk error (full, read-only, I/O) is counted, warned
 //!   about once, and the read is served from S3 instead.
 
@@ -181,8 +182,17 @@ impl DiskCache {
             warned: Mutex::new(Default::default()),
             stats: Arc::new(TierStats::default()),
         });
-        // Stats every entry (no data is read): ~10,000 entries take well under a second.
-        cache.evict_pass()?;
+        // Start from the usage the last scan recorded, and re-measure in the background; with
+        // no record (a new cache directory) measure now: there is little to measure.
+        match read_usage_record(&cache.root) {
+            Some(recorded) => {
+                cache.usage.store(recorded, Ordering::Relaxed);
+                let limit = cache.compute_limit(recorded)?;
+                cache.limit.store(limit, Ordering::Relaxed);
+                cache.trigger_eviction();
+            }
+            None => cache.evict_pass()?,
+        }
         Ok(cache)
     }
 
@@ -445,6 +455,7 @@ impl DiskCache {
         }
         self.usage.store(usage, Ordering::Relaxed);
         self.limit.store(limit, Ordering::Relaxed);
+        write_usage_record(&self.root, usage);
         Ok(())
     }
 }
@@ -461,6 +472,24 @@ impl Drop for BlockLock {
         if let Some(entry) = &self.entry {
             let _ = lock::unlock_range(&entry.entry.map, self.start, entry::RECORD_LEN);
         }
+    }
+}
+
+const USAGE_RECORD: &str = "v1/usage";
+
+/// The usage measured by the last scan of any process, so start-up needs no scan.
+fn read_usage_record(root: &Path) -> Option<u64> {
+    std::fs::read_to_string(root.join(USAGE_RECORD))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn write_usage_record(root: &Path, usage: u64) {
+    let tmp = root.join(format!("{USAGE_RECORD}.{}", std::process::id()));
+    if std::fs::write(&tmp, usage.to_string()).is_ok() {
+        let _ = std::fs::rename(&tmp, root.join(USAGE_RECORD));
     }
 }
 
