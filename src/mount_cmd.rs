@@ -54,7 +54,7 @@ pub struct MountArgs {
     #[arg(long, short = 'f')]
     pub foreground: bool,
     /// Log filter: error, warn, info, debug, trace, or per-module directives.
-    #[arg(long, default_value = "info")]
+    #[arg(long, default_value = "info", overrides_with = "log_level")]
     pub log_level: String,
     /// Append logs to this file (default: stderr, which a background mount discards).
     #[arg(long)]

@@ -487,8 +487,17 @@ fn read_usage_record(root: &Path) -> Option<u64> {
 }
 
 fn write_usage_record(root: &Path, usage: u64) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = root.join(format!("{USAGE_RECORD}.{}", std::process::id()));
-    if std::fs::write(&tmp, usage.to_string()).is_ok() {
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(usage.to_string().as_bytes()));
+    if written.is_ok() {
         let _ = std::fs::rename(&tmp, root.join(USAGE_RECORD));
     }
 }
