@@ -23,7 +23,10 @@ fn tool(name: &str) -> String {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(found, "{name} is missing: run scripts/setup.sh --with-tests");
+    assert!(
+        found,
+        "{name} is missing: run scripts/setup.sh --with-tests"
+    );
     name.to_string()
 }
 
@@ -46,14 +49,20 @@ fn systemd_units_pass_systemd_analyze_verify() {
     let units = [
         ("modelfs@.service", "modelfs@comfyui.service"),
         ("modelfs-warm@.service", "modelfs-warm@comfyui.service"),
-        ("modelfs-instance-store.service", "modelfs-instance-store.service"),
+        (
+            "modelfs-instance-store.service",
+            "modelfs-instance-store.service",
+        ),
     ];
     let mut paths = Vec::new();
     for (template, instance) in units {
         let text = std::fs::read_to_string(repo().join("deploy/ec2").join(template))
             .expect("unit file")
             .replace("/usr/local/bin/modelfs", modelfs_bin())
-            .replace("/usr/local/sbin/modelfs-instance-store", &script.to_string_lossy());
+            .replace(
+                "/usr/local/sbin/modelfs-instance-store",
+                &script.to_string_lossy(),
+            );
         let path = dir.path().join(instance);
         std::fs::write(&path, text).expect("write unit");
         paths.push(path);
@@ -71,11 +80,11 @@ fn systemd_units_pass_systemd_analyze_verify() {
     );
     // Units that order after network-online.target etc. are fine; anything about our units
     // (bad keys, missing executables, syntax) is not.
-    let ours: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("modelfs"))
-        .collect();
-    assert!(out.status.success() && ours.is_empty(), "systemd-analyze verify:\n{text}");
+    let ours: Vec<&str> = text.lines().filter(|l| l.contains("modelfs")).collect();
+    assert!(
+        out.status.success() && ours.is_empty(),
+        "systemd-analyze verify:\n{text}"
+    );
 }
 
 #[test]
@@ -102,7 +111,9 @@ impl LoopDisks {
             std::fs::File::create(&file)
                 .and_then(|f| f.set_len(64 << 20))
                 .expect("sparse disk image");
-            let out = run(Command::new("losetup").args(["--find", "--show"]).arg(&file));
+            let out = run(Command::new("losetup")
+                .args(["--find", "--show"])
+                .arg(&file));
             devices.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
         }
         LoopDisks { devices, _dir: dir }
@@ -169,7 +180,13 @@ fn instance_store_without_disks_falls_back_to_the_root_volume() {
     for _ in 0..2 {
         sandbox.run(&[], None);
         let env = sandbox.env_file();
-        assert!(env.contains(&format!("MODELFS_CACHE_DIR={}", sandbox.path("fallback").display())), "{env}");
+        assert!(
+            env.contains(&format!(
+                "MODELFS_CACHE_DIR={}",
+                sandbox.path("fallback").display()
+            )),
+            "{env}"
+        );
         assert!(env.contains("MODELFS_CACHE_SIZE=20GiB"), "{env}");
         assert!(sandbox.path("fallback").is_dir());
         assert!(!is_mounted(&sandbox.path("mnt")));
@@ -192,9 +209,15 @@ fn instance_store_with_one_disk_formats_once_and_mounts() {
     run(Command::new("umount").arg(&mnt));
     sandbox.run(&disks.devices, None);
     assert!(is_mounted(&mnt));
-    assert_eq!(std::fs::read(mnt.join("cache/marker")).expect("marker"), b"keep me");
+    assert_eq!(
+        std::fs::read(mnt.join("cache/marker")).expect("marker"),
+        b"keep me"
+    );
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(mnt.join("cache")).expect("cache dir").permissions().mode();
+    let mode = std::fs::metadata(mnt.join("cache"))
+        .expect("cache dir")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o700);
 }
 
@@ -237,8 +260,15 @@ fn instance_store_with_two_disks_builds_raid0_once() {
     let _ = Command::new("umount").arg(&mnt).status();
     cleanup(&md);
     assert!(mounted && remounted);
-    assert_eq!(marker.as_deref(), Some(&b"x"[..]), "not reformatted on reboot");
-    let creates: Vec<&str> = calls.lines().filter(|l| l.starts_with("--create")).collect();
+    assert_eq!(
+        marker.as_deref(),
+        Some(&b"x"[..]),
+        "not reformatted on reboot"
+    );
+    let creates: Vec<&str> = calls
+        .lines()
+        .filter(|l| l.starts_with("--create"))
+        .collect();
     assert_eq!(creates.len(), 1, "{calls}");
     assert!(
         creates[0].contains("--level=0")
