@@ -24,9 +24,10 @@ if ((${#need_apt[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-if [ "${1:-}" = "--with-tests" ] && ! command -v moto_server >/dev/null 2>&1; then
-  python3 -m pip install --quiet --disable-pip-version-check "moto[server]>=5,<6" \
-    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "moto[server]>=5,<6"
+if [ "${1:-}" = "--with-tests" ] && { ! command -v moto_server >/dev/null 2>&1 \
+    || ! python3 -c "import kubernetes_validate, jsonschema, yaml" >/dev/null 2>&1; }; then
+  python3 -m pip install --quiet --disable-pip-version-check "moto[server]>=5,<6" "kubernetes-validate==1.37.0" "jsonschema>=4.18,<5" "PyYAML>=6,<7" \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "moto[server]>=5,<6" "kubernetes-validate==1.37.0" "jsonschema>=4.18,<5" "PyYAML>=6,<7"
 fi
 
 if [ ! -e /dev/fuse ]; then

@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use modelfs_s3local::models::{parse_safetensors_header, seed_comfy_tree};
 use modelfs_s3local::{LocalS3, LocalS3Config};
 
-use crate::units::parse_size;
+use modelfs_fs::units::parse_size;
 
 const BUCKET: &str = "models";
 const PREFIX: &str = "ComfyUI/models/";

@@ -11,7 +11,6 @@ mod logging;
 mod mount_cmd;
 mod s3_args;
 mod sd_notify;
-mod units;
 mod unmount_cmd;
 mod warm_cmd;
 

@@ -16,7 +16,7 @@ use modelfs_fs::S3Location;
 
 use crate::daemon::{self, ReadyPipe};
 use crate::s3_args::S3Args;
-use crate::units::{parse_duration, parse_mode, parse_size};
+use modelfs_fs::units::{parse_duration, parse_mode, parse_size};
 
 /// How long SIGTERM waits for open files to close before detaching the mount lazily.
 const UNMOUNT_GRACE: Duration = Duration::from_secs(30);

@@ -127,6 +127,7 @@ struct Node {
     s3: LocalServer,
     root: tempfile::TempDir,
     driver: Option<Child>,
+    driver_args: Vec<String>,
     runtime: tokio::runtime::Runtime,
     identity: Option<IdentityClient<Channel>>,
     node: Option<NodeClient<Channel>>,
@@ -134,6 +135,11 @@ struct Node {
 
 impl Node {
     fn start() -> Node {
+        Node::start_with(&[])
+    }
+
+    /// Like [`Node::start`], with extra `modelfs csi` flags.
+    fn start_with(driver_args: &[&str]) -> Node {
         let s3 = LocalServer::start(BUCKET);
         for (key, seed, len) in OBJECTS {
             s3.store()
@@ -150,6 +156,7 @@ impl Node {
             s3,
             root,
             driver: None,
+            driver_args: driver_args.iter().map(|a| a.to_string()).collect(),
             runtime,
             identity: None,
             node: None,
@@ -199,6 +206,7 @@ impl Node {
             .arg(self.pods())
             .arg("--state-dir")
             .arg(self.state_dir())
+            .args(&self.driver_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -711,4 +719,52 @@ fn mounts_outlive_the_plugin_and_a_restarted_plugin_heals_dead_ones() {
     node.unpublish("vol-1", &alive).expect("unpublish");
     node.unpublish("vol-1", &dead).expect("unpublish");
     assert!(!alive.exists() && !dead.exists());
+}
+
+#[test]
+fn volumes_on_a_node_share_the_plugins_disk_cache() {
+    let cache = tempfile::tempdir().expect("cache dir");
+    let cache_arg = format!("--cache-dir={}", cache.path().display());
+    let node = Node::start_with(&[&cache_arg]);
+    let a = node.target("pod-a", "models");
+    let b = node.target("pod-b", "models");
+    node.publish_ok(node.request("vol-1", &a));
+    let mut req = node.request("vol-2", &b);
+    req.volume_context
+        .insert("prefix".into(), "checkpoints".into());
+    node.publish_ok(req);
+    // Both mount daemons were given the node's one cache directory.
+    let wanted = cache.path().to_string_lossy().into_owned();
+    for target in [&a, &b] {
+        let pids = modelfs_daemons(target);
+        assert_eq!(pids.len(), 1);
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", pids[0])).expect("cmdline");
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let at = args.iter().position(|a| a == "--cache-dir");
+        assert_eq!(at.and_then(|i| args.get(i + 1)), Some(&wanted), "{args:?}");
+    }
+    // The same object read through both volumes, and the cache was filled.
+    node.assert_serves(&a, "");
+    node.assert_serves(&b, "checkpoints/");
+    let filled = walk_size(cache.path());
+    assert!(filled > 0, "nothing was written to the shared cache");
+    node.unpublish("vol-1", &a).expect("unpublish a");
+    node.unpublish("vol-2", &b).expect("unpublish b");
+}
+
+/// Bytes in regular files below `dir`.
+fn walk_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            total += walk_size(&entry.path());
+        } else {
+            total += meta.len();
+        }
+    }
+    total
 }

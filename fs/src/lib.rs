@@ -28,6 +28,7 @@ pub mod mount;
 pub mod namespace;
 pub mod read;
 pub mod store;
+pub mod units;
 pub mod warm;
 
 pub use error::FsError;

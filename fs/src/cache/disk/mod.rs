@@ -66,28 +66,8 @@ impl std::str::FromStr for CacheSize {
         if s.ends_with('%') {
             return Ok(CacheSize::PercentOfDisk(percent(s)?));
         }
-        parse_bytes(s).map(CacheSize::Bytes)
+        crate::units::parse_size(s).map(CacheSize::Bytes)
     }
-}
-
-fn parse_bytes(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid size {text:?} (examples: 50GiB, 80%, free:10%)"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        other => return Err(format!("unknown size unit {other:?} in {text:?}")),
-    };
-    Ok((value * (1u64 << shift) as f64) as u64)
 }
 
 /// Where and how big the disk cache is.

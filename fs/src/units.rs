@@ -1,4 +1,5 @@
-//! Parsing human-friendly durations (`30s`, `5m`, `500ms`) and sizes (`512MiB`, `2G`).
+//! Parsing human-friendly durations (`30s`, `5m`, `500ms`), sizes (`512MiB`, `2G`) and octal
+//! modes, for every command-line and mount-option surface (CLI, fstab, CSI attributes).
 
 use std::time::Duration;
 

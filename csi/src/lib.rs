@@ -1,0 +1,152 @@
+//! The modelfs CSI node plugin: Kubernetes pods mount an S3 models prefix as a read-only
+//! volume, served by `modelfs mount`, without copying the models first.
+//!
+//! Kubelet talks to the plugin over a Unix socket (registered by node-driver-registrar) with
+//! the CSI v1 gRPC protocol. The plugin is node-only: there is no controller, volumes are
+//! either static PVs (`ReadOnlyMany`) or inline ephemeral volumes, both described entirely by
+//! their volume attributes.
+//!
+//! How the pieces fit:
+//! - [`identity`]: GetPluginInfo / GetPluginCapabilities / Probe.
+//! - [`node`]: NodeGetInfo, NodeGetCapabilities, and the publish/unpublish policy (validation,
+//!   idempotency, stale mounts, target directories) over a [`mounter::Mounter`].
+//! - [`volume_context`]: the volume attributes and mount flags a volume may carry, validated in
+//!   one place and turned into `modelfs mount` arguments.
+//! - [`mounter`]: the edge to the OS: runs `modelfs mount` in background mode, unmounts, and
+//!   reads mountinfo; plus a fake for unit tests.
+//! - [`state`]: one record per published target, so publish stays idempotent across plugin
+//!   restarts and stale mounts can be remounted at start-up.
+//! - [`server`]: the socket and the tonic server; [`client`]: a channel to it (tests, tools).
+//! - [`proto`]: the generated CSI types (`csi/proto/csi.proto`, a wire-compatible subset of the
+//!   CSI v1.12 spec).
+//!
+//! Every mount on a node shares one disk cache when the plugin is given `--cache-dir` (the
+//! instance store on GPU nodes), so pods on the same node benefit from each other's downloads.
+//! Credentials are those of the plugin process (its service account through IRSA or EKS Pod
+//! Identity); the mount processes inherit its environment.
+
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod identity;
+pub mod mounter;
+pub mod node;
+pub mod proto;
+pub mod server;
+pub mod state;
+pub mod volume_context;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+/// Flags of `modelfs csi`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CsiArgs {
+    /// CSI endpoint to listen on (a Unix socket).
+    #[arg(long, default_value = "unix:///csi/csi.sock")]
+    pub endpoint: String,
+    /// This node's id, reported by NodeGetInfo (use the Kubernetes node name).
+    #[arg(long)]
+    pub node_id: String,
+    /// Kubelet's pods directory: target paths outside it are refused.
+    #[arg(long, default_value = "/var/lib/kubelet/pods")]
+    pub kubelet_dir: PathBuf,
+    /// Disk cache directory passed to every mount, so all volumes on the node share one cache
+    /// (default: no disk cache, memory only).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Disk cache limit passed to every mount with --cache-dir (default: modelfs's own).
+    #[arg(long, requires = "cache_dir")]
+    pub cache_size: Option<String>,
+    /// Where published volumes are recorded and mounts write their logs (default: a
+    /// `volumes` directory beside the socket).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// The modelfs binary that performs mounts (default: this executable).
+    #[arg(long)]
+    pub modelfs_bin: Option<PathBuf>,
+    /// Log filter: error, warn, info, debug, trace, or per-module directives.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+/// Runs the plugin until SIGTERM/SIGINT. Mounts are left in place when it stops.
+pub fn run(args: CsiArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .with_context(|| format!("invalid --log-level {:?}", args.log_level))?;
+    // Another subscriber may already be installed by the caller; keep it then.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+
+    if args.node_id.trim().is_empty() {
+        anyhow::bail!("--node-id must not be empty");
+    }
+    if !args.kubelet_dir.is_absolute() {
+        anyhow::bail!("--kubelet-dir must be an absolute path");
+    }
+    let socket = server::socket_path(&args.endpoint)?;
+    let state_dir = match &args.state_dir {
+        Some(dir) => dir.clone(),
+        None => socket
+            .parent()
+            .context("the socket path has no directory")?
+            .join("volumes"),
+    };
+    let state = state::StateStore::open(&state_dir)?;
+    let binary = match &args.modelfs_bin {
+        Some(bin) => bin.clone(),
+        None => std::env::current_exe().context("cannot find the modelfs executable")?,
+    };
+    let mounter = mounter::ModelfsMounter::new(
+        binary,
+        args.cache_dir.as_deref(),
+        args.cache_size.as_deref(),
+        Some(state_dir),
+    );
+    let node = Arc::new(node::NodeServer::new(
+        node::NodeConfig {
+            node_id: args.node_id.clone(),
+            kubelet_dir: args.kubelet_dir.clone(),
+        },
+        Arc::new(mounter),
+        state,
+    ));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("modelfs-csi")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = server::bind(&socket)?;
+        tracing::info!(
+            "{} {} serving on {} (node {})",
+            identity::DRIVER_NAME,
+            identity::DRIVER_VERSION,
+            socket.display(),
+            args.node_id
+        );
+        // Remount what the previous run published while already answering kubelet (Probe
+        // says "not ready" until this is done).
+        let recovering = node.clone();
+        tokio::task::spawn_blocking(move || {
+            let report = recovering.recover();
+            tracing::info!(
+                "start-up: {} mounts alive, {} remounted, {} forgotten, {} failed",
+                report.alive.len(),
+                report.remounted.len(),
+                report.forgotten.len(),
+                report.failed.len()
+            );
+        });
+        let result = server::serve(listener, node, server::shutdown_signal()).await;
+        let _ = std::fs::remove_file(&socket);
+        result
+    })?;
+    Ok(())
+}

@@ -1,0 +1,737 @@
+//! The CSI Node service: publish and unpublish volumes at kubelet's target paths.
+//!
+//! [`NodeServer`] holds the policy, in terms of validated requests and a [`Mounter`]; the
+//! `proto::node_server::Node` implementation at the bottom only translates gRPC messages to
+//! those requests and [`NodeError`]s to status codes (in [`NodeError::code`], the one place).
+//!
+//! The rules (CSI spec v1.12, "NodePublishVolume" / "NodeUnpublishVolume"):
+//! - A request without `volume_id`, `target_path` or `volume_capability` (or with a block
+//!   capability, or node-publish secrets) is INVALID_ARGUMENT; so are bad volume attributes
+//!   or mount flags ([`crate::volume_context`]) and target paths outside the kubelet pods
+//!   directory.
+//! - Publish is idempotent: the same volume with the same spec at a target where it is
+//!   already mounted is OK without a second mount. Anything else already mounted there is
+//!   ALREADY_EXISTS. A stale mount (its daemon died: `ENOTCONN`) is unmounted and replaced.
+//! - Every mount is read-only, whatever `readonly` and the access mode say (inline ephemeral
+//!   volumes arrive as SINGLE_NODE_WRITER).
+//! - The plugin creates the target directory and removes it on unpublish. Unpublishing a
+//!   target that is not mounted, or no longer exists, is OK.
+//! - One operation per target at a time; a second concurrent one gets ABORTED, which kubelet
+//!   retries.
+
+use std::collections::HashSet;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tonic::{Request, Response, Status};
+
+use crate::mounter::{MountError, MountState, Mounter};
+use crate::proto;
+use crate::state::{Record, StateError, StateStore};
+use crate::volume_context::{MountSpec, VolumeContextError};
+
+/// At most this many mounts are peeled off one target before giving up (a target normally
+/// has one; a crash loop could stack a few).
+const MAX_STACKED_MOUNTS: usize = 16;
+
+/// Why a node operation failed. Each variant is one gRPC status code.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The request is malformed (missing field, bad attribute, bad target).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Bad volume attributes or mount flags.
+    #[error(transparent)]
+    VolumeContext(#[from] VolumeContextError),
+    /// Another volume, or the same one with other arguments, is mounted at the target.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// Another operation on the same target is in progress.
+    #[error("an operation on {0} is already in progress")]
+    Busy(PathBuf),
+    /// Mounting or unmounting failed.
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    /// The target directory could not be created or removed.
+    #[error("{what} {path}: {source}")]
+    TargetDir {
+        /// "cannot create" / "cannot remove".
+        what: &'static str,
+        /// The target.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The state directory could not be written.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+impl NodeError {
+    /// The gRPC status code for this error.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            NodeError::InvalidArgument(_) | NodeError::VolumeContext(_) => {
+                tonic::Code::InvalidArgument
+            }
+            NodeError::AlreadyExists(_) => tonic::Code::AlreadyExists,
+            NodeError::Busy(_) => tonic::Code::Aborted,
+            NodeError::Mount(_) | NodeError::TargetDir { .. } | NodeError::State(_) => {
+                tonic::Code::Internal
+            }
+        }
+    }
+}
+
+impl From<NodeError> for Status {
+    fn from(err: NodeError) -> Status {
+        Status::new(err.code(), err.to_string())
+    }
+}
+
+/// Node-wide settings of the Node service.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Returned by NodeGetInfo (the Kubernetes node name).
+    pub node_id: String,
+    /// Target paths must lie below this directory (kubelet's pods directory).
+    pub kubelet_dir: PathBuf,
+}
+
+/// A validated publish request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishRequest {
+    /// The CSI volume id.
+    pub volume_id: String,
+    /// Where to mount.
+    pub target: PathBuf,
+    /// What to mount.
+    pub spec: MountSpec,
+}
+
+/// What [`NodeServer::recover`] found for each recorded target.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Targets whose mount was alive.
+    pub alive: Vec<PathBuf>,
+    /// Targets whose stale mount was replaced by a fresh one.
+    pub remounted: Vec<PathBuf>,
+    /// Targets with nothing mounted any more: their records were dropped.
+    pub forgotten: Vec<PathBuf>,
+    /// Targets that could not be remounted, with the reason.
+    pub failed: Vec<(PathBuf, String)>,
+}
+
+/// The Node service's policy over a [`Mounter`].
+pub struct NodeServer<M: Mounter> {
+    config: NodeConfig,
+    mounter: Arc<M>,
+    state: StateStore,
+    busy: Mutex<HashSet<PathBuf>>,
+    ready: AtomicBool,
+}
+
+/// Marks a target busy until dropped.
+struct TargetGuard<'a> {
+    busy: &'a Mutex<HashSet<PathBuf>>,
+    target: PathBuf,
+}
+
+impl Drop for TargetGuard<'_> {
+    fn drop(&mut self) {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        busy.remove(&self.target);
+    }
+}
+
+impl<M: Mounter> NodeServer<M> {
+    /// A Node service mounting through `mounter` and keeping records in `state`.
+    pub fn new(config: NodeConfig, mounter: Arc<M>, state: StateStore) -> NodeServer<M> {
+        NodeServer {
+            config,
+            mounter,
+            state,
+            busy: Mutex::new(HashSet::new()),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// The node settings.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// Whether start-up recovery has finished (reported by Probe).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Marks the service ready (done by [`NodeServer::recover`]).
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    fn lock(&self, target: &Path) -> Result<TargetGuard<'_>, NodeError> {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        if !busy.insert(target.to_path_buf()) {
+            return Err(NodeError::Busy(target.to_path_buf()));
+        }
+        Ok(TargetGuard {
+            busy: &self.busy,
+            target: target.to_path_buf(),
+        })
+    }
+
+    /// Checks that `target` is a plain absolute path strictly below the kubelet directory.
+    pub fn check_target(&self, target: &str) -> Result<PathBuf, NodeError> {
+        let path = PathBuf::from(target);
+        let invalid =
+            |why: &str| NodeError::InvalidArgument(format!("target path {target:?} {why}"));
+        if !path.is_absolute() {
+            return Err(invalid("is not absolute"));
+        }
+        if path
+            .components()
+            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+        {
+            return Err(invalid("contains '.' or '..'"));
+        }
+        let kubelet_dir = &self.config.kubelet_dir;
+        if !path.starts_with(kubelet_dir)
+            || path.components().count() <= kubelet_dir.components().count()
+        {
+            return Err(invalid(&format!(
+                "is not below the kubelet directory {}",
+                kubelet_dir.display()
+            )));
+        }
+        Ok(path)
+    }
+
+    /// Mounts `req.spec` at `req.target` (see the module doc for the rules).
+    pub fn publish(&self, req: &PublishRequest) -> Result<(), NodeError> {
+        let target = &req.target;
+        let _guard = self.lock(target)?;
+        match self.mounter.mount_state(target)? {
+            MountState::Healthy => {
+                return match self.state.get(target) {
+                    Some(r) if r.volume_id == req.volume_id && r.spec == req.spec => {
+                        tracing::info!(volume = %req.volume_id, "already published at {}", target.display());
+                        Ok(())
+                    }
+                    Some(r) if r.volume_id == req.volume_id => Err(NodeError::AlreadyExists(format!(
+                        "volume {} is already published at {} with other attributes or mount options ({} {:?}); unpublish it first",
+                        r.volume_id,
+                        target.display(),
+                        r.spec.source,
+                        r.spec.options
+                    ))),
+                    Some(r) => Err(NodeError::AlreadyExists(format!(
+                        "volume {} is already published at {}",
+                        r.volume_id,
+                        target.display()
+                    ))),
+                    None => Err(NodeError::AlreadyExists(format!(
+                        "something this plugin did not publish is mounted at {}",
+                        target.display()
+                    ))),
+                };
+            }
+            MountState::Stale => {
+                tracing::warn!("replacing the stale mount at {}", target.display());
+                self.unmount_all(target)?;
+            }
+            MountState::NotMounted => {}
+        }
+        std::fs::create_dir_all(target).map_err(|source| NodeError::TargetDir {
+            what: "cannot create",
+            path: target.clone(),
+            source,
+        })?;
+        if let Err(e) = self.mounter.mount(&req.spec, target) {
+            let _ = std::fs::remove_dir(target);
+            return Err(e.into());
+        }
+        let record = Record {
+            volume_id: req.volume_id.clone(),
+            target: target.clone(),
+            spec: req.spec.clone(),
+        };
+        if let Err(e) = self.state.put(&record) {
+            // Without its record the mount could not be recognised later: undo it.
+            let _ = self.unmount_all(target);
+            let _ = std::fs::remove_dir(target);
+            return Err(e.into());
+        }
+        tracing::info!(volume = %req.volume_id, "published {} at {}", req.spec.source, target.display());
+        Ok(())
+    }
+
+    /// Unmounts whatever is at `target` and removes the directory (see the module doc).
+    pub fn unpublish(&self, volume_id: &str, target: &Path) -> Result<(), NodeError> {
+        let _guard = self.lock(target)?;
+        self.unmount_all(target)?;
+        match std::fs::remove_dir(target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+                std::fs::remove_file(target).map_err(|source| NodeError::TargetDir {
+                    what: "cannot remove",
+                    path: target.to_path_buf(),
+                    source,
+                })?;
+            }
+            Err(source) => {
+                return Err(NodeError::TargetDir {
+                    what: "cannot remove",
+                    path: target.to_path_buf(),
+                    source,
+                })
+            }
+        }
+        self.state.remove(target)?;
+        tracing::info!(volume = %volume_id, "unpublished {}", target.display());
+        Ok(())
+    }
+
+    fn unmount_all(&self, target: &Path) -> Result<(), NodeError> {
+        for _ in 0..MAX_STACKED_MOUNTS {
+            if self.mounter.mount_state(target)? == MountState::NotMounted {
+                return Ok(());
+            }
+            self.mounter.unmount(target)?;
+        }
+        Err(MountError::UnmountFailed {
+            target: target.to_path_buf(),
+            message: format!("still mounted after {MAX_STACKED_MOUNTS} unmounts"),
+        }
+        .into())
+    }
+
+    /// Start-up pass over the recorded targets: a live mount is kept; a stale one (its daemon
+    /// died, e.g. with the previous plugin container) is replaced by a fresh mount of the same
+    /// spec, so the volume works again for containers that start from now on; a target with
+    /// nothing mounted loses its record (kubelet publishes again if it still needs it).
+    /// Marks the service ready when done.
+    pub fn recover(&self) -> RecoveryReport {
+        let mut report = RecoveryReport::default();
+        let records = match self.state.list() {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::error!("cannot read published volumes: {e}");
+                self.set_ready();
+                return report;
+            }
+        };
+        for record in records {
+            let target = record.target.clone();
+            let Ok(_guard) = self.lock(&target) else {
+                // Kubelet is already working on it.
+                continue;
+            };
+            let outcome = match self.mounter.mount_state(&target) {
+                Ok(MountState::Healthy) => {
+                    report.alive.push(target);
+                    continue;
+                }
+                Ok(MountState::NotMounted) => {
+                    if let Err(e) = self.state.remove(&target) {
+                        tracing::warn!("{e}");
+                    }
+                    report.forgotten.push(target);
+                    continue;
+                }
+                Ok(MountState::Stale) => self.unmount_all(&target).and_then(|()| {
+                    self.mounter
+                        .mount(&record.spec, &target)
+                        .map_err(Into::into)
+                }),
+                Err(e) => Err(e.into()),
+            };
+            match outcome {
+                Ok(()) => {
+                    tracing::info!(volume = %record.volume_id, "remounted {} at {}", record.spec.source, target.display());
+                    report.remounted.push(target);
+                }
+                Err(e) => {
+                    tracing::error!(volume = %record.volume_id, "cannot remount {}: {e}", target.display());
+                    report.failed.push((target, e.to_string()));
+                }
+            }
+        }
+        self.set_ready();
+        report
+    }
+}
+
+/// The gRPC face of a [`NodeServer`].
+pub struct NodeService<M: Mounter> {
+    inner: Arc<NodeServer<M>>,
+}
+
+impl<M: Mounter> NodeService<M> {
+    /// Serves `inner`.
+    pub fn new(inner: Arc<NodeServer<M>>) -> NodeService<M> {
+        NodeService { inner }
+    }
+}
+
+/// Turns a NodePublishVolume request into a [`PublishRequest`], or INVALID_ARGUMENT.
+pub fn publish_request<M: Mounter>(
+    server: &NodeServer<M>,
+    req: &proto::NodePublishVolumeRequest,
+) -> Result<PublishRequest, NodeError> {
+    use proto::volume_capability::AccessType;
+    if req.volume_id.is_empty() {
+        return Err(NodeError::InvalidArgument("volume_id is required".into()));
+    }
+    if req.target_path.is_empty() {
+        return Err(NodeError::InvalidArgument("target_path is required".into()));
+    }
+    let capability = req
+        .volume_capability
+        .as_ref()
+        .ok_or_else(|| NodeError::InvalidArgument("volume_capability is required".into()))?;
+    let mount_flags = match &capability.access_type {
+        Some(AccessType::Mount(mount)) => &mount.mount_flags,
+        Some(AccessType::Block(_)) => {
+            return Err(NodeError::InvalidArgument(
+                "block access is not supported: modelfs volumes are filesystems".into(),
+            ))
+        }
+        None => {
+            return Err(NodeError::InvalidArgument(
+                "volume_capability needs an access type (mount)".into(),
+            ))
+        }
+    };
+    if capability.access_mode.is_none() {
+        return Err(NodeError::InvalidArgument(
+            "volume_capability.access_mode is required".into(),
+        ));
+    }
+    if !req.secrets.is_empty() {
+        return Err(NodeError::InvalidArgument(
+            "node-publish secrets are not supported: credentials come from the plugin's service account (IRSA or EKS Pod Identity)".into(),
+        ));
+    }
+    let target = server.check_target(&req.target_path)?;
+    let spec = MountSpec::parse(&req.volume_context, mount_flags)?;
+    Ok(PublishRequest {
+        volume_id: req.volume_id.clone(),
+        target,
+        spec,
+    })
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("worker failed: {e}")))?
+        .map_err(Status::from)
+}
+
+#[tonic::async_trait]
+impl<M: Mounter> proto::node_server::Node for NodeService<M> {
+    async fn node_publish_volume(
+        &self,
+        request: Request<proto::NodePublishVolumeRequest>,
+    ) -> Result<Response<proto::NodePublishVolumeResponse>, Status> {
+        let req = publish_request(&self.inner, request.get_ref())?;
+        let inner = self.inner.clone();
+        blocking(move || inner.publish(&req)).await?;
+        Ok(Response::new(proto::NodePublishVolumeResponse {}))
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        request: Request<proto::NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<proto::NodeUnpublishVolumeResponse>, Status> {
+        let req = request.into_inner();
+        if req.volume_id.is_empty() {
+            return Err(NodeError::InvalidArgument("volume_id is required".into()).into());
+        }
+        if req.target_path.is_empty() {
+            return Err(NodeError::InvalidArgument("target_path is required".into()).into());
+        }
+        let target = self.inner.check_target(&req.target_path)?;
+        let inner = self.inner.clone();
+        blocking(move || inner.unpublish(&req.volume_id, &target)).await?;
+        Ok(Response::new(proto::NodeUnpublishVolumeResponse {}))
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _request: Request<proto::NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<proto::NodeGetCapabilitiesResponse>, Status> {
+        // No staging, stats or expansion: publish/unpublish only.
+        Ok(Response::new(proto::NodeGetCapabilitiesResponse {
+            capabilities: vec![],
+        }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _request: Request<proto::NodeGetInfoRequest>,
+    ) -> Result<Response<proto::NodeGetInfoResponse>, Status> {
+        Ok(Response::new(proto::NodeGetInfoResponse {
+            node_id: self.inner.config().node_id.clone(),
+            max_volumes_per_node: 0,
+            accessible_topology: None,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mounter::fake::FakeMounter;
+    use crate::volume_context::{BUCKET, EPHEMERAL, PREFIX};
+    use proto::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
+
+    struct Fixture {
+        server: Arc<NodeServer<FakeMounter>>,
+        mounter: Arc<FakeMounter>,
+        pods: PathBuf,
+        state_dir: PathBuf,
+        _dir: tempfile::TempDir,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let pods = dir.path().join("pods");
+        std::fs::create_dir_all(&pods).unwrap();
+        let state_dir = dir.path().join("state");
+        let mounter = Arc::new(FakeMounter::default());
+        let server = Arc::new(NodeServer::new(
+            NodeConfig {
+                node_id: "node-1".into(),
+                kubelet_dir: pods.clone(),
+            },
+            mounter.clone(),
+            StateStore::open(&state_dir).unwrap(),
+        ));
+        Fixture {
+            server,
+            mounter,
+            pods,
+            state_dir,
+            _dir: dir,
+        }
+    }
+
+    fn request(volume: &str, target: &Path, bucket: &str) -> proto::NodePublishVolumeRequest {
+        proto::NodePublishVolumeRequest {
+            volume_id: volume.into(),
+            target_path: target.to_string_lossy().into_owned(),
+            volume_capability: Some(proto::VolumeCapability {
+                access_type: Some(AccessType::Mount(MountVolume::default())),
+                access_mode: Some(AccessMode {
+                    mode: Mode::MultiNodeReaderOnly as i32,
+                }),
+            }),
+            readonly: true,
+            volume_context: [(BUCKET.to_string(), bucket.to_string())].into(),
+            ..Default::default()
+        }
+    }
+
+    fn publish(f: &Fixture, req: &proto::NodePublishVolumeRequest) -> Result<(), NodeError> {
+        let req = publish_request(&f.server, req)?;
+        f.server.publish(&req)
+    }
+
+    fn code(result: Result<(), NodeError>) -> tonic::Code {
+        match result {
+            Ok(()) => tonic::Code::Ok,
+            Err(e) => e.code(),
+        }
+    }
+
+    #[test]
+    fn publish_is_idempotent_and_mounts_once() {
+        let f = fixture();
+        let target = f.pods.join("pod-a/volumes/kubernetes.io~csi/models/mount");
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        let req = request("vol-1", &target, "models");
+        publish(&f, &req).unwrap();
+        publish(&f, &req).unwrap();
+        assert!(target.is_dir());
+        assert_eq!(f.mounter.state.lock().unwrap().mount_calls, 1);
+        assert_eq!(f.mounter.depth(&target), 1);
+    }
+
+    #[test]
+    fn other_arguments_at_a_mounted_target_are_already_exists() {
+        let f = fixture();
+        let target = f.pods.join("pod-a/mount");
+        publish(&f, &request("vol-1", &target, "models")).unwrap();
+        assert_eq!(
+            code(publish(&f, &request("vol-1", &target, "other-models"))),
+            tonic::Code::AlreadyExists
+        );
+        assert_eq!(
+            code(publish(&f, &request("vol-2", &target, "models"))),
+            tonic::Code::AlreadyExists
+        );
+        assert_eq!(f.mounter.state.lock().unwrap().mount_calls, 1);
+    }
+
+    #[test]
+    fn unpublish_unmounts_removes_the_target_and_is_idempotent() {
+        let f = fixture();
+        let target = f.pods.join("pod-a/mount");
+        publish(&f, &request("vol-1", &target, "models")).unwrap();
+        f.server.unpublish("vol-1", &target).unwrap();
+        assert!(!target.exists());
+        assert_eq!(f.mounter.depth(&target), 0);
+        f.server.unpublish("vol-1", &target).unwrap();
+        assert!(std::fs::read_dir(&f.state_dir).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn stale_mounts_are_replaced_on_publish_and_removed_on_unpublish() {
+        let f = fixture();
+        let target = f.pods.join("pod-a/mount");
+        let req = request("vol-1", &target, "models");
+        publish(&f, &req).unwrap();
+        f.mounter.make_stale(&target);
+        publish(&f, &req).unwrap();
+        assert_eq!(f.mounter.state.lock().unwrap().mount_calls, 2);
+        assert_eq!(f.mounter.depth(&target), 1);
+        assert_eq!(f.mounter.mount_state(&target).unwrap(), MountState::Healthy);
+        f.mounter.make_stale(&target);
+        f.server.unpublish("vol-1", &target).unwrap();
+        assert_eq!(f.mounter.depth(&target), 0);
+        assert!(!target.exists());
+    }
+
+    #[test]
+    fn a_failed_mount_leaves_no_directory_and_no_record() {
+        let f = fixture();
+        let target = f.pods.join("pod-a/mount");
+        f.mounter.state.lock().unwrap().fail_next_mount = Some("NoSuchBucket".into());
+        let err = publish(&f, &request("vol-1", &target, "models")).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Internal);
+        assert!(err.to_string().contains("NoSuchBucket"), "{err}");
+        assert!(!target.exists());
+        assert!(f.server.state.get(&target).is_none());
+    }
+
+    #[test]
+    fn required_fields_are_invalid_argument() {
+        let f = fixture();
+        let target = f.pods.join("pod-a/mount");
+        let good = request("vol-1", &target, "models");
+        let mut cases = Vec::new();
+        let mut r = good.clone();
+        r.volume_id.clear();
+        cases.push(("no volume id", r));
+        let mut r = good.clone();
+        r.target_path.clear();
+        cases.push(("no target", r));
+        let mut r = good.clone();
+        r.volume_capability = None;
+        cases.push(("no capability", r));
+        let mut r = good.clone();
+        r.volume_capability.as_mut().unwrap().access_type =
+            Some(AccessType::Block(proto::volume_capability::BlockVolume {}));
+        cases.push(("block", r));
+        let mut r = good.clone();
+        r.volume_capability.as_mut().unwrap().access_mode = None;
+        cases.push(("no access mode", r));
+        let mut r = good.clone();
+        r.secrets.insert("key".into(), "value".into());
+        cases.push(("secrets", r));
+        let mut r = good.clone();
+        r.volume_context.clear();
+        cases.push(("no bucket", r));
+        let mut r = good.clone();
+        r.volume_context.insert("colour".into(), "blue".into());
+        cases.push(("unknown attribute", r));
+        for target in ["relative/mount", "/etc/mount", "/"] {
+            let mut r = good.clone();
+            r.target_path = target.into();
+            cases.push(("outside kubelet dir", r));
+        }
+        let mut r = good.clone();
+        r.target_path = format!("{}/../escape", f.pods.display());
+        cases.push(("dot-dot", r));
+        let mut r = good.clone();
+        r.target_path = f.pods.to_string_lossy().into_owned();
+        cases.push(("kubelet dir itself", r));
+        for (name, req) in cases {
+            assert_eq!(
+                code(publish(&f, &req)),
+                tonic::Code::InvalidArgument,
+                "{name}"
+            );
+        }
+        assert_eq!(f.mounter.state.lock().unwrap().mount_calls, 0);
+        assert!(!target.exists());
+    }
+
+    #[test]
+    fn inline_ephemeral_writer_requests_are_mounted_read_only() {
+        let f = fixture();
+        let target = f.pods.join("pod-b/mount");
+        let mut req = request("csi-0123", &target, "models");
+        req.readonly = false;
+        req.volume_capability.as_mut().unwrap().access_mode = Some(AccessMode {
+            mode: Mode::SingleNodeWriter as i32,
+        });
+        req.volume_context.insert(EPHEMERAL.into(), "true".into());
+        req.volume_context
+            .insert(PREFIX.into(), "checkpoints".into());
+        publish(&f, &req).unwrap();
+        let state = f.mounter.state.lock().unwrap();
+        let (spec, _) = &state.mounts[&target][0];
+        assert_eq!(spec.source, "s3://models/checkpoints/");
+        // Nothing in the spec can make the mount writable: modelfs has no write mode.
+        assert!(!spec.options.iter().any(|o| o.contains("rw")));
+    }
+
+    #[test]
+    fn concurrent_operations_on_one_target_are_aborted() {
+        let f = fixture();
+        let target = f.pods.join("pod-a/mount");
+        let _guard = f.server.lock(&target).unwrap();
+        assert_eq!(
+            code(publish(&f, &request("vol-1", &target, "models"))),
+            tonic::Code::Aborted
+        );
+        assert_eq!(
+            code(f.server.unpublish("vol-1", &target)),
+            tonic::Code::Aborted
+        );
+    }
+
+    #[test]
+    fn recovery_remounts_stale_targets_and_forgets_unmounted_ones() {
+        let f = fixture();
+        let alive = f.pods.join("pod-a/mount");
+        let stale = f.pods.join("pod-b/mount");
+        let gone = f.pods.join("pod-c/mount");
+        for (i, target) in [&alive, &stale, &gone].into_iter().enumerate() {
+            publish(&f, &request(&format!("vol-{i}"), target, "models")).unwrap();
+        }
+        f.mounter.make_stale(&stale);
+        f.mounter.unmount(&gone).unwrap();
+        assert!(!f.server.is_ready());
+        let report = f.server.recover();
+        assert!(f.server.is_ready());
+        assert_eq!(report.alive, vec![alive.clone()]);
+        assert_eq!(report.remounted, vec![stale.clone()]);
+        assert_eq!(report.forgotten, vec![gone.clone()]);
+        assert!(report.failed.is_empty());
+        assert_eq!(f.mounter.mount_state(&stale).unwrap(), MountState::Healthy);
+        assert_eq!(f.mounter.depth(&stale), 1);
+        assert!(f.server.state.get(&gone).is_none());
+        // The remounted target is still recognised as this volume.
+        publish(&f, &request("vol-1", &stale, "models")).unwrap();
+        assert_eq!(f.mounter.depth(&stale), 1);
+    }
+}

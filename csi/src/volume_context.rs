@@ -1,0 +1,530 @@
+//! What a volume is: the volume attributes (a PV's `volumeAttributes` or an inline volume's
+//! `volumeAttributes`) and the mount flags (a PV's `mountOptions`, which arrive in
+//! `VolumeCapability.mount.mount_flags`), validated in one place and turned into one
+//! [`MountSpec`]: the `modelfs mount` source and options.
+//!
+//! Every accepted key is a constant below; anything else is refused with an error naming
+//! the key, so a typo never silently mounts something other than what was asked for.
+//!
+//! # Volume attributes
+//!
+//! | key              | required | example                 | `modelfs mount` option        |
+//! |------------------|----------|-------------------------|-------------------------------|
+//! | `bucket`         | yes      | `my-models`             | source `s3://BUCKET`          |
+//! | `prefix`         | no       | `comfyui/models`        | source `s3://BUCKET/PREFIX/`  |
+//! | `region`         | no       | `us-west-2`             | `--region`                    |
+//! | `endpointUrl`    | no       | `https://s3.example.com`| `--endpoint-url`              |
+//! | `forcePathStyle` | no       | `true` / `false`        | `--force-path-style`          |
+//! | `noSignRequest`  | no       | `true` / `false`        | `--no-sign-request`           |
+//! | `metadataTtl`    | no       | `30s`, `5m`, `500ms`    | `--metadata-ttl`              |
+//!
+//! Keys under `csi.storage.k8s.io/` are set by kubelet (`ephemeral`, and the pod-info keys
+//! when a CSIDriver has `podInfoOnMount: true`); they are accepted and ignored.
+//!
+//! # Mount flags
+//!
+//! Written `name=value` or `name` (a leading `--` and `_` for `-` are tolerated):
+//!
+//! | flag                       | `modelfs mount` option  | note                                  |
+//! |----------------------------|-------------------------|---------------------------------------|
+//! | `uid=N`                    | `--uid N`               | owner of every file (default root)    |
+//! | `gid=N`                    | `--gid N`               | group of every file (default root)    |
+//! | `file-mode=0444`           | `--file-mode`           | octal, write bits refused             |
+//! | `dir-mode=0555`            | `--dir-mode`            | octal, write bits refused             |
+//! | `memory-cache-size=512MiB` | `--memory-cache-size`   | per-mount memory budget               |
+//! | `ro`, `read-only`          | (none)                  | always read-only anyway               |
+//! | `allow-other`              | (none)                  | always set: any pod user may read     |
+//!
+//! Node-wide settings (the shared disk cache) are flags of `modelfs csi`, not per volume.
+
+use modelfs_fs::units::{parse_duration, parse_mode, parse_size};
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Attribute: the S3 bucket (required).
+pub const BUCKET: &str = "bucket";
+/// Attribute: key prefix inside the bucket that becomes the volume's root.
+pub const PREFIX: &str = "prefix";
+/// Attribute: AWS region of the bucket.
+pub const REGION: &str = "region";
+/// Attribute: S3-compatible endpoint URL (`http://` or `https://`).
+pub const ENDPOINT_URL: &str = "endpointUrl";
+/// Attribute: `true` for path-style addressing.
+pub const FORCE_PATH_STYLE: &str = "forcePathStyle";
+/// Attribute: `true` for unsigned requests (public buckets).
+pub const NO_SIGN_REQUEST: &str = "noSignRequest";
+/// Attribute: how long listings and attributes are trusted (`30s`, `5m`, ...).
+pub const METADATA_TTL: &str = "metadataTtl";
+/// Prefix of the keys kubelet adds to the volume context; accepted and ignored.
+pub const KUBELET_KEY_PREFIX: &str = "csi.storage.k8s.io/";
+/// Kubelet's key saying whether the volume is an inline ephemeral one.
+pub const EPHEMERAL: &str = "csi.storage.k8s.io/ephemeral";
+
+/// Every attribute key this driver understands, in table order.
+pub const ATTRIBUTES: [&str; 7] = [
+    BUCKET,
+    PREFIX,
+    REGION,
+    ENDPOINT_URL,
+    FORCE_PATH_STYLE,
+    NO_SIGN_REQUEST,
+    METADATA_TTL,
+];
+
+/// Mount flag: owner uid of every file.
+pub const FLAG_UID: &str = "uid";
+/// Mount flag: owner gid of every file.
+pub const FLAG_GID: &str = "gid";
+/// Mount flag: permission bits of files.
+pub const FLAG_FILE_MODE: &str = "file-mode";
+/// Mount flag: permission bits of directories.
+pub const FLAG_DIR_MODE: &str = "dir-mode";
+/// Mount flag: memory budget of the mount.
+pub const FLAG_MEMORY_CACHE_SIZE: &str = "memory-cache-size";
+/// Mount flags accepted as no-ops because every mount is read-only.
+pub const FLAGS_READ_ONLY: [&str; 2] = ["ro", "read-only"];
+/// Mount flag accepted as a no-op because every mount allows other users.
+pub const FLAG_ALLOW_OTHER: &str = "allow-other";
+
+/// A volume attribute or mount flag that cannot be used; the message names it and says why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VolumeContextError {
+    /// A required attribute is absent or empty.
+    #[error("volume attribute {0:?} is required")]
+    Missing(&'static str),
+    /// An attribute this driver does not know.
+    #[error("unknown volume attribute {key:?} (known: {known})")]
+    UnknownAttribute {
+        /// The key as given.
+        key: String,
+        /// The accepted keys, comma-separated.
+        known: String,
+    },
+    /// An attribute whose value is malformed.
+    #[error("volume attribute {key}={value:?} is invalid: {reason}")]
+    InvalidAttribute {
+        /// The key.
+        key: &'static str,
+        /// The value as given.
+        value: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A mount flag outside the allow-list.
+    #[error("mount option {flag:?} is not supported (allowed: {allowed})")]
+    UnknownFlag {
+        /// The flag as given.
+        flag: String,
+        /// The accepted flags, comma-separated.
+        allowed: String,
+    },
+    /// A mount flag with a malformed or missing value.
+    #[error("mount option {flag:?} is invalid: {reason}")]
+    InvalidFlag {
+        /// The flag as given.
+        flag: String,
+        /// Why it is refused.
+        reason: String,
+    },
+}
+
+/// What to mount and how: the `modelfs mount` source and the per-volume options.
+///
+/// Two publish requests with equal specs (and volume ids) are the same publication; the
+/// node server compares specs to decide between "already done" and ALREADY_EXISTS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    /// `s3://BUCKET/` or `s3://BUCKET/PREFIX/`.
+    pub source: String,
+    /// `modelfs mount` options in a fixed order, e.g. `["--region", "us-west-2"]`.
+    pub options: Vec<String>,
+}
+
+impl MountSpec {
+    /// Validates a volume context and mount flags and builds the spec.
+    pub fn parse(
+        context: &HashMap<String, String>,
+        mount_flags: &[String],
+    ) -> Result<MountSpec, VolumeContextError> {
+        for key in context.keys() {
+            if !ATTRIBUTES.contains(&key.as_str()) && !key.starts_with(KUBELET_KEY_PREFIX) {
+                return Err(VolumeContextError::UnknownAttribute {
+                    key: key.clone(),
+                    known: ATTRIBUTES.join(", "),
+                });
+            }
+        }
+        let get = |key: &'static str| context.get(key).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let invalid =
+            |key: &'static str, value: &str, reason: &str| VolumeContextError::InvalidAttribute {
+                key,
+                value: value.to_string(),
+                reason: reason.to_string(),
+            };
+
+        let bucket = get(BUCKET).ok_or(VolumeContextError::Missing(BUCKET))?;
+        validate_bucket(bucket).map_err(|reason| invalid(BUCKET, bucket, reason))?;
+        let prefix = match get(PREFIX) {
+            Some(raw) => normalize_prefix(raw).map_err(|reason| invalid(PREFIX, raw, reason))?,
+            None => String::new(),
+        };
+        let mut options = Vec::new();
+        if let Some(region) = get(REGION) {
+            let ok = region.len() <= 64
+                && region
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if !ok {
+                return Err(invalid(
+                    REGION,
+                    region,
+                    "expected a region name such as us-west-2",
+                ));
+            }
+            options.extend(["--region".to_string(), region.to_string()]);
+        }
+        if let Some(url) = get(ENDPOINT_URL) {
+            validate_url(url).map_err(|reason| invalid(ENDPOINT_URL, url, reason))?;
+            options.extend(["--endpoint-url".to_string(), url.to_string()]);
+        }
+        if parse_bool(FORCE_PATH_STYLE, get(FORCE_PATH_STYLE))? {
+            options.push("--force-path-style".to_string());
+        }
+        if parse_bool(NO_SIGN_REQUEST, get(NO_SIGN_REQUEST))? {
+            options.push("--no-sign-request".to_string());
+        }
+        if let Some(ttl) = get(METADATA_TTL) {
+            parse_duration(ttl).map_err(|reason| invalid(METADATA_TTL, ttl, &reason))?;
+            options.extend(["--metadata-ttl".to_string(), ttl.to_string()]);
+        }
+        options.extend(parse_mount_flags(mount_flags)?);
+        Ok(MountSpec {
+            source: format!("s3://{bucket}/{prefix}"),
+            options,
+        })
+    }
+}
+
+/// Maps mount flags onto `modelfs mount` options, in a canonical order (so the same set of
+/// flags in another order is the same spec). A flag given twice is refused.
+fn parse_mount_flags(flags: &[String]) -> Result<Vec<String>, VolumeContextError> {
+    let allowed = || {
+        let mut all = vec![
+            FLAG_UID,
+            FLAG_GID,
+            FLAG_FILE_MODE,
+            FLAG_DIR_MODE,
+            FLAG_MEMORY_CACHE_SIZE,
+            FLAG_ALLOW_OTHER,
+        ];
+        all.extend(FLAGS_READ_ONLY);
+        all.join(", ")
+    };
+    let mut values: Vec<(&'static str, String)> = Vec::new();
+    for raw in flags {
+        let text = raw.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let invalid = |reason: String| VolumeContextError::InvalidFlag {
+            flag: raw.clone(),
+            reason,
+        };
+        let text = text.strip_prefix("--").unwrap_or(text);
+        let (name, value) = match text.split_once(['=', ' ']) {
+            Some((name, value)) => (name.trim(), Some(value.trim())),
+            None => (text, None),
+        };
+        let name = name.replace('_', "-");
+        let flag: &'static str = match name.as_str() {
+            "uid" => FLAG_UID,
+            "gid" => FLAG_GID,
+            "file-mode" => FLAG_FILE_MODE,
+            "dir-mode" => FLAG_DIR_MODE,
+            "memory-cache-size" => FLAG_MEMORY_CACHE_SIZE,
+            "allow-other" | "ro" | "read-only" => {
+                if value.is_some() {
+                    return Err(invalid("takes no value".to_string()));
+                }
+                continue;
+            }
+            _ => {
+                return Err(VolumeContextError::UnknownFlag {
+                    flag: raw.clone(),
+                    allowed: allowed(),
+                })
+            }
+        };
+        let value = value
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| invalid(format!("expected {flag}=VALUE")))?;
+        match flag {
+            FLAG_UID | FLAG_GID => {
+                value
+                    .parse::<u32>()
+                    .map_err(|_| invalid("expected a numeric id".to_string()))?;
+            }
+            FLAG_FILE_MODE | FLAG_DIR_MODE => {
+                let mode = parse_mode(value).map_err(invalid)?;
+                if mode & 0o222 != 0 {
+                    return Err(invalid(
+                        "write bits make no sense on a read-only volume".to_string(),
+                    ));
+                }
+            }
+            _ => {
+                parse_size(value).map_err(invalid)?;
+            }
+        }
+        if values.iter().any(|(f, _)| *f == flag) {
+            return Err(invalid("given more than once".to_string()));
+        }
+        values.push((flag, value.to_string()));
+    }
+    let order = [
+        FLAG_UID,
+        FLAG_GID,
+        FLAG_FILE_MODE,
+        FLAG_DIR_MODE,
+        FLAG_MEMORY_CACHE_SIZE,
+    ];
+    let mut options = Vec::new();
+    for flag in order {
+        if let Some((_, value)) = values.iter().find(|(f, _)| *f == flag) {
+            options.push(format!("--{flag}"));
+            options.push(value.clone());
+        }
+    }
+    Ok(options)
+}
+
+fn parse_bool(key: &'static str, value: Option<&str>) -> Result<bool, VolumeContextError> {
+    match value.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(_) => Err(VolumeContextError::InvalidAttribute {
+            key,
+            value: value.unwrap_or_default().to_string(),
+            reason: "expected true or false".to_string(),
+        }),
+    }
+}
+
+/// S3's general-purpose bucket naming rules (the same as `modelfs mount` checks).
+fn validate_bucket(name: &str) -> Result<(), &'static str> {
+    if name.len() < 3 || name.len() > 63 {
+        return Err("must be 3 to 63 characters long");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+    {
+        return Err("may only contain lowercase letters, digits, '.' and '-'");
+    }
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    if !edge_ok(name.chars().next()) || !edge_ok(name.chars().last()) {
+        return Err("must start and end with a letter or digit");
+    }
+    Ok(())
+}
+
+/// `a/b/` from `a/b`, `/a/b/` or `a/b/`; refuses empty, `.` and `..` segments.
+fn normalize_prefix(raw: &str) -> Result<String, &'static str> {
+    let trimmed = raw.trim_matches('/');
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    if trimmed
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Err("segments may not be empty, '.' or '..'");
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err("may not contain control characters");
+    }
+    Ok(format!("{trimmed}/"))
+}
+
+fn validate_url(url: &str) -> Result<(), &'static str> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or("must start with http:// or https://")?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() {
+        return Err("has no host");
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("may not contain spaces");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn flags(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn minimal_volume_is_just_a_bucket() {
+        let spec = MountSpec::parse(&context(&[(BUCKET, "models")]), &[]).unwrap();
+        assert_eq!(spec.source, "s3://models/");
+        assert!(spec.options.is_empty());
+    }
+
+    #[test]
+    fn every_attribute_maps_to_its_option() {
+        let spec = MountSpec::parse(
+            &context(&[
+                (BUCKET, "my-models"),
+                (PREFIX, "/comfyui/models/"),
+                (REGION, "us-west-2"),
+                (ENDPOINT_URL, "http://127.0.0.1:9000"),
+                (FORCE_PATH_STYLE, "true"),
+                (NO_SIGN_REQUEST, "FALSE"),
+                (METADATA_TTL, "5m"),
+                (EPHEMERAL, "true"),
+                ("csi.storage.k8s.io/pod.name", "comfyui-0"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(spec.source, "s3://my-models/comfyui/models/");
+        assert_eq!(
+            spec.options,
+            [
+                "--region",
+                "us-west-2",
+                "--endpoint-url",
+                "http://127.0.0.1:9000",
+                "--force-path-style",
+                "--metadata-ttl",
+                "5m"
+            ]
+        );
+    }
+
+    #[test]
+    fn mount_flags_are_mapped_in_a_canonical_order() {
+        let a = MountSpec::parse(
+            &context(&[(BUCKET, "models")]),
+            &flags(&[
+                "--gid=100",
+                "uid=1000",
+                "ro",
+                "allow_other",
+                "file-mode=0440",
+                "dir_mode 0550",
+                "memory-cache-size=1GiB",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            a.options,
+            [
+                "--uid",
+                "1000",
+                "--gid",
+                "100",
+                "--file-mode",
+                "0440",
+                "--dir-mode",
+                "0550",
+                "--memory-cache-size",
+                "1GiB"
+            ]
+        );
+        let b = MountSpec::parse(
+            &context(&[(BUCKET, "models")]),
+            &flags(&[
+                "memory-cache-size=1GiB",
+                "dir-mode=0550",
+                "file-mode=0440",
+                "uid=1000",
+                "gid=100",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn bad_attributes_are_refused_with_the_key_named() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[], "\"bucket\" is required"),
+            (&[(BUCKET, "  ")], "\"bucket\" is required"),
+            (&[(BUCKET, "Bad_Bucket")], "bucket=\"Bad_Bucket\""),
+            (&[(BUCKET, "ok-bucket"), (PREFIX, "a/../b")], "prefix="),
+            (&[(BUCKET, "ok-bucket"), (PREFIX, "a//b")], "prefix="),
+            (&[(BUCKET, "ok-bucket"), (REGION, "US West")], "region="),
+            (
+                &[(BUCKET, "ok-bucket"), (ENDPOINT_URL, "s3.local")],
+                "endpointUrl=",
+            ),
+            (
+                &[(BUCKET, "ok-bucket"), (FORCE_PATH_STYLE, "yes")],
+                "forcePathStyle=",
+            ),
+            (
+                &[(BUCKET, "ok-bucket"), (NO_SIGN_REQUEST, "1")],
+                "noSignRequest=",
+            ),
+            (
+                &[(BUCKET, "ok-bucket"), (METADATA_TTL, "soon")],
+                "metadataTtl=",
+            ),
+            (
+                &[(BUCKET, "ok-bucket"), (METADATA_TTL, "5 parsecs")],
+                "metadataTtl=",
+            ),
+            (
+                &[(BUCKET, "ok-bucket"), ("bukket", "x")],
+                "unknown volume attribute \"bukket\"",
+            ),
+        ];
+        for (pairs, expected) in cases {
+            let err = MountSpec::parse(&context(pairs), &[]).unwrap_err();
+            assert!(
+                err.to_string().contains(expected),
+                "{pairs:?}: {err} should mention {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_mount_flags_are_refused_with_the_flag_named() {
+        let cases: &[(&str, &str)] = &[
+            ("rw", "not supported"),
+            ("allow-root", "not supported"),
+            ("metadata-ttl=5m", "not supported"),
+            ("uid", "expected uid=VALUE"),
+            ("uid=root", "numeric id"),
+            ("file-mode=0644", "write bits"),
+            ("dir-mode=9", "octal"),
+            ("memory-cache-size=lots", "size"),
+            ("ro=1", "takes no value"),
+        ];
+        for (flag, expected) in cases {
+            let err =
+                MountSpec::parse(&context(&[(BUCKET, "models")]), &flags(&[flag])).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(flag), "{text} should name {flag}");
+            assert!(text.contains(expected), "{text} should mention {expected}");
+        }
+        let err = MountSpec::parse(&context(&[(BUCKET, "models")]), &flags(&["uid=1", "uid=2"]))
+            .unwrap_err();
+        assert!(err.to_string().contains("more than once"), "{err}");
+    }
+}
