@@ -8,6 +8,7 @@ mod daemon;
 mod demo;
 mod fstab;
 mod logging;
+mod metrics_server;
 mod mount_cmd;
 mod s3_args;
 mod sd_notify;

@@ -74,6 +74,10 @@ pub struct MountArgs {
     /// read by the kernel directly when it supports passthrough and we have CAP_SYS_ADMIN).
     #[arg(long)]
     pub no_passthrough: bool,
+    /// Serve Prometheus metrics on this address (e.g. `127.0.0.1:9464`): S3 requests and
+    /// latency, cache tiers, prefetching, FUSE requests and latency.
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
     /// Internal: fd on which a background child reports readiness.
     #[arg(long, hide = true)]
     pub ready_fd: Option<i32>,
@@ -110,6 +114,11 @@ fn serve(
         .canonicalize()
         .with_context(|| format!("cannot resolve {}", args.mountpoint.display()))?;
 
+    let metrics = args
+        .metrics_addr
+        .as_deref()
+        .map(crate::metrics_server::bind)
+        .transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("modelfs-io")
@@ -161,6 +170,9 @@ fn serve(
     crate::sd_notify::notify("READY=1");
 
     runtime.spawn(unmount_on_signal(mountpoint.clone()));
+    if let Some(listener) = metrics {
+        runtime.spawn(crate::metrics_server::serve(listener));
+    }
     session
         .run()
         .with_context(|| format!("serving {} failed", mountpoint.display()))?;

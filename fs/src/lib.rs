@@ -24,6 +24,7 @@ pub mod cache;
 pub mod error;
 pub mod fuse;
 pub mod location;
+pub mod metrics;
 pub mod mount;
 pub mod namespace;
 pub mod read;

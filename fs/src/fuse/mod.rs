@@ -20,6 +20,7 @@ use fuser::{
 use tokio::runtime::Handle;
 
 use crate::error::FsError;
+use crate::metrics::metrics;
 use crate::namespace::{DirListing, Namespace, NodeAttr, NodeKind};
 use crate::read::{BlockReader, OpenObject};
 pub use handles::HandleTable;
@@ -222,6 +223,7 @@ impl Filesystem for ModelFs {
             self.modes.clone(),
         );
         let (passthrough, reads) = (self.passthrough.clone(), self.reads.clone());
+        let started = std::time::Instant::now();
         self.runtime.spawn(async move {
             let version = match ns.open(ino.0).await {
                 Ok(version) => version,
@@ -266,6 +268,7 @@ impl Filesystem for ModelFs {
                 backing,
             });
             let file = files.get(fh);
+            metrics().fuse_request("open", started.elapsed());
             match (mode, file.as_ref().and_then(|f| f.backing.as_ref())) {
                 (IoMode::Passthrough, Some(id)) => {
                     reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id)
@@ -292,8 +295,11 @@ impl Filesystem for ModelFs {
         };
         self.reads.fetch_add(1, Ordering::Relaxed);
         let reader = self.reader.clone();
+        let started = std::time::Instant::now();
         self.runtime.spawn(async move {
-            match reader.read(&file.object, offset, size.into()).await {
+            let result = reader.read(&file.object, offset, size.into()).await;
+            metrics().fuse_request("read", started.elapsed());
+            match result {
                 Ok(bytes) => reply.data(&bytes),
                 Err(e) => {
                     tracing::warn!(key = %file.object.version.key, offset, size, "read failed: {e}");
@@ -333,8 +339,11 @@ impl Filesystem for ModelFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let (ns, dirs) = (self.namespace.clone(), self.dirs.clone());
+        let started = std::time::Instant::now();
         self.runtime.spawn(async move {
-            match ns.listing(ino.0).await {
+            let result = ns.listing(ino.0).await;
+            metrics().fuse_request("opendir", started.elapsed());
+            match result {
                 Ok(listing) => reply.opened(FileHandle(dirs.insert(listing)), FopenFlags::empty()),
                 Err(e) => reply.error(errno(&e)),
             }

@@ -156,7 +156,7 @@ impl Fetcher {
             Priority::Demand => None,
         };
         let (Some(cache), Some(entry)) = (&self.disk, entry) else {
-            return self.fetch(version, index).await;
+            return self.fetch(version, index, priority).await;
         };
         let from_disk = |cache: Arc<DiskCache>, entry: Arc<CacheEntry>| async move {
             tokio::task::spawn_blocking(move || cache.read_block(&entry, index))
@@ -171,14 +171,23 @@ impl Fetcher {
         if let Some(bytes) = from_disk(cache.clone(), entry.clone()).await {
             return Ok(Bytes::from(bytes));
         }
-        let bytes = self.fetch(version, index).await?;
+        let bytes = self.fetch(version, index, priority).await?;
         let (cache, entry, stored) = (cache.clone(), entry.clone(), bytes.clone());
         let _ =
             tokio::task::spawn_blocking(move || cache.write_block(&entry, index, &stored)).await;
         Ok(bytes)
     }
 
-    async fn fetch(&self, version: &ObjectVersion, index: u64) -> Result<Bytes, FsError> {
+    async fn fetch(
+        &self,
+        version: &ObjectVersion,
+        index: u64,
+        priority: Priority,
+    ) -> Result<Bytes, FsError> {
+        crate::metrics::metrics().fetched_block(match priority {
+            Priority::Demand => "demand",
+            Priority::Background => "background",
+        });
         let bs = self.block_size;
         let range = index * bs..((index + 1) * bs).min(version.size);
         Ok(self

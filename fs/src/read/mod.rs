@@ -101,9 +101,15 @@ impl BlockReader {
         config: ReadConfig,
         disk: Option<Arc<DiskCache>>,
     ) -> Arc<BlockReader> {
+        let memory = MemoryTier::new(config.memory_cache_bytes);
+        let registry = crate::metrics::metrics();
+        registry.register_tier("memory", memory.stats.clone());
+        if let Some(disk) = &disk {
+            registry.register_tier("disk", disk.stats.clone());
+        }
         let fetcher = Arc::new(Fetcher::new(
             store,
-            MemoryTier::new(config.memory_cache_bytes),
+            memory,
             disk,
             config.block_size,
             config.prefetch_concurrency,

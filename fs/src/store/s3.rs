@@ -2,7 +2,7 @@
 //! S3-compatible endpoint, errors classified into [`StoreError`].
 
 use std::ops::Range;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use aws_sdk_s3::config::http::HttpResponse;
@@ -14,6 +14,7 @@ use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
 
 use super::{ListPage, ObjectInfo, ObjectStore, StoreError};
+use crate::metrics::metrics;
 
 /// How to reach the bucket.
 #[derive(Clone, Debug, Default)]
@@ -50,6 +51,22 @@ const MAX_ATTEMPTS: u32 = 3;
 const BODY_ATTEMPTS: u32 = 4;
 /// A response body that sends nothing for this long is abandoned and retried.
 const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Counts one request in the metrics, by outcome.
+fn record(op: &'static str, started: Instant, error: Option<&StoreError>) {
+    let result = match error {
+        None => "ok",
+        Some(StoreError::NotFound { .. }) => "not_found",
+        Some(StoreError::NoSuchBucket { .. }) => "no_such_bucket",
+        Some(StoreError::PreconditionFailed { .. }) => "precondition_failed",
+        Some(StoreError::AccessDenied { .. }) => "access_denied",
+        Some(StoreError::Unreachable { .. }) => "unreachable",
+        Some(StoreError::ShortBody { .. }) => "short_body",
+        Some(StoreError::Interrupted { .. }) => "interrupted",
+        Some(StoreError::Other { .. }) => "other",
+    };
+    metrics().s3_request(op, result, started.elapsed());
+}
 
 /// Exponential backoff with full jitter: up to 200 ms, 400 ms, 800 ms… capped at 5 s.
 fn backoff(attempt: u32) -> Duration {
@@ -243,6 +260,7 @@ impl ObjectStore for S3Store {
         prefix: &str,
         continuation_token: Option<String>,
     ) -> Result<ListPage, StoreError> {
+        let started = Instant::now();
         let out = self
             .client
             .list_objects_v2()
@@ -252,7 +270,9 @@ impl ObjectStore for S3Store {
             .set_continuation_token(continuation_token)
             .send()
             .await
-            .map_err(|e| self.classify(e, "ListObjectsV2 prefix", prefix))?;
+            .map_err(|e| self.classify(e, "ListObjectsV2 prefix", prefix));
+        record("ListObjectsV2", started, out.as_ref().err());
+        let out = out?;
         let objects = out
             .contents()
             .iter()
@@ -283,6 +303,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError> {
+        let started = Instant::now();
         let out = self
             .client
             .head_object()
@@ -290,7 +311,9 @@ impl ObjectStore for S3Store {
             .key(key)
             .send()
             .await
-            .map_err(|e| self.classify(e, "HeadObject", key))?;
+            .map_err(|e| self.classify(e, "HeadObject", key));
+        record("HeadObject", started, out.as_ref().err());
+        let out = out?;
         Ok(ObjectInfo {
             key: key.to_string(),
             size: out.content_length().unwrap_or(0).max(0) as u64,
@@ -311,8 +334,15 @@ impl ObjectStore for S3Store {
         }
         let mut attempt = 1;
         loop {
-            match self.get_range_once(key, range.clone(), if_match).await {
+            let started = Instant::now();
+            let result = self.get_range_once(key, range.clone(), if_match).await;
+            record("GetObject", started, result.as_ref().err());
+            if let Ok(bytes) = &result {
+                metrics().s3_bytes(bytes.len() as u64);
+            }
+            match result {
                 Err(e) if e.is_transient() && attempt < BODY_ATTEMPTS => {
+                    metrics().s3_retry();
                     let pause = backoff(attempt);
                     tracing::debug!(key, attempt, ?pause, "retrying ranged read: {e}");
                     tokio::time::sleep(pause).await;

@@ -1,0 +1,74 @@
+//! The Prometheus endpoint of a real mount reports what happened.
+
+mod common;
+
+use std::io::{Read, Write};
+
+use common::mount::Mount;
+use common::s3::LocalServer;
+
+fn scrape(addr: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect metrics");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("response");
+    text
+}
+
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
+}
+
+#[test]
+fn metrics_count_s3_requests_cache_tiers_and_fuse_reads() {
+    let server = LocalServer::start("models");
+    let data = common::pseudo_random(8, 5 << 20);
+    server
+        .store()
+        .put_bytes("models", "m/loras/a.safetensors", &data)
+        .expect("seed");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let cache = tempfile::tempdir().expect("cache");
+    let mut m = Mount::new(
+        &server.endpoint,
+        "s3://models/m",
+        &[
+            "--metrics-addr",
+            &addr,
+            "--cache-dir",
+            cache.path().to_str().expect("utf-8"),
+        ],
+    );
+    assert!(std::fs::read(m.join("loras/a.safetensors")).expect("read") == data);
+    let text = scrape(&addr);
+    m.unmount();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let gets = value(
+        &text,
+        "modelfs_s3_requests_total{op=\"GetObject\",result=\"ok\"}",
+    );
+    assert_eq!(
+        gets as u64,
+        server.server.stats().get_object,
+        "every GET counted once"
+    );
+    assert_eq!(value(&text, "modelfs_s3_bytes_total") as usize, data.len());
+    assert!(value(&text, "modelfs_fuse_requests_total{op=\"read\"}") > 0.0);
+    assert!(value(&text, "modelfs_cache_writes_total{tier=\"disk\"}") >= 5.0);
+    assert!(
+        value(
+            &text,
+            "modelfs_s3_request_seconds_count{op=\"ListObjectsV2\"}"
+        ) >= 1.0
+    );
+}
