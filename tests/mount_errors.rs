@@ -134,6 +134,26 @@ fn bad_mountpoints_and_urls_are_reported() {
 }
 
 #[test]
+fn unusable_cache_dir_and_busy_mountpoint_are_reported() {
+    let server = LocalServer::start(BUCKET);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let not_a_dir = dir.path().join("cache-file");
+    std::fs::write(&not_a_dir, b"x").expect("write");
+    let mountpoint = dir.path().join("mnt");
+    std::fs::create_dir(&mountpoint).expect("mkdir");
+    let mut cmd = mount_cmd(&server.endpoint, "s3://models", &mountpoint, true);
+    cmd.arg("--cache-dir").arg(&not_a_dir);
+    assert_fails(cmd, &mountpoint, &["cannot use cache directory"]);
+
+    let first = common::mount::Mount::new(&server.endpoint, "s3://models", &[]);
+    let cmd = mount_cmd(&server.endpoint, "s3://models", &first.path, true);
+    let (ok, stderr) = run(cmd, &first.path);
+    assert!(!ok, "a second mount on a busy mountpoint must fail");
+    assert!(stderr.contains("already a mount point"), "{stderr}");
+    assert!(is_mounted(&first.path), "the first mount is untouched");
+}
+
+#[test]
 fn missing_dev_fuse_is_reported() {
     let server = LocalServer::start(BUCKET);
     let dir = tempfile::tempdir().expect("tempdir");
