@@ -23,6 +23,8 @@
 //! * [`service`]: [`LocalS3Service`], the [`s3s::S3`] implementation over a store;
 //! * [`stats`]: [`RequestStats`], request counters tests assert on;
 //! * [`server`]: [`LocalS3`], an HTTP server on its own runtime and thread;
+//! * [`shaping`]: [`Shaping`], first-byte latency and bandwidth caps for benchmarks (off by
+//!   default);
 //! * [`models`]: deterministic, real safetensors files and ComfyUI-like model trees.
 
 #![warn(missing_docs)]
@@ -30,6 +32,7 @@
 pub mod models;
 pub mod server;
 pub mod service;
+pub mod shaping;
 pub mod stats;
 pub mod store;
 
@@ -40,5 +43,6 @@ pub use models::{
 };
 pub use server::{LocalS3, LocalS3Config};
 pub use service::LocalS3Service;
+pub use shaping::Shaping;
 pub use stats::RequestStats;
 pub use store::{FileStore, ObjectMeta, ObjectWriter, StoreError};

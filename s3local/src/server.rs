@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::service::LocalS3Service;
+use crate::shaping::Shaping;
 use crate::stats::RequestStats;
 use crate::store::FileStore;
 
@@ -39,6 +40,8 @@ pub struct LocalS3Config {
     pub secret_key: String,
     /// Region clients should be configured with (signatures for any region are accepted).
     pub region: String,
+    /// Response shaping (first-byte latency, bandwidth caps) for benchmarks; off by default.
+    pub shaping: Shaping,
 }
 
 impl LocalS3Config {
@@ -58,6 +61,7 @@ impl LocalS3Config {
             access_key: Self::DEFAULT_ACCESS_KEY.to_string(),
             secret_key: Self::DEFAULT_SECRET_KEY.to_string(),
             region: Self::DEFAULT_REGION.to_string(),
+            shaping: Shaping::default(),
         }
     }
 }
@@ -78,7 +82,7 @@ impl LocalS3 {
     /// Returns once the listener is bound and the server thread is running.
     pub fn start(config: LocalS3Config) -> io::Result<LocalS3> {
         let store = Arc::new(FileStore::open(&config.root)?);
-        let service = LocalS3Service::new(store);
+        let service = LocalS3Service::new(store).with_shaping(config.shaping);
         let http = service
             .clone()
             .into_http_service(&config.access_key, &config.secret_key);

@@ -13,7 +13,9 @@ use futures::Stream;
 use s3s::stream::{ByteStream, RemainingLength};
 use s3s::StdError;
 use tokio::task::JoinHandle;
+use tokio::time::Sleep;
 
+use crate::shaping::Pace;
 use crate::stats::Counters;
 
 /// Bytes read from the file per chunk.
@@ -28,6 +30,12 @@ pub(crate) struct FileBody {
     remaining: u64,
     pending: Option<JoinHandle<io::Result<Bytes>>>,
     counters: Arc<Counters>,
+    /// Response shaping (benchmarks only): first-byte latency and bandwidth caps.
+    pace: Option<Pace>,
+    /// The wait before the next chunk, while shaping holds it back.
+    delay: Option<Pin<Box<Sleep>>>,
+    /// The next chunk has been released by the shaping (or there is none).
+    released: bool,
 }
 
 impl FileBody {
@@ -39,7 +47,16 @@ impl FileBody {
             remaining: len,
             pending: None,
             counters,
+            pace: None,
+            delay: None,
+            released: false,
         }
+    }
+
+    /// Shapes this body: chunks are held back as `pace` says.
+    pub(crate) fn with_pace(mut self, pace: Option<Pace>) -> FileBody {
+        self.pace = pace;
+        self
     }
 }
 
@@ -54,10 +71,26 @@ impl Stream for FileBody {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if let Some(delay) = this.delay.as_mut() {
+            ready!(delay.as_mut().poll(cx));
+            this.delay = None;
+        }
+        if this.pending.is_none() && this.remaining > 0 && !this.released {
+            this.released = true;
+            if let Some(pace) = this.pace.as_mut() {
+                let at = pace.release(this.remaining.min(CHUNK));
+                if at > tokio::time::Instant::now() {
+                    let delay = this.delay.insert(Box::pin(tokio::time::sleep_until(at)));
+                    ready!(delay.as_mut().poll(cx));
+                    this.delay = None;
+                }
+            }
+        }
         let handle = match this.pending.as_mut() {
             Some(handle) => handle,
             None if this.remaining == 0 => return Poll::Ready(None),
             None => {
+                this.released = false;
                 // Bounded by CHUNK, so the conversion cannot truncate.
                 let len = this.remaining.min(CHUNK) as usize;
                 let file = Arc::clone(&this.file);

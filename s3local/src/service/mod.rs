@@ -25,6 +25,7 @@ use s3s::service::{S3Service, S3ServiceBuilder};
 use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
 
 use crate::encoding::url_encode;
+use crate::shaping::{Pace, Shaper, Shaping};
 use crate::stats::{Counters, RequestStats};
 use crate::store::{FileStore, ObjectMeta, StoreError};
 use body::FileBody;
@@ -40,6 +41,7 @@ const MAX_KEYS: usize = 1000;
 pub struct LocalS3Service {
     store: Arc<FileStore>,
     counters: Arc<Counters>,
+    shaper: Option<Arc<Shaper>>,
 }
 
 impl LocalS3Service {
@@ -48,6 +50,19 @@ impl LocalS3Service {
         LocalS3Service {
             store,
             counters: Arc::new(Counters::default()),
+            shaper: None,
+        }
+    }
+
+    /// The same service with responses shaped as `shaping` says (benchmarks).
+    pub fn with_shaping(mut self, shaping: Shaping) -> LocalS3Service {
+        self.shaper = Shaper::new(shaping);
+        self
+    }
+
+    async fn shaping_delay(&self) {
+        if let Some(shaper) = &self.shaper {
+            shaper.request_delay().await;
         }
     }
 
@@ -247,6 +262,7 @@ impl S3 for LocalS3Service {
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
         Counters::bump(&self.counters.list_objects_v2);
+        self.shaping_delay().await;
         let input = req.input;
         let max_keys = match input.max_keys {
             None => MAX_KEYS,
@@ -324,6 +340,7 @@ impl S3 for LocalS3Service {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         Counters::bump(&self.counters.head_object);
+        self.shaping_delay().await;
         let input = req.input;
         let meta = self.meta(&input.bucket, &input.key)?;
         let preconditions = Preconditions {
@@ -381,7 +398,9 @@ impl S3 for LocalS3Service {
             }
         };
         let len = window.end - window.start;
-        let body = FileBody::new(file, window.start, len, Arc::clone(&self.counters));
+        let pace = self.shaper.as_ref().map(|s| Pace::new(Arc::clone(s)));
+        let body =
+            FileBody::new(file, window.start, len, Arc::clone(&self.counters)).with_pace(pace);
         let output = GetObjectOutput {
             body: Some(StreamingBlob::new(body)),
             content_length: Some(size_i64(len)?),

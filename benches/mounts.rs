@@ -1,0 +1,1032 @@
+//! Benchmarks of modelfs against mountpoint-s3 over real FUSE mounts of a shaped local S3
+//! endpoint (issue 5). Two ways to run it:
+//!
+//! * `scripts/bench.sh`: sets `MODELFS_BENCH_JSON=FILE`, and this binary runs every case once
+//!   (a fresh mount per cold case; runs longer than the deadline are cut and reported as such)
+//!   and writes the results as JSON for `scripts/bench_report.py`, which writes
+//!   `docs/benchmarks.md`.
+//! * `cargo bench --bench mounts`: the same cases as criterion benchmarks (`iter_custom`, ten
+//!   samples, each sample on a fresh mount for cold cases). Slow: filter with criterion's usual
+//!   name argument, e.g. `cargo bench --bench mounts -- cold/modelfs`.
+//!
+//! Needs root (mounts, `drop_caches`), `target/release/modelfs` (`MODELFS_BIN`), and the
+//! mountpoint-s3 wrapper from `benches/mountpoint` (`MOUNT_S3`); without the latter every
+//! mountpoint-s3 case is reported as NOT MEASURED, loudly. Environment:
+//! `MODELFS_BENCH_MODEL_MIB` (big model, default 1024), `MODELFS_BENCH_COST_MIB` (default
+//! `256,1024,4096`), `MODELFS_BENCH_DEADLINE_S` (per run, default 60),
+//! `MODELFS_BENCH_WORKDIR` (default `/tmp/modelfs-bench`; the seeded store is reused).
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use criterion::{criterion_group, Criterion};
+use modelfs_s3local::models::{parse_safetensors_header, SafetensorsReader};
+use modelfs_s3local::{LocalS3, LocalS3Config, SafetensorsSpec, Shaping};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+const BUCKET: &str = "models";
+const PREFIX: &str = "bench";
+const MIB: u64 = 1024 * 1024;
+const HEADER_FILES: usize = 40;
+const HEADER_FILE_BYTES: u64 = 32 * MIB;
+const LIST_OBJECTS: usize = 10_000;
+const RANDOM_READS: usize = 200;
+const RANDOM_READ_BYTES: u64 = 64 * 1024;
+const PREAD_THREADS: usize = 8;
+const PREAD_CHUNK: u64 = 2 * MIB;
+const LIMIT_PART: u64 = 8 * MIB;
+const LIMIT_CONCURRENCY: usize = 16;
+
+// ---------------------------------------------------------------------------------------------
+// Configuration and fixture
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+struct Config {
+    model_mib: u64,
+    cost_mib: Vec<u64>,
+    deadline: Duration,
+    workdir: PathBuf,
+    modelfs_bin: PathBuf,
+    mount_s3: Option<PathBuf>,
+    mount_s3_missing: String,
+}
+
+impl Config {
+    fn from_env() -> Config {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let cost_mib = std::env::var("MODELFS_BENCH_COST_MIB")
+            .unwrap_or_else(|_| "256,1024,4096".to_string())
+            .split(',')
+            .filter_map(|s| s.trim().parse().ok())
+            .collect();
+        let mount_s3 = std::env::var_os("MOUNT_S3")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("benches/mountpoint/target/release/mp-bench"));
+        let (mount_s3, mount_s3_missing) = if mount_s3.is_file() {
+            (Some(mount_s3), String::new())
+        } else {
+            let why = format!(
+                "mountpoint-s3 binary not found at {} (build benches/mountpoint or set MOUNT_S3)",
+                mount_s3.display()
+            );
+            eprintln!("\n!!!!!!!! {why}: every mountpoint-s3 case is NOT MEASURED !!!!!!!!\n");
+            (None, why)
+        };
+        Config {
+            model_mib: env_u64("MODELFS_BENCH_MODEL_MIB", 1024),
+            cost_mib,
+            deadline: Duration::from_secs(env_u64("MODELFS_BENCH_DEADLINE_S", 60)),
+            workdir: std::env::var_os("MODELFS_BENCH_WORKDIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/tmp/modelfs-bench")),
+            modelfs_bin: std::env::var_os("MODELFS_BIN")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target/release/modelfs")),
+            mount_s3,
+            mount_s3_missing,
+        }
+    }
+}
+
+fn big_rel(mib: u64) -> String {
+    format!("big/model-{mib}.safetensors")
+}
+
+fn scan_rel(i: usize) -> String {
+    format!("scan/lora-{i:02}.safetensors")
+}
+
+fn many_rel(i: usize) -> String {
+    format!("many/d{:03}/obj-{i:05}.bin", i / 100)
+}
+
+/// The shaped server, the seeded bucket and a local copy of the same bytes.
+struct Fixture {
+    config: Config,
+    server: LocalS3,
+    local: PathBuf,
+    shaping: Shaping,
+    s3: aws_sdk_s3::Client,
+    rt: tokio::runtime::Runtime,
+}
+
+fn big_spec(mib: u64) -> SafetensorsSpec {
+    SafetensorsSpec::new(1000 + mib, mib * MIB)
+}
+
+fn seed_big(server: &LocalS3, local: &Path, mib: u64) {
+    let spec = big_spec(mib);
+    let key = format!("{PREFIX}/{}", big_rel(mib));
+    if server.store().head(BUCKET, &key).is_none() {
+        eprintln!("seeding {key}");
+        server
+            .store()
+            .put_from_reader(BUCKET, &key, SafetensorsReader::new(&spec))
+            .expect("seed big model");
+    }
+    let path = local.join(big_rel(mib));
+    if !path.exists() {
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        let tmp = path.with_extension("tmp");
+        let mut f = std::io::BufWriter::new(File::create(&tmp).expect("create"));
+        std::io::copy(&mut SafetensorsReader::new(&spec), &mut f).expect("write local");
+        f.flush().expect("flush");
+        std::fs::rename(tmp, &path).expect("rename");
+    }
+}
+
+impl Fixture {
+    fn start(config: Config) -> Fixture {
+        let store_dir = config.workdir.join("store");
+        let local = config.workdir.join("local");
+        std::fs::create_dir_all(&store_dir).expect("workdir");
+        let shaping = Shaping {
+            first_byte_latency: Some(Duration::from_millis(env_u64(
+                "MODELFS_BENCH_LATENCY_MS",
+                20,
+            ))),
+            per_response_bytes_per_sec: Some(env_u64("MODELFS_BENCH_PER_RESPONSE_MIBPS", 90) * MIB),
+            aggregate_bytes_per_sec: match env_u64("MODELFS_BENCH_AGGREGATE_MIBPS", 0) {
+                0 => None,
+                n => Some(n * MIB),
+            },
+        };
+        let mut server_config = LocalS3Config::new(&store_dir);
+        server_config.shaping = shaping;
+        let server = LocalS3::start(server_config).expect("start local S3");
+        if !server.store().bucket_exists(BUCKET) {
+            server.store().create_bucket(BUCKET).expect("bucket");
+        }
+        let mut sizes = config.cost_mib.clone();
+        sizes.push(config.model_mib);
+        sizes.sort_unstable();
+        sizes.dedup();
+        for mib in sizes {
+            seed_big(&server, &local, mib);
+        }
+        for i in 0..HEADER_FILES {
+            let spec = SafetensorsSpec::new(i as u64, HEADER_FILE_BYTES);
+            let key = format!("{PREFIX}/{}", scan_rel(i));
+            if server.store().head(BUCKET, &key).is_none() {
+                server
+                    .store()
+                    .put_from_reader(BUCKET, &key, SafetensorsReader::new(&spec))
+                    .expect("seed scan file");
+            }
+            let path = local.join(scan_rel(i));
+            if !path.exists() {
+                std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+                let mut f = File::create(&path).expect("create");
+                std::io::copy(&mut SafetensorsReader::new(&spec), &mut f).expect("write");
+            }
+        }
+        let marker = config.workdir.join("many.done");
+        if !marker.exists() {
+            eprintln!("seeding {LIST_OBJECTS} small objects");
+            for i in 0..LIST_OBJECTS {
+                let body = format!("object {i}\n");
+                let rel = many_rel(i);
+                server
+                    .store()
+                    .put_bytes(BUCKET, &format!("{PREFIX}/{rel}"), body.as_bytes())
+                    .expect("seed small object");
+                let path = local.join(&rel);
+                std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+                std::fs::write(path, body).expect("write");
+            }
+            std::fs::write(&marker, b"").expect("marker");
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let s3_config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(server.endpoint_url())
+            .force_path_style(true)
+            .credentials_provider(Credentials::new(
+                server.access_key(),
+                server.secret_key(),
+                None,
+                None,
+                "bench",
+            ))
+            .build();
+        let s3 = aws_sdk_s3::Client::from_conf(s3_config);
+        Fixture {
+            config,
+            server,
+            local,
+            shaping,
+            s3,
+            rt,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Systems and mounts
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum System {
+    Modelfs,
+    Mountpoint,
+    MountpointCache,
+    Limit,
+    Local,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::Modelfs => "modelfs",
+            System::Mountpoint => "mountpoint-s3",
+            System::MountpointCache => "mountpoint-s3 --cache",
+            System::Limit => "link limit",
+            System::Local => "local file",
+        }
+    }
+}
+
+fn drop_caches() {
+    let _ = Command::new("sync").status();
+    if let Err(err) = std::fs::write("/proc/sys/vm/drop_caches", "3") {
+        eprintln!("warning: cannot drop the page cache: {err}");
+    }
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let target = path.to_string_lossy().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split(' ').nth(4) == Some(target.as_str()))
+        })
+        .unwrap_or(false)
+}
+
+/// A mount owned by the bench: the daemon runs in the foreground as our child.
+struct Mount {
+    path: PathBuf,
+    child: Child,
+    system: System,
+}
+
+impl Mount {
+    fn start(
+        fx: &Fixture,
+        system: System,
+        cache: Option<&Path>,
+        tag: &str,
+    ) -> Result<Mount, String> {
+        let path = fx.config.workdir.join(format!("mnt-{tag}"));
+        if is_mounted(&path) {
+            let _ = Command::new("umount").arg("-l").arg(&path).status();
+        }
+        std::fs::create_dir_all(&path).map_err(|e| e.to_string())?;
+        let log = fx.config.workdir.join(format!("{tag}.log"));
+        let mut cmd = match system {
+            System::Modelfs => {
+                let mut cmd = Command::new(&fx.config.modelfs_bin);
+                cmd.arg("mount")
+                    .arg(format!("s3://{BUCKET}/{PREFIX}"))
+                    .arg(&path)
+                    .args(["--endpoint-url", &fx.server.endpoint_url()])
+                    .args([
+                        "--region",
+                        "us-east-1",
+                        "--force-path-style",
+                        "--foreground",
+                    ])
+                    .arg("--cache-dir")
+                    .arg(cache.expect("modelfs needs a cache dir"))
+                    .arg("--log-file")
+                    .arg(&log);
+                cmd
+            }
+            System::Mountpoint | System::MountpointCache => {
+                let bin = fx
+                    .config
+                    .mount_s3
+                    .as_ref()
+                    .ok_or_else(|| fx.config.mount_s3_missing.clone())?;
+                let mut cmd = Command::new(bin);
+                cmd.arg(format!("s3://{BUCKET}/{PREFIX}/"))
+                    .arg(&path)
+                    .args(["--endpoint-url", &fx.server.endpoint_url()]);
+                if let Some(cache) = cache {
+                    cmd.arg("--cache").arg(cache);
+                }
+                cmd
+            }
+            System::Limit | System::Local => unreachable!("not a mount"),
+        };
+        let out = File::create(fx.config.workdir.join(format!("{tag}.out")))
+            .map_err(|e| e.to_string())?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        cmd.env("AWS_ACCESS_KEY_ID", fx.server.access_key())
+            .env("AWS_SECRET_ACCESS_KEY", fx.server.secret_key())
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_REGION", "us-east-1")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let mut child = cmd.spawn().map_err(|e| format!("spawn {system:?}: {e}"))?;
+        let started = Instant::now();
+        while !is_mounted(&path) {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "{} exited before mounting: {status}",
+                    system.name()
+                ));
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                return Err(format!("{} did not mount within 30 s", system.name()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Mount {
+            path,
+            child,
+            system,
+        })
+    }
+
+    /// Peak resident memory of the daemon so far (VmHWM), KiB.
+    fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+    }
+
+    fn stop(mut self) {
+        let _ = match self.system {
+            System::Modelfs => Command::new(self.child_bin_hint())
+                .arg("unmount")
+                .arg(&self.path)
+                .status(),
+            _ => Command::new("umount").arg(&self.path).status(),
+        };
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn child_bin_hint(&self) -> PathBuf {
+        std::fs::read_link(format!("/proc/{}/exe", self.child.id()))
+            .unwrap_or_else(|_| PathBuf::from("modelfs"))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workloads
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Workload {
+    MmapLoad,
+    Pread8,
+    Seq1M,
+    HeaderScan,
+    Random64K,
+    LsLR,
+}
+
+const WORKLOADS: [Workload; 6] = [
+    Workload::MmapLoad,
+    Workload::Pread8,
+    Workload::Seq1M,
+    Workload::HeaderScan,
+    Workload::Random64K,
+    Workload::LsLR,
+];
+
+impl Workload {
+    fn id(self) -> &'static str {
+        match self {
+            Workload::MmapLoad => "mmap_load",
+            Workload::Pread8 => "pread8x2m",
+            Workload::Seq1M => "seq_1m",
+            Workload::HeaderScan => "header_scan",
+            Workload::Random64K => "random_64k",
+            Workload::LsLR => "ls_lR",
+        }
+    }
+}
+
+/// What one run did.
+#[derive(Clone, Debug, Default)]
+struct Outcome {
+    bytes: u64,
+    items: u64,
+    completed: bool,
+}
+
+struct Deadline(Instant);
+
+impl Deadline {
+    fn passed(&self) -> bool {
+        Instant::now() > self.0
+    }
+}
+
+fn read_header(file: &File) -> std::io::Result<modelfs_s3local::models::Header> {
+    let mut len = [0u8; 8];
+    file.read_exact_at(&mut len, 0)?;
+    let n = u64::from_le_bytes(len);
+    let mut buf = vec![0u8; 8 + n as usize];
+    buf[..8].copy_from_slice(&len);
+    file.read_exact_at(&mut buf[8..], 8)?;
+    parse_safetensors_header(&buf).map_err(|e| std::io::Error::other(format!("{e:?}")))
+}
+
+/// safetensors `load_file`-style: mmap, then touch every page of each tensor, in name order.
+fn mmap_load(path: &Path, dl: &Deadline) -> std::io::Result<Outcome> {
+    let file = File::open(path)?;
+    let header = read_header(&file)?;
+    // SAFETY: read-only mapping of a read-only filesystem's file, unmapped before returning.
+    let map = unsafe { memmap2::Mmap::map(&file)? };
+    let mut tensors = header.tensors.clone();
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut out = Outcome::default();
+    let mut sum = 0u64;
+    for t in &tensors {
+        let (a, b) = (
+            header.data_start + t.data_offsets.0,
+            header.data_start + t.data_offsets.1,
+        );
+        let mut off = a;
+        while off < b {
+            sum = sum.wrapping_add(map[off as usize] as u64);
+            off += 4096;
+            if (off - a) % (16 * MIB) == 0 && dl.passed() {
+                out.bytes += off - a;
+                std::hint::black_box(sum);
+                return Ok(out);
+            }
+        }
+        out.bytes += b - a;
+        out.items += 1;
+        if dl.passed() {
+            std::hint::black_box(sum);
+            return Ok(out);
+        }
+    }
+    std::hint::black_box(sum);
+    out.completed = true;
+    Ok(out)
+}
+
+/// ComfyUI's dynamic loader: header, then 8 threads of 2 MiB preads over tensors in a
+/// shuffled (model, not file) order.
+fn pread8(path: &Path, dl: &Deadline) -> std::io::Result<Outcome> {
+    let file = Arc::new(File::open(path)?);
+    let header = read_header(&file)?;
+    let mut ranges: Vec<(u64, u64)> = header
+        .tensors
+        .iter()
+        .map(|t| {
+            (
+                header.data_start + t.data_offsets.0,
+                header.data_start + t.data_offsets.1,
+            )
+        })
+        .collect();
+    ranges.shuffle(&mut StdRng::seed_from_u64(42));
+    let ranges = Arc::new(ranges);
+    let next = Arc::new(AtomicUsize::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let deadline = dl.0;
+    let threads: Vec<_> = (0..PREAD_THREADS)
+        .map(|_| {
+            let (file, ranges, next, bytes, stop) = (
+                Arc::clone(&file),
+                Arc::clone(&ranges),
+                Arc::clone(&next),
+                Arc::clone(&bytes),
+                Arc::clone(&stop),
+            );
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let mut buf = vec![0u8; PREAD_CHUNK as usize];
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&(a, b)) = ranges.get(i) else {
+                        return Ok(());
+                    };
+                    let mut off = a;
+                    while off < b {
+                        let n = (b - off).min(PREAD_CHUNK) as usize;
+                        file.read_exact_at(&mut buf[..n], off)?;
+                        off += n as u64;
+                        bytes.fetch_add(n as u64, Ordering::Relaxed);
+                        if Instant::now() > deadline {
+                            stop.store(true, Ordering::Relaxed);
+                            return Ok(());
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join()
+            .map_err(|_| std::io::Error::other("reader panicked"))??;
+    }
+    Ok(Outcome {
+        bytes: bytes.load(Ordering::Relaxed),
+        items: ranges.len() as u64,
+        completed: !stop.load(Ordering::Relaxed),
+    })
+}
+
+fn seq_1m(path: &Path, dl: &Deadline) -> std::io::Result<Outcome> {
+    let mut file = File::open(path)?;
+    let mut buf = vec![0u8; MIB as usize];
+    let mut out = Outcome::default();
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            out.completed = true;
+            return Ok(out);
+        }
+        out.bytes += n as u64;
+        if dl.passed() {
+            return Ok(out);
+        }
+    }
+}
+
+fn header_scan(root: &Path, dl: &Deadline) -> std::io::Result<Outcome> {
+    let mut out = Outcome::default();
+    for i in 0..HEADER_FILES {
+        let file = File::open(root.join(scan_rel(i)))?;
+        let header = read_header(&file)?;
+        out.bytes += header.data_start;
+        out.items += 1;
+        if dl.passed() {
+            return Ok(out);
+        }
+    }
+    out.completed = true;
+    Ok(out)
+}
+
+fn random_ranges(file_len: u64) -> Vec<u64> {
+    let mut rng = StdRng::seed_from_u64(7);
+    (0..RANDOM_READS)
+        .map(|_| rng.gen_range(0..(file_len - RANDOM_READ_BYTES) / 4096) * 4096)
+        .collect()
+}
+
+fn random_64k(path: &Path, dl: &Deadline) -> std::io::Result<Outcome> {
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut buf = vec![0u8; RANDOM_READ_BYTES as usize];
+    let mut out = Outcome::default();
+    for off in random_ranges(len) {
+        file.read_exact_at(&mut buf, off)?;
+        out.bytes += RANDOM_READ_BYTES;
+        out.items += 1;
+        if dl.passed() {
+            return Ok(out);
+        }
+    }
+    out.completed = true;
+    Ok(out)
+}
+
+fn ls_lr(root: &Path) -> std::io::Result<Outcome> {
+    let output = Command::new("ls")
+        .arg("-lR")
+        .arg(root.join("many"))
+        .output()?;
+    if !output.status.success() {
+        return Err(std::io::Error::other(format!(
+            "ls -lR failed: {}",
+            output.status
+        )));
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let items = text.lines().filter(|l| l.contains("obj-")).count() as u64;
+    Ok(Outcome {
+        bytes: 0,
+        items,
+        completed: items == LIST_OBJECTS as u64,
+    })
+}
+
+fn run_workload(
+    w: Workload,
+    root: &Path,
+    model_mib: u64,
+    dl: &Deadline,
+) -> std::io::Result<Outcome> {
+    let big = root.join(big_rel(model_mib));
+    match w {
+        Workload::MmapLoad => mmap_load(&big, dl),
+        Workload::Pread8 => pread8(&big, dl),
+        Workload::Seq1M => seq_1m(&big, dl),
+        Workload::HeaderScan => header_scan(root, dl),
+        Workload::Random64K => random_64k(&big, dl),
+        Workload::LsLR => ls_lr(root),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The link limit: the same bytes straight from the endpoint into memory.
+
+async fn get_range(s3: &aws_sdk_s3::Client, key: &str, a: u64, b: u64) -> Result<u64, String> {
+    let resp = s3
+        .get_object()
+        .bucket(BUCKET)
+        .key(key)
+        .range(format!("bytes={a}-{}", b - 1))
+        .send()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let body = resp.body.collect().await.map_err(|e| format!("{e:?}"))?;
+    Ok(body.into_bytes().len() as u64)
+}
+
+async fn parallel_gets(s3: &aws_sdk_s3::Client, key: &str, len: u64) -> Result<u64, String> {
+    use futures::StreamExt;
+    let parts: Vec<(u64, u64)> = (0..len.div_ceil(LIMIT_PART))
+        .map(|i| (i * LIMIT_PART, ((i + 1) * LIMIT_PART).min(len)))
+        .collect();
+    let results: Vec<Result<u64, String>> = futures::stream::iter(parts)
+        .map(|(a, b)| get_range(s3, key, a, b))
+        .buffer_unordered(LIMIT_CONCURRENCY)
+        .collect()
+        .await;
+    results.into_iter().sum()
+}
+
+fn run_limit(fx: &Fixture, w: Workload, model_mib: u64) -> Result<Outcome, String> {
+    let s3 = &fx.s3;
+    let big_key = format!("{PREFIX}/{}", big_rel(model_mib));
+    let big_len = fx
+        .server
+        .store()
+        .head(BUCKET, &big_key)
+        .ok_or("big model missing")?
+        .size;
+    fx.rt.block_on(async {
+        match w {
+            Workload::MmapLoad | Workload::Pread8 | Workload::Seq1M => {
+                let bytes = parallel_gets(s3, &big_key, big_len).await?;
+                Ok(Outcome {
+                    bytes,
+                    items: 1,
+                    completed: bytes == big_len,
+                })
+            }
+            Workload::HeaderScan => {
+                // One GET per file of exactly the header, one file after the other.
+                let mut out = Outcome::default();
+                for i in 0..HEADER_FILES {
+                    let key = format!("{PREFIX}/{}", scan_rel(i));
+                    let path = fx.local.join(scan_rel(i));
+                    let header = read_header(&File::open(path).map_err(|e| e.to_string())?)
+                        .map_err(|e| e.to_string())?;
+                    out.bytes += get_range(s3, &key, 0, header.data_start).await?;
+                    out.items += 1;
+                }
+                out.completed = true;
+                Ok(out)
+            }
+            Workload::Random64K => {
+                let mut out = Outcome::default();
+                for off in random_ranges(big_len) {
+                    out.bytes += get_range(s3, &big_key, off, off + RANDOM_READ_BYTES).await?;
+                    out.items += 1;
+                }
+                out.completed = true;
+                Ok(out)
+            }
+            Workload::LsLR => {
+                let mut items = 0u64;
+                let mut token = None;
+                loop {
+                    let resp = s3
+                        .list_objects_v2()
+                        .bucket(BUCKET)
+                        .prefix(format!("{PREFIX}/many/"))
+                        .set_continuation_token(token)
+                        .send()
+                        .await
+                        .map_err(|e| format!("{e:?}"))?;
+                    items += resp.contents().len() as u64;
+                    token = resp.next_continuation_token().map(str::to_string);
+                    if token.is_none() {
+                        break;
+                    }
+                }
+                Ok(Outcome {
+                    bytes: 0,
+                    items,
+                    completed: items == LIST_OBJECTS as u64,
+                })
+            }
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cases
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Cold,
+    Warm,
+}
+
+/// One measured run.
+#[derive(Clone, Debug)]
+struct Measured {
+    seconds: f64,
+    outcome: Outcome,
+    peak_rss_kib: Option<u64>,
+}
+
+fn timed(f: impl FnOnce() -> Result<Outcome, String>) -> Result<(f64, Outcome), String> {
+    let started = Instant::now();
+    let outcome = f()?;
+    Ok((started.elapsed().as_secs_f64(), outcome))
+}
+
+fn fresh_dir(fx: &Fixture, name: &str) -> PathBuf {
+    let dir = fx.config.workdir.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("cache dir");
+    dir
+}
+
+/// Runs one case once: mounts as the case needs, measures, unmounts.
+fn run_case(
+    fx: &Fixture,
+    system: System,
+    mode: Mode,
+    w: Workload,
+    mib: u64,
+) -> Result<Measured, String> {
+    let deadline = || Deadline(Instant::now() + fx.config.deadline);
+    let io = |e: std::io::Error| e.to_string();
+    match (system, mode) {
+        (System::Limit, _) => {
+            let (seconds, outcome) = timed(|| run_limit(fx, w, mib))?;
+            Ok(Measured {
+                seconds,
+                outcome,
+                peak_rss_kib: None,
+            })
+        }
+        (System::Local, _) => {
+            if mode == Mode::Warm {
+                // Warm: the page cache dropped, the bytes on local disk.
+                drop_caches();
+            }
+            let (seconds, outcome) =
+                timed(|| run_workload(w, &fx.local, mib, &deadline()).map_err(io))?;
+            Ok(Measured {
+                seconds,
+                outcome,
+                peak_rss_kib: None,
+            })
+        }
+        (System::Modelfs, _) => {
+            let cache = fresh_dir(fx, "cache-modelfs");
+            let mut mount = Mount::start(fx, system, Some(&cache), "modelfs")?;
+            if mode == Mode::Warm {
+                // Fill the cache with the same pattern, then remount on the kept cache.
+                let fill = run_workload(w, &mount.path, mib, &deadline());
+                mount.stop();
+                fill.map_err(io)?;
+                mount = Mount::start(fx, system, Some(&cache), "modelfs")?;
+            }
+            drop_caches();
+            let result = timed(|| run_workload(w, &mount.path, mib, &deadline()).map_err(io));
+            let peak_rss_kib = mount.peak_rss_kib();
+            mount.stop();
+            let (seconds, outcome) = result?;
+            Ok(Measured {
+                seconds,
+                outcome,
+                peak_rss_kib,
+            })
+        }
+        (System::Mountpoint | System::MountpointCache, _) => {
+            let cache = (system == System::MountpointCache).then(|| fresh_dir(fx, "cache-mp"));
+            let mount = Mount::start(fx, system, cache.as_deref(), "mountpoint")?;
+            if mode == Mode::Warm {
+                // mount-s3 wipes its cache at mount and exit: warm means the same mount, after
+                // one pass that filled its cache (a sequential read for whole-file patterns).
+                let fill_w = match w {
+                    Workload::MmapLoad | Workload::Pread8 => Workload::Seq1M,
+                    other => other,
+                };
+                let fill = run_workload(fill_w, &mount.path, mib, &deadline());
+                if let Err(e) = fill {
+                    mount.stop();
+                    return Err(e.to_string());
+                }
+            }
+            drop_caches();
+            let result = timed(|| run_workload(w, &mount.path, mib, &deadline()).map_err(io));
+            let peak_rss_kib = mount.peak_rss_kib();
+            mount.stop();
+            let (seconds, outcome) = result?;
+            Ok(Measured {
+                seconds,
+                outcome,
+                peak_rss_kib,
+            })
+        }
+    }
+}
+
+fn systems_for(mode: Mode) -> [System; 3] {
+    match mode {
+        Mode::Cold => [System::Modelfs, System::Mountpoint, System::Limit],
+        Mode::Warm => [System::Modelfs, System::MountpointCache, System::Local],
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report mode: every case once, JSON out.
+
+fn json_case(
+    section: &str,
+    w: &str,
+    mode: Mode,
+    system: System,
+    mib: u64,
+    r: &Result<Measured, String>,
+) -> serde_json::Value {
+    let mode = match mode {
+        Mode::Cold => "cold",
+        Mode::Warm => "warm",
+    };
+    match r {
+        Ok(m) => serde_json::json!({
+            "section": section, "workload": w, "mode": mode, "system": system.name(),
+            "model_mib": mib, "seconds": m.seconds, "bytes": m.outcome.bytes,
+            "items": m.outcome.items, "completed": m.outcome.completed,
+            "peak_rss_kib": m.peak_rss_kib,
+        }),
+        Err(e) => serde_json::json!({
+            "section": section, "workload": w, "mode": mode, "system": system.name(),
+            "model_mib": mib, "error": e,
+        }),
+    }
+}
+
+fn cmd_output(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn report_mode(out_path: &Path) {
+    let fx = Fixture::start(Config::from_env());
+    let mut cases = Vec::new();
+    let only: Option<Vec<String>> = std::env::var("MODELFS_BENCH_ONLY")
+        .ok()
+        .map(|s| s.split(',').map(str::to_string).collect());
+    let mut record = |v: serde_json::Value| {
+        eprintln!("{v}");
+        cases.push(v);
+        let doc = serde_json::json!({ "meta": meta(&fx), "cases": cases.clone() });
+        std::fs::write(out_path, serde_json::to_string_pretty(&doc).expect("json"))
+            .expect("write json");
+    };
+    let mib = fx.config.model_mib;
+    for w in WORKLOADS {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.iter().any(|x| x == w.id()))
+        {
+            continue;
+        }
+        for mode in [Mode::Cold, Mode::Warm] {
+            for system in systems_for(mode) {
+                let r = run_case(&fx, system, mode, w, mib);
+                record(json_case("workloads", w.id(), mode, system, mib, &r));
+            }
+        }
+    }
+    if only.as_ref().is_none_or(|o| o.iter().any(|x| x == "cost")) {
+        for &size in &fx.config.cost_mib.clone() {
+            for system in [System::Modelfs, System::Mountpoint, System::Limit] {
+                let r = run_case(&fx, system, Mode::Cold, Workload::MmapLoad, size);
+                record(json_case("cost", "mmap_load", Mode::Cold, system, size, &r));
+            }
+        }
+    }
+}
+
+fn meta(fx: &Fixture) -> serde_json::Value {
+    let modelfs_version = cmd_output(&fx.config.modelfs_bin.to_string_lossy(), &["--version"]);
+    serde_json::json!({
+        "date": cmd_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        "kernel": cmd_output("uname", &["-r"]),
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu": cmd_output("sh", &["-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"]),
+        "memory": cmd_output("sh", &["-c", "grep MemTotal /proc/meminfo | awk '{print $2\" kB\"}'"]),
+        "shaping": fx.shaping.describe(),
+        "modelfs": modelfs_version,
+        "git": cmd_output("git", &["-C", env!("CARGO_MANIFEST_DIR"), "describe", "--always", "--dirty"]),
+        "mountpoint": match &fx.config.mount_s3 {
+            Some(p) => format!("mountpoint-s3-fs 0.10.0 (mount-s3 1.23 engine) via {}", p.display()),
+            None => format!("NOT MEASURED: {}", fx.config.mount_s3_missing),
+        },
+        "model_mib": fx.config.model_mib,
+        "deadline_s": fx.config.deadline.as_secs(),
+        "limit": format!("{LIMIT_CONCURRENCY} parallel ranged GETs of {} MiB into memory (aws-sdk-s3); header scan, random reads and listing: the same requests, one after the other", LIMIT_PART / MIB),
+        "header_files": HEADER_FILES, "header_file_mib": HEADER_FILE_BYTES / MIB,
+        "list_objects": LIST_OBJECTS, "random_reads": RANDOM_READS,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Criterion mode
+
+fn criterion_benches(c: &mut Criterion) {
+    let fx = Fixture::start(Config::from_env());
+    let mib = fx.config.model_mib;
+    for w in WORKLOADS {
+        let mut group = c.benchmark_group(w.id());
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(1))
+            .measurement_time(Duration::from_secs(5));
+        for mode in [Mode::Cold, Mode::Warm] {
+            for system in systems_for(mode) {
+                let label = format!(
+                    "{}/{}",
+                    if mode == Mode::Cold { "cold" } else { "warm" },
+                    system.name()
+                );
+                group.bench_function(label, |b| {
+                    b.iter_custom(|iters| {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            match run_case(&fx, system, mode, w, mib) {
+                                Ok(m) => total += Duration::from_secs_f64(m.seconds),
+                                Err(e) => panic!("{} {:?}: NOT MEASURED: {e}", system.name(), w),
+                            }
+                        }
+                        total
+                    })
+                });
+            }
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, criterion_benches);
+
+fn main() {
+    // `cargo bench` passes `--bench`; anything else (e.g. `cargo test --benches`) just checks.
+    if let Some(path) = std::env::var_os("MODELFS_BENCH_JSON") {
+        report_mode(Path::new(&path));
+        return;
+    }
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

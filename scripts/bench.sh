@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs the benchmark suite (issue 5) and writes docs/benchmarks.md and the Benchmarks section of
+# README.md. Needs root (FUSE mounts, drop_caches), ~2x the model sizes in free disk, and time
+# (~30-40 min on 2 cores at the default sizes).
+#
+#   sudo scripts/bench.sh
+#
+# Environment (all optional):
+#   MODELFS_BENCH_MODEL_MIB=1024        big model for the workload tables
+#   MODELFS_BENCH_COST_MIB=256,1024,4096 sizes for the "how cost grows" section ("" to skip)
+#   MODELFS_BENCH_DEADLINE_S=60         a run still going after this is cut (reported as "> N s")
+#   MODELFS_BENCH_LATENCY_MS=20 MODELFS_BENCH_PER_RESPONSE_MIBPS=90 MODELFS_BENCH_AGGREGATE_MIBPS=0
+#   MODELFS_BENCH_WORKDIR=/tmp/modelfs-bench  (the seeded store is kept and reused)
+#   MOUNT_S3=/path/to/binary            use this mountpoint-s3 wrapper instead of building one
+#   MODELFS_BENCH_ONLY=mmap_load,cost   run a subset (the report then only has those)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export AWS_EC2_METADATA_DISABLED=true
+
+echo "== building modelfs (release)"
+cargo build --release --bin modelfs
+
+if [[ -z "${MOUNT_S3:-}" ]]; then
+  echo "== building the mountpoint-s3 wrapper (benches/mountpoint: mountpoint-s3-fs 0.10.0)"
+  if ! command -v cmake >/dev/null || ! command -v clang >/dev/null || ! pkg-config --exists fuse3 2>/dev/null; then
+    apt-get update -qq && apt-get install -y -qq cmake clang libclang-dev libfuse3-dev pkg-config || true
+  fi
+  if ! (cd benches/mountpoint && cargo build --release); then
+    echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!" >&2
+    echo "!!! mountpoint-s3 could NOT be built: its rows will be reported as NOT MEASURED  !!!" >&2
+    echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!" >&2
+  fi
+fi
+
+mkdir -p target/bench
+echo "== running the suite (results: target/bench/results.json)"
+MODELFS_BENCH_JSON="$PWD/target/bench/results.json" cargo bench --bench mounts
+
+echo "== writing docs/benchmarks.md and README.md's Benchmarks section"
+python3 scripts/bench_report.py target/bench/results.json docs/benchmarks.md README.md
+echo "done: docs/benchmarks.md"
