@@ -23,7 +23,13 @@ fn seed(server: &LocalServer, key: &str, size: u64, seed: u64) -> PathBuf {
 }
 
 fn mount(server: &LocalServer, cache: &Path, extra: &[&str]) -> Mount {
-    let mut args = vec!["--cache-dir", cache.to_str().expect("utf-8 path")];
+    // An explicit limit: the default (keep 10% of the disk free) depends on the machine.
+    let mut args = vec![
+        "--cache-dir",
+        cache.to_str().expect("utf-8 path"),
+        "--cache-size",
+        "4GiB",
+    ];
     args.extend_from_slice(extra);
     Mount::new(&server.endpoint, "s3://models/m", &args)
 }

@@ -725,7 +725,8 @@ fn mounts_outlive_the_plugin_and_a_restarted_plugin_heals_dead_ones() {
 fn volumes_on_a_node_share_the_plugins_disk_cache() {
     let cache = tempfile::tempdir().expect("cache dir");
     let cache_arg = format!("--cache-dir={}", cache.path().display());
-    let node = Node::start_with(&[&cache_arg]);
+    // An explicit limit: the default (keep 10% of the disk free) depends on the machine.
+    let node = Node::start_with(&[&cache_arg, "--cache-size=1GiB"]);
     let a = node.target("pod-a", "models");
     let b = node.target("pod-b", "models");
     node.publish_ok(node.request("vol-1", &a));

@@ -47,6 +47,8 @@ fn metrics_count_s3_requests_cache_tiers_and_fuse_reads() {
             &addr,
             "--cache-dir",
             cache.path().to_str().expect("utf-8"),
+            "--cache-size",
+            "1GiB",
         ],
     );
     assert!(std::fs::read(m.join("loras/a.safetensors")).expect("read") == data);

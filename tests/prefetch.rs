@@ -36,7 +36,12 @@ fn mount(server: &LocalServer, cache: Option<&Path>) -> Mount {
         Some(dir) => Mount::new(
             &server.endpoint,
             "s3://models/m",
-            &["--cache-dir", dir.to_str().expect("utf-8")],
+            &[
+                "--cache-dir",
+                dir.to_str().expect("utf-8"),
+                "--cache-size",
+                "4GiB",
+            ],
         ),
         None => Mount::new(&server.endpoint, "s3://models/m", &[]),
     }
@@ -206,16 +211,13 @@ fn loading_a_model_sweeps_the_whole_file_into_the_cache_once() {
     let path = m.join("checkpoints/s.safetensors");
     let file = std::fs::File::open(&path).expect("open");
     scan_header(&path);
-    // One tensor from the middle of the data: the model is being loaded.
-    let middle = header.data_len() / 2;
-    let t = header
-        .tensors
-        .iter()
-        .find(|t| t.data_offsets.0 >= middle)
-        .expect("a tensor in the second half");
-    let mut buf = vec![0u8; (t.data_offsets.1 - t.data_offsets.0) as usize];
-    file.read_exact_at(&mut buf, header.data_start + t.data_offsets.0)
-        .expect("read tensor");
+    // 8 MiB of consecutive tensors from the middle of the data: the model is being loaded.
+    let mut buf = vec![0u8; 1 << 20];
+    let middle = header.data_start + header.data_len() / 2;
+    for i in 0..8u64 {
+        file.read_exact_at(&mut buf, middle + i * MIB)
+            .expect("read tensors");
+    }
     assert!(
         eventually(Duration::from_secs(60), || server.server.stats().bytes_sent
             >= size),
@@ -243,6 +245,36 @@ fn loading_a_model_sweeps_the_whole_file_into_the_cache_once() {
 }
 
 #[test]
+fn random_small_reads_of_a_model_fetch_only_their_blocks() {
+    let server = LocalServer::start(BUCKET);
+    let (source, header) = seed_model(&server, "m/checkpoints/r.safetensors", 128 * MIB, 12);
+    let cache = tempfile::tempdir().expect("cache");
+    let mut m = mount(&server, Some(cache.path()));
+    let path = m.join("checkpoints/r.safetensors");
+    server.server.reset_stats();
+    let file = std::fs::File::open(&path).expect("open");
+    let src = std::fs::File::open(&source).expect("source");
+    let reads = 40u64;
+    let span = header.data_len() - 65536;
+    for i in 0..reads {
+        let off = header.data_start + (i * 7_919_993) % span;
+        let (mut got, mut want) = (vec![0u8; 65536], vec![0u8; 65536]);
+        file.read_exact_at(&mut got, off).expect("read");
+        src.read_exact_at(&mut want, off).expect("source");
+        assert!(got == want, "bytes differ at {off}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let sent = server.server.stats().bytes_sent;
+    assert!(
+        sent <= (2 * reads + 1) * MIB,
+        "{reads} random 64 KiB reads pulled {sent} bytes of a {} byte file",
+        header.file_len()
+    );
+    drop(file);
+    m.unmount();
+}
+
+#[test]
 fn warm_fills_the_cache_from_globs_and_a_workflow() {
     let server = LocalServer::start(BUCKET);
     let (ckpt, _) = seed_model(&server, "m/checkpoints/sdxl.safetensors", 24 * MIB, 21);
@@ -265,6 +297,7 @@ fn warm_fills_the_cache_from_globs_and_a_workflow() {
         .arg(&workflow)
         .arg("--cache-dir")
         .arg(&cache)
+        .args(["--cache-size", "4GiB"])
         .args(common::mount::endpoint_args(&server.endpoint))
         .output()
         .expect("modelfs warm");

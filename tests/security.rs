@@ -65,7 +65,12 @@ fn allow_other_only_when_asked_and_cache_files_are_private() {
     let mut private = Mount::new(
         &server.endpoint,
         "s3://models/m",
-        &["--cache-dir", cache_dir.to_str().expect("utf-8")],
+        &[
+            "--cache-dir",
+            cache_dir.to_str().expect("utf-8"),
+            "--cache-size",
+            "1GiB",
+        ],
     );
     std::fs::read(private.join("vae/v.safetensors")).expect("read");
     let options = mount_options(&private.path);

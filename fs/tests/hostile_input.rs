@@ -35,8 +35,8 @@ proptest! {
         for (offset, len) in reads {
             let offset = offset % (1 << 40);
             let end = offset + u64::from(len);
-            d.observe(offset, end, 1 << 20);
-            other.observe(offset, end, 1 << 20);
+            d.observe(offset, end, 1 << 20, 1 << 40);
+            other.observe(offset, end, 1 << 20, 1 << 40);
         }
     }
 }

@@ -106,23 +106,15 @@ impl ModelFs {
 /// Whether `object`'s disk entry is complete and verified, so it can back a passthrough
 /// open. A complete entry not yet verified starts its verification in the background and is
 /// served in cached mode meanwhile.
-async fn passthrough_ready(reader: &BlockReader, object: &OpenObject) -> bool {
-    let (Some(disk), Some(entry)) = (reader.disk(), object.disk.as_ref()) else {
-        return false;
-    };
-    if entry.is_verified() {
-        return true;
+fn passthrough_ready(reader: &BlockReader, object: &OpenObject) -> bool {
+    match object.disk.as_ref() {
+        Some(entry) if entry.is_verified() => true,
+        Some(_) => {
+            reader.verify_in_background(object);
+            false
+        }
+        None => false,
     }
-    if entry.start_verification() {
-        let (disk, entry) = (disk.clone(), entry.clone());
-        tokio::task::spawn_blocking(move || {
-            let complete = entry.entry.is_complete().unwrap_or(false);
-            let verified = complete && disk.verify_complete(&entry);
-            tracing::debug!(key = %entry.entry.id.key, complete, verified, "cache entry checked for passthrough");
-            entry.end_verification();
-        });
-    }
-    false
 }
 
 fn file_attr(attr: &NodeAttr, own: &Ownership, block_size: u32) -> FileAttr {
@@ -231,7 +223,7 @@ impl Filesystem for ModelFs {
             };
             let object = Arc::new(reader.open(version).await);
             let can_pass = passthrough.load(Ordering::Acquire)
-                && passthrough_ready(&reader, &object).await;
+                && passthrough_ready(&reader, &object);
             let mut modes = modes.lock();
             let mode = modes.choose(ino.0, &object.version.etag, can_pass);
             let backing = match mode {
@@ -321,6 +313,9 @@ impl Filesystem for ModelFs {
     ) {
         if let Some(file) = self.files.get(fh.0) {
             self.modes.lock().release(file.ino, file.mode);
+            // A file just read to the end can back the next open with passthrough.
+            let _guard = self.runtime.enter();
+            self.reader.verify_in_background(&file.object);
         }
         self.files.remove(fh.0);
         reply.ok();

@@ -83,6 +83,24 @@ impl Fetcher {
         self.disk.as_ref()
     }
 
+    /// If `entry` is complete but not verified, checks every block's CRC on a blocking thread
+    /// and seals it (see [`DiskCache::verify_complete`]); one verification at a time.
+    pub fn verify_in_background(&self, entry: &Arc<CacheEntry>) {
+        let Some(disk) = self.disk.clone() else {
+            return;
+        };
+        if entry.is_verified() || !entry.start_verification() {
+            return;
+        }
+        let entry = entry.clone();
+        tokio::task::spawn_blocking(move || {
+            let complete = entry.entry.is_complete().unwrap_or(false);
+            let verified = complete && disk.verify_complete(&entry);
+            tracing::debug!(key = %entry.entry.id.key, complete, verified, "cache entry checked");
+            entry.end_verification();
+        });
+    }
+
     /// Block `index` of `version`, from the fastest tier that has it.
     pub async fn block(
         self: &Arc<Self>,

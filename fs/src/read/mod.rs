@@ -126,6 +126,14 @@ impl BlockReader {
         })
     }
 
+    /// If `file`'s disk entry is complete but not verified, checks every block's CRC in the
+    /// background and seals it, so later opens (in any process) can use passthrough.
+    pub fn verify_in_background(&self, file: &OpenObject) {
+        if let Some(entry) = &file.disk {
+            self.fetcher.verify_in_background(entry);
+        }
+    }
+
     /// The fetch engine.
     pub fn fetcher(&self) -> &Arc<Fetcher> {
         &self.fetcher
@@ -282,7 +290,7 @@ impl BlockReader {
         let bs = self.config.block_size;
         let (ahead, start_sweep) = {
             let mut access = file.access.lock().unwrap_or_else(|e| e.into_inner());
-            let start_sweep = access.load.observe(offset, end, bs);
+            let start_sweep = access.load.observe(offset, end, bs, file.version.size);
             let ahead = if access.load.in_header(offset) {
                 0..0
             } else {

@@ -2,10 +2,11 @@
 //!
 //! - `.safetensors`/`.sft`: the header (`u64` little-endian length `N`, then `N` bytes of JSON)
 //!   ends at `8 + N`. Reads inside it are header scans (ComfyUI reads every model's header at
-//!   start-up) and must never start a download of the file; a read reaching more than
-//!   [`LOAD_MARGIN`] past it means the model is being loaded.
-//! - `.ckpt`, `.pt`, `.pth`, `.bin`, `.gguf`: no header to parse; the file counts as being
-//!   loaded once reads have touched several distinct blocks.
+//!   start-up) and must never start a download of the file.
+//! - A model (those, and `.ckpt`, `.pt`, `.pth`, `.bin`, `.gguf`) counts as being loaded once
+//!   past its header a sequential run of reads reaches [`RUN_TO_LOAD`], or reads have touched
+//!   a quarter of its blocks. Random small reads do neither, so they fetch only their own
+//!   blocks.
 //!
 //! Header lengths are validated (at most 100,000,000 bytes, within the file); anything odd
 //! falls back to the generic behaviour.
@@ -14,12 +15,17 @@ use std::collections::BTreeSet;
 
 /// Largest safetensors header the format allows.
 pub const MAX_HEADER_LEN: u64 = 100_000_000;
-/// How far past the header a read must reach before a safetensors file counts as being
-/// loaded: the kernel's readahead after a header read can run a little past the header, and
-/// that alone must not start a download of the whole file.
-pub const LOAD_MARGIN: u64 = 1 << 20;
-/// Distinct blocks read before a non-safetensors model file counts as being loaded.
-const BLOCKS_BEFORE_LOADING: usize = 4;
+/// A sequential run of reads this long (in the data region) means the model is being
+/// loaded: loaders read tensors front to back, random readers and header scans do not.
+pub const RUN_TO_LOAD: u64 = 4 << 20;
+/// Reads that start this close to where a run ended continue it (the kernel delivers
+/// asynchronous reads slightly out of order).
+const RUN_SLACK: u64 = 256 << 10;
+/// Runs remembered per open file (several threads read different tensors at once).
+const MAX_RUNS: usize = 16;
+/// Share of a file's blocks that, once read, means it is being loaded even without long runs
+/// (loaders that touch many small tensors in name order).
+const SHARE_TO_LOAD: u64 = 4;
 
 /// The kind of file, from its name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +65,8 @@ pub fn header_end(first_bytes: &[u8], file_size: u64) -> Option<u64> {
 pub struct LoadDetector {
     kind: FileKind,
     header_end: Option<u64>,
+    /// (end, length) of recent sequential runs.
+    runs: Vec<(u64, u64)>,
     touched: BTreeSet<u64>,
     loading: bool,
 }
@@ -69,6 +77,7 @@ impl LoadDetector {
         LoadDetector {
             kind,
             header_end: None,
+            runs: Vec::new(),
             touched: BTreeSet::new(),
             loading: false,
         }
@@ -96,24 +105,47 @@ impl LoadDetector {
         self.kind == FileKind::Safetensors && self.header_end.is_none_or(|end| offset < end)
     }
 
-    /// Records a read of `offset..end` (block size `bs`); true the first time the file
-    /// counts as being loaded.
-    pub fn observe(&mut self, offset: u64, end: u64, bs: u64) -> bool {
-        if self.loading {
+    /// Records a read of `offset..end` of a file of `size` bytes (block size `bs`); true the
+    /// first time the file counts as being loaded.
+    pub fn observe(&mut self, offset: u64, end: u64, bs: u64, size: u64) -> bool {
+        if self.loading || self.kind == FileKind::Other {
             return false;
         }
-        let now_loading = match self.kind {
-            FileKind::Safetensors => self.header_end.is_some_and(|h| end > h + LOAD_MARGIN),
-            FileKind::OtherModel => {
-                for b in offset / bs..=end.saturating_sub(1) / bs {
-                    self.touched.insert(b);
-                }
-                self.touched.len() >= BLOCKS_BEFORE_LOADING
-            }
-            FileKind::Other => false,
+        let data_start = match self.kind {
+            FileKind::Safetensors => match self.header_end {
+                Some(h) => h,
+                None => return false,
+            },
+            _ => 0,
         };
-        self.loading = now_loading;
-        now_loading
+        if end <= data_start {
+            return false;
+        }
+        let offset = offset.max(data_start);
+        let run =
+            match self.runs.iter_mut().find(|(run_end, _)| {
+                offset + RUN_SLACK >= *run_end && offset <= *run_end + RUN_SLACK
+            }) {
+                Some(run) => {
+                    run.1 += end.saturating_sub(run.0.max(offset));
+                    run.0 = run.0.max(end);
+                    run.1
+                }
+                None => {
+                    if self.runs.len() == MAX_RUNS {
+                        self.runs.remove(0);
+                    }
+                    self.runs.push((end, end - offset));
+                    end - offset
+                }
+            };
+        for b in offset / bs..=(end - 1) / bs {
+            self.touched.insert(b);
+        }
+        let blocks = size.div_ceil(bs).max(1);
+        let share = self.touched.len() as u64 >= (blocks / SHARE_TO_LOAD).max(4);
+        self.loading = run >= RUN_TO_LOAD || share;
+        self.loading
     }
 }
 
@@ -140,24 +172,36 @@ mod tests {
     }
 
     #[test]
-    fn header_reads_never_mean_loading() {
+    fn header_reads_and_random_reads_never_mean_loading() {
+        let bs = 1 << 20;
+        let size = 1 << 30;
         let mut d = LoadDetector::new(FileKind::Safetensors);
-        assert!(!d.observe(0, 8, 1 << 20));
+        assert!(!d.observe(0, 8, bs, size), "header end unknown");
         d.set_header_end(5000);
-        assert!(!d.observe(0, 5000, 1 << 20));
+        assert!(!d.observe(0, 5000, bs, size));
         assert!(d.in_header(4000));
         assert!(
-            !d.observe(5000, 70_000, 1 << 20),
+            !d.observe(5000, 300_000, bs, size),
             "readahead just past the header"
         );
-        assert!(d.observe(5000, 5000 + (2 << 20), 1 << 20), "a data read");
-        assert!(!d.observe(9000, 10000, 1 << 20), "reported once");
-        let mut other = LoadDetector::new(FileKind::OtherModel);
-        let bs = 1 << 20;
-        assert!(!other.observe(0, 10, bs));
-        assert!(!other.observe(50 * bs, 50 * bs + 10, bs));
-        assert!(!other.observe(3 * bs, 3 * bs + 10, bs));
-        assert!(other.observe(9 * bs, 9 * bs + 10, bs));
+        for i in 0..40u64 {
+            let at = 7_000_000 + i * 20_000_000;
+            assert!(!d.observe(at, at + 256 * 1024, bs, size), "random read {i}");
+        }
+        let mut loader = LoadDetector::new(FileKind::Safetensors);
+        loader.set_header_end(5000);
+        let mut at = 100 << 20;
+        let mut loaded = false;
+        while !loaded && at < 200 << 20 {
+            loaded = loader.observe(at, at + (1 << 20), bs, size);
+            at += 1 << 20;
+        }
+        assert!(
+            loaded && at <= (100 << 20) + RUN_TO_LOAD,
+            "a sequential run means loading"
+        );
+        assert!(!loader.observe(at, at + 10, bs, size), "reported once");
+
         let mut broken = LoadDetector::new(FileKind::Safetensors);
         broken.not_safetensors();
         assert!(
@@ -165,6 +209,17 @@ mod tests {
             "an invalid header falls back to generic reads"
         );
         let mut plain = LoadDetector::new(FileKind::Other);
-        assert!(!plain.observe(0, 100 * bs, bs));
+        assert!(!plain.observe(0, 100 * bs, bs, size));
+    }
+
+    #[test]
+    fn touching_a_quarter_of_a_small_model_means_loading() {
+        let bs = 1 << 20;
+        let mut d = LoadDetector::new(FileKind::OtherModel);
+        let size = 16 * bs;
+        assert!(!d.observe(0, 10, bs, size));
+        assert!(!d.observe(9 * bs, 9 * bs + 10, bs, size));
+        assert!(!d.observe(3 * bs, 3 * bs + 10, bs, size));
+        assert!(d.observe(12 * bs, 12 * bs + 10, bs, size));
     }
 }

@@ -55,6 +55,8 @@ pub fn spawn(fetcher: Arc<Fetcher>, file: &Arc<OpenObject>, start: u64, concurre
             .buffer_unordered(concurrency.max(1))
             .for_each(|()| async {})
             .await;
+        // The whole file is local now: verify and seal it for passthrough.
+        fetcher.verify_in_background(&entry);
     });
 }
 

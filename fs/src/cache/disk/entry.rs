@@ -7,6 +7,9 @@
 //!
 //! Crash safety: a block's bytes are written before its record, and every read checks the
 //! CRC, so a block torn by a crash or flipped on disk is detected, dropped and fetched again.
+//! A complete entry whose every block was verified gets a `verified` seal naming the data
+//! file's inode, size, ctime and mtime; while those are unchanged it may be read directly
+//! (FUSE passthrough) without checking again. Any write to the file voids the seal.
 //! Entries are created in a temporary directory and renamed into place, so another process
 //! sees either no entry or a whole one.
 
@@ -267,6 +270,7 @@ impl Entry {
         self.data
             .read_exact_at(&mut buf, index * self.id.block_size)?;
         if crc32c::crc32c(&buf) != crc {
+            self.unseal();
             self.clear(index)?;
             return Err(ReadBlockError::Corrupt);
         }
@@ -301,6 +305,46 @@ impl Entry {
     /// Whether every block is present (CRCs not checked).
     pub fn is_complete(&self) -> io::Result<bool> {
         Ok(self.records()?.iter().all(Option::is_some))
+    }
+
+    /// The identity of the data file as it is now: device, inode, size, ctime, mtime (any
+    /// write to the file changes it).
+    fn data_identity(&self) -> io::Result<String> {
+        let m = self.data.metadata()?;
+        Ok(format!(
+            "{} {} {} {}.{} {}.{}",
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.ctime(),
+            m.ctime_nsec(),
+            m.mtime(),
+            m.mtime_nsec()
+        ))
+    }
+
+    /// Records that every block passed its checksum, for the data file exactly as it is now.
+    pub fn seal(&self) -> io::Result<()> {
+        let tmp = self.dir.join(format!(".verified-{}", unique()));
+        let mut file = options().create_new(true).open(&tmp)?;
+        std::io::Write::write_all(&mut file, self.data_identity()?.as_bytes())?;
+        std::fs::rename(&tmp, self.dir.join("verified"))
+    }
+
+    /// Whether a seal exists and the data file has not changed since it was written.
+    pub fn is_sealed(&self) -> bool {
+        match (
+            std::fs::read_to_string(self.dir.join("verified")),
+            self.data_identity(),
+        ) {
+            (Ok(sealed), Ok(now)) => sealed == now,
+            _ => false,
+        }
+    }
+
+    /// Removes the seal.
+    pub fn unseal(&self) {
+        let _ = std::fs::remove_file(self.dir.join("verified"));
     }
 
     /// Checks every present block's CRC; drops bad ones. Returns (present, corrupt).
@@ -379,8 +423,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let entry = Entry::open_or_create(dir.path(), &id(2000)).unwrap();
         entry.write_block(1, &[9u8; 1000]).unwrap();
+        entry.seal().unwrap();
+        assert!(entry.is_sealed());
+        // Filesystems with coarse timestamps need a tick between the seal and the write.
+        std::thread::sleep(std::time::Duration::from_millis(20));
         entry.data.write_all_at(&[8u8], 1500).unwrap();
+        assert!(!entry.is_sealed(), "a write after the seal voids it");
+        entry.seal().unwrap(); // as if a verification had wrongly sealed the damaged file
         assert!(matches!(entry.read_block(1), Err(ReadBlockError::Corrupt)));
+        assert!(!entry.is_sealed(), "a damaged block removes the seal");
         assert_eq!(
             entry.read_block(1).unwrap(),
             None,

@@ -100,7 +100,8 @@ impl CacheEntry {
         self.verifying.store(false, Ordering::Release);
     }
 
-    /// Whether every block's checksum has been verified since this process opened it.
+    /// Whether every block's checksum has been verified (by any process) and the data file is
+    /// unchanged since.
     pub fn is_verified(&self) -> bool {
         self.verified.load(Ordering::Acquire)
     }
@@ -118,9 +119,6 @@ pub struct DiskCache {
     written_since_scan: AtomicU64,
     evicting: AtomicBool,
     open: Mutex<HashMap<String, Weak<CacheEntry>>>,
-    /// Entries whose every block passed its checksum in this process, by stem, with the
-    /// inode of their map file (a replaced entry is not verified).
-    verified: Mutex<HashMap<String, u64>>,
     warned: Mutex<std::collections::HashSet<&'static str>>,
     /// Counters of this tier.
     pub stats: Arc<TierStats>,
@@ -158,7 +156,6 @@ impl DiskCache {
             written_since_scan: AtomicU64::new(0),
             evicting: AtomicBool::new(false),
             open: Mutex::new(HashMap::new()),
-            verified: Mutex::new(HashMap::new()),
             warned: Mutex::new(Default::default()),
             stats: Arc::new(TierStats::default()),
         });
@@ -221,7 +218,7 @@ impl DiskCache {
                 return None;
             }
         };
-        let already_verified = self.is_known_verified(&stem, &entry);
+        let already_verified = entry.is_sealed();
         let entry = Arc::new(CacheEntry {
             entry,
             verified: AtomicBool::new(already_verified),
@@ -236,23 +233,14 @@ impl DiskCache {
         Some(entry)
     }
 
-    fn is_known_verified(&self, stem: &str, entry: &Entry) -> bool {
-        let ino = entry.map.metadata().map(|m| m.ino()).ok();
-        let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        ino.is_some() && verified.get(stem).copied() == ino
-    }
-
     fn set_verified(&self, entry: &CacheEntry, ok: bool) {
         entry.verified.store(ok, Ordering::Release);
-        let stem = entry.entry.id.stem();
-        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        match (ok, entry.entry.map.metadata().map(|m| m.ino())) {
-            (true, Ok(ino)) => {
-                verified.insert(stem, ino);
+        if ok {
+            if let Err(e) = entry.entry.seal() {
+                self.warn_once("seal", &e);
             }
-            _ => {
-                verified.remove(&stem);
-            }
+        } else {
+            entry.entry.unseal();
         }
     }
 
