@@ -19,6 +19,13 @@ use crate::store::{ObjectStore, ObjectVersion};
 /// Longest wait for another process's download of a block before fetching it ourselves.
 const PEER_DOWNLOAD_WAIT: Duration = Duration::from_secs(120);
 
+fn join_error(e: &tokio::task::JoinError) -> FsError {
+    FsError::Store(crate::store::StoreError::Other {
+        operation: "block fetch".into(),
+        message: e.to_string(),
+    })
+}
+
 /// Who wants a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Priority {
@@ -101,6 +108,106 @@ impl Fetcher {
         });
     }
 
+    /// Fetches blocks `first..first + count` of `version` with ONE ranged GET and stores them
+    /// on disk (a background sweep: fewer, larger requests cost less per byte than one per
+    /// block). Blocks already in flight are left to their own fetch; readers that want a block
+    /// of the span while it is in flight wait for the span instead of fetching it again.
+    /// Returns once the span is stored.
+    pub async fn span(
+        self: &Arc<Self>,
+        version: &ObjectVersion,
+        entry: &Arc<CacheEntry>,
+        first: u64,
+        count: u64,
+    ) -> Result<(), FsError> {
+        let bs = self.block_size;
+        let last = (first + count).min(version.size.div_ceil(bs));
+        if first >= last {
+            return Ok(());
+        }
+        let key_of = |index| BlockKey {
+            key: version.key.clone(),
+            etag: version.etag.clone(),
+            index,
+        };
+        let span: Option<Shared<BoxFuture<'static, Result<Bytes, FsError>>>> = {
+            let this = self.clone();
+            let (version, entry) = (version.clone(), entry.clone());
+            let keys: Vec<BlockKey> = (first..last).map(key_of).collect();
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            if keys.iter().any(|k| in_flight.contains_key(k)) {
+                None
+            } else {
+                let task = tokio::spawn(async move {
+                    let result = this.load_span(&version, &entry, first, last).await;
+                    let mut in_flight = this.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                    for key in &keys {
+                        in_flight.remove(key);
+                    }
+                    result
+                });
+                let span = async move { task.await.unwrap_or_else(|e| Err(join_error(&e))) }
+                    .boxed()
+                    .shared();
+                for index in first..last {
+                    let span = span.clone();
+                    let from = ((index - first) * bs) as usize;
+                    let block = async move {
+                        let bytes = span.await?;
+                        let to = (from + bs as usize).min(bytes.len());
+                        Ok(bytes.slice(from..to))
+                    }
+                    .boxed()
+                    .shared();
+                    in_flight.insert(key_of(index), block);
+                }
+                Some(span)
+            }
+        };
+        match span {
+            Some(span) => span.await.map(drop),
+            None => {
+                // Something else is already fetching part of it: fetch block by block.
+                for index in first..last {
+                    self.block(version, Some(entry), index, Priority::Background)
+                        .await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn load_span(
+        &self,
+        version: &ObjectVersion,
+        entry: &Arc<CacheEntry>,
+        first: u64,
+        last: u64,
+    ) -> Result<Bytes, FsError> {
+        let _slot = self.background_slots.clone().acquire_owned().await.ok();
+        let bs = self.block_size;
+        let range = first * bs..(last * bs).min(version.size);
+        for _ in first..last {
+            crate::metrics::metrics().fetched_block("background");
+        }
+        let bytes = self
+            .store
+            .get_range(&version.key, range, &version.etag)
+            .await?;
+        if let Some(cache) = self.disk.clone() {
+            let (entry, stored) = (entry.clone(), bytes.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                for (i, index) in (first..last).enumerate() {
+                    let from = i * bs as usize;
+                    let to = (from + bs as usize).min(stored.len());
+                    cache.write_block(&entry, index, &stored[from..to]);
+                }
+            })
+            .await;
+        }
+        Ok(bytes)
+    }
+
     /// Block `index` of `version`, from the fastest tier that has it.
     pub async fn block(
         self: &Arc<Self>,
@@ -144,15 +251,8 @@ impl Fetcher {
                             .remove(&key2);
                         result
                     });
-                    let fut: BoxFuture<'static, Result<Bytes, FsError>> = async move {
-                        task.await.unwrap_or_else(|e| {
-                            Err(FsError::Store(crate::store::StoreError::Other {
-                                operation: "block fetch".into(),
-                                message: e.to_string(),
-                            }))
-                        })
-                    }
-                    .boxed();
+                    let fut: BoxFuture<'static, Result<Bytes, FsError>> =
+                        async move { task.await.unwrap_or_else(|e| Err(join_error(&e))) }.boxed();
                     let shared = fut.shared();
                     in_flight.insert(key, shared.clone());
                     shared

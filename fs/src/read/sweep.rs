@@ -9,7 +9,10 @@ use std::sync::{Arc, Weak};
 
 use futures::stream::{self, StreamExt};
 
-use super::fetch::{Fetcher, Priority};
+use super::fetch::Fetcher;
+
+/// Blocks per sweep request: 8 MiB GETs, like mountpoint-s3's parts and S3's guidance.
+const SPAN_BLOCKS: u64 = 8;
 use super::OpenObject;
 
 /// Fetches every missing block of `file`, `concurrency` at a time, starting at `start`.
@@ -36,19 +39,26 @@ pub fn spawn(fetcher: Arc<Fetcher>, file: &Arc<OpenObject>, start: u64, concurre
             .filter(|&i| present.get(i as usize).is_some_and(Option::is_none))
             .collect();
         tracing::debug!(missing = missing.len(), start, "sweeping model file");
-        stream::iter(missing)
-            .map(|index| {
+        // Consecutive missing blocks go in spans of up to SPAN_BLOCKS, one GET each.
+        let mut spans: Vec<(u64, u64)> = Vec::new();
+        for index in missing {
+            match spans.last_mut() {
+                Some((first, count)) if *first + *count == index && *count < SPAN_BLOCKS => {
+                    *count += 1
+                }
+                _ => spans.push((index, 1)),
+            }
+        }
+        stream::iter(spans)
+            .map(|(first, count)| {
                 let (fetcher, weak, entry) = (fetcher.clone(), weak.clone(), entry.clone());
                 async move {
                     // Stop once the file is closed.
                     let Some(file) = weak.upgrade() else { return };
                     let version = file.version.clone();
                     drop(file);
-                    if let Err(e) = fetcher
-                        .block(&version, Some(&entry), index, Priority::Background)
-                        .await
-                    {
-                        tracing::debug!(key = %version.key, index, "sweep fetch failed: {e}");
+                    if let Err(e) = fetcher.span(&version, &entry, first, count).await {
+                        tracing::debug!(key = %version.key, first, count, "sweep fetch failed: {e}");
                     }
                 }
             })
