@@ -332,3 +332,22 @@ fn without_passthrough_reads_fall_back_to_the_daemon() {
     assert!(last_open(&log, "Passthrough").is_none(), "{log}");
     assert!(final_reads(&log) > 0);
 }
+
+#[test]
+fn a_file_read_to_the_end_is_served_by_passthrough_after_a_remount() {
+    let server = LocalServer::start(BUCKET);
+    let source = seed(&server, "m/checkpoints/seal.safetensors", 24 * MIB, 8);
+    let cache = tempfile::tempdir().expect("cache dir");
+    let mut first = mount(&server, cache.path(), &[]);
+    assert_same_file(&first.join("checkpoints/seal.safetensors"), &source);
+    // Unmounting waits for the verification that seals the now complete entry.
+    first.unmount();
+    let mut second = mount(&server, cache.path(), &[]);
+    assert_same_file(&second.join("checkpoints/seal.safetensors"), &source);
+    second.unmount();
+    let log = second.log_text();
+    assert!(
+        last_open(&log, "Passthrough").is_some() && last_open(&log, "Cached").is_none(),
+        "the first open after the remount should pass through:\n{log}"
+    );
+}

@@ -169,6 +169,9 @@ impl Filesystem for ModelFs {
     }
 
     fn destroy(&mut self) {
+        self.reader
+            .fetcher()
+            .wait_for_verifications(std::time::Duration::from_secs(30));
         tracing::info!(
             "fuse: {} read requests served by the daemon",
             self.reads.load(Ordering::Relaxed)

@@ -4,6 +4,7 @@
 //! demand reads never wait behind them.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,6 +46,7 @@ pub struct Fetcher {
     block_size: u64,
     background_slots: Arc<Semaphore>,
     in_flight: Mutex<HashMap<BlockKey, BlockFuture>>,
+    verifications: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -72,6 +74,7 @@ impl Fetcher {
             block_size,
             background_slots: Arc::new(Semaphore::new(background.max(1))),
             in_flight: Mutex::new(HashMap::new()),
+            verifications: Arc::default(),
         }
     }
 
@@ -100,12 +103,25 @@ impl Fetcher {
             return;
         }
         let entry = entry.clone();
+        let running = self.verifications.clone();
+        running.fetch_add(1, Ordering::AcqRel);
         tokio::task::spawn_blocking(move || {
             let complete = entry.entry.is_complete().unwrap_or(false);
             let verified = complete && disk.verify_complete(&entry);
             tracing::debug!(key = %entry.entry.id.key, complete, verified, "cache entry checked");
             entry.end_verification();
+            running.fetch_sub(1, Ordering::AcqRel);
         });
+    }
+
+    /// Waits (blocking, at most `limit`) for running verifications to finish, so entries
+    /// completed just before an unmount are sealed for the next mount.
+    pub fn wait_for_verifications(&self, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        while self.verifications.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Fetches blocks `first..first + count` of `version` with ONE ranged GET and stores them
