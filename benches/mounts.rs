@@ -317,6 +317,9 @@ impl Mount {
                     ])
                     .arg("--cache-dir")
                     .arg(cache.expect("modelfs needs a cache dir"))
+                    // A fixed limit: the default (keep 10% of the disk free) would make the
+                    // results depend on how full this machine's disk is.
+                    .args(["--cache-size", "16GiB"])
                     .arg("--log-file")
                     .arg(&log);
                 cmd

@@ -210,16 +210,33 @@ impl Fetcher {
             .store
             .get_range(&version.key, range, &version.etag)
             .await?;
+        let block = |index: u64| {
+            let from = ((index - first) * bs) as usize;
+            bytes.slice(from..(from + bs as usize).min(bytes.len()))
+        };
+        let mut unstored: Vec<u64> = (first..last).collect();
         if let Some(cache) = self.disk.clone() {
-            let (entry, stored) = (entry.clone(), bytes.clone());
-            let _ = tokio::task::spawn_blocking(move || {
-                for (i, index) in (first..last).enumerate() {
-                    let from = i * bs as usize;
-                    let to = (from + bs as usize).min(stored.len());
-                    cache.write_block(&entry, index, &stored[from..to]);
-                }
+            let (entry, all) = (entry.clone(), bytes.clone());
+            unstored = tokio::task::spawn_blocking(move || {
+                (first..last)
+                    .filter(|&index| {
+                        let from = ((index - first) * bs) as usize;
+                        let to = (from + bs as usize).min(all.len());
+                        !cache.write_block(&entry, index, &all[from..to])
+                    })
+                    .collect()
             })
-            .await;
+            .await
+            .unwrap_or(unstored);
+        }
+        // Blocks the disk could not take stay in memory rather than being fetched twice.
+        for index in unstored {
+            let key = BlockKey {
+                key: version.key.clone(),
+                etag: version.etag.clone(),
+                index,
+            };
+            self.memory.insert(key, block(index)).await;
         }
         Ok(bytes)
     }
@@ -251,16 +268,14 @@ impl Fetcher {
                     // reader waiting for it goes away.
                     let task = tokio::spawn(async move {
                         let result = this.load(&version, entry.as_ref(), index, priority).await;
-                        if let Ok(bytes) = &result {
-                            // With a disk tier, background blocks are read from disk later;
-                            // only blocks a reader asked for take memory.
-                            if priority == Priority::Demand
-                                || this.disk.is_none()
-                                || entry.is_none()
-                            {
+                        if let Ok((bytes, on_disk)) = &result {
+                            // Background blocks on disk are read from there later; blocks a
+                            // reader asked for, or that the disk could not take, stay in memory.
+                            if priority == Priority::Demand || !on_disk {
                                 this.memory.insert(key2.clone(), bytes.clone()).await;
                             }
                         }
+                        let result = result.map(|(bytes, _)| bytes);
                         this.in_flight
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
@@ -284,13 +299,13 @@ impl Fetcher {
         entry: Option<&Arc<CacheEntry>>,
         index: u64,
         priority: Priority,
-    ) -> Result<Bytes, FsError> {
+    ) -> Result<(Bytes, bool), FsError> {
         let _slot = match priority {
             Priority::Background => self.background_slots.clone().acquire_owned().await.ok(),
             Priority::Demand => None,
         };
         let (Some(cache), Some(entry)) = (&self.disk, entry) else {
-            return self.fetch(version, index, priority).await;
+            return Ok((self.fetch(version, index, priority).await?, false));
         };
         let from_disk = |cache: Arc<DiskCache>, entry: Arc<CacheEntry>| async move {
             tokio::task::spawn_blocking(move || cache.read_block(&entry, index))
@@ -299,17 +314,19 @@ impl Fetcher {
                 .flatten()
         };
         if let Some(bytes) = from_disk(cache.clone(), entry.clone()).await {
-            return Ok(Bytes::from(bytes));
+            return Ok((Bytes::from(bytes), true));
         }
         let _download = cache.lock_block(entry, index, PEER_DOWNLOAD_WAIT).await;
         if let Some(bytes) = from_disk(cache.clone(), entry.clone()).await {
-            return Ok(Bytes::from(bytes));
+            return Ok((Bytes::from(bytes), true));
         }
         let bytes = self.fetch(version, index, priority).await?;
         let (cache, entry, stored) = (cache.clone(), entry.clone(), bytes.clone());
-        let _ =
-            tokio::task::spawn_blocking(move || cache.write_block(&entry, index, &stored)).await;
-        Ok(bytes)
+        let on_disk =
+            tokio::task::spawn_blocking(move || cache.write_block(&entry, index, &stored))
+                .await
+                .unwrap_or(false);
+        Ok((bytes, on_disk))
     }
 
     async fn fetch(

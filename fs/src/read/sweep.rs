@@ -27,11 +27,16 @@ pub fn spawn(fetcher: Arc<Fetcher>, file: &Arc<OpenObject>, start: u64, concurre
         .div_ceil(fetcher_block_size(&fetcher, file));
     tokio::spawn(async move {
         let present = {
-            let entry = entry.clone();
-            tokio::task::spawn_blocking(move || entry.entry.records())
-                .await
-                .ok()
-                .and_then(Result::ok)
+            let (entry, disk) = (entry.clone(), fetcher.disk().cloned());
+            tokio::task::spawn_blocking(move || {
+                if let Some(disk) = disk {
+                    disk.preallocate(&entry);
+                }
+                entry.entry.records()
+            })
+            .await
+            .ok()
+            .and_then(Result::ok)
         };
         let Some(present) = present else { return };
         let order = (start..blocks).chain(0..start.min(blocks));

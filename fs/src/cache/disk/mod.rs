@@ -235,11 +235,15 @@ impl DiskCache {
 
     fn set_verified(&self, entry: &CacheEntry, ok: bool) {
         entry.verified.store(ok, Ordering::Release);
-        if ok {
-            if let Err(e) = entry.entry.seal() {
-                self.warn_once("seal", &e);
+        if ok && self.usage() + 4096 <= self.limit() {
+            match entry.entry.seal() {
+                // The seal takes a block until the next scan measures it.
+                Ok(()) => {
+                    self.usage.fetch_add(4096, Ordering::Relaxed);
+                }
+                Err(e) => self.warn_once("seal", &e),
             }
-        } else {
+        } else if !ok {
             entry.entry.unseal();
         }
     }
@@ -290,12 +294,13 @@ impl DiskCache {
 
     /// Stores block `index` of `entry`, unless that would cross the size limit (then an
     /// eviction pass starts and the block is only served, not stored).
-    pub fn write_block(self: &Arc<Self>, entry: &CacheEntry, index: u64, bytes: &[u8]) {
+    /// Returns whether the block is now on disk.
+    pub fn write_block(self: &Arc<Self>, entry: &CacheEntry, index: u64, bytes: &[u8]) -> bool {
         let len = bytes.len() as u64;
         if self.usage() + len > self.limit() {
             TierStats::bump(&self.stats.errors);
             self.trigger_eviction();
-            return;
+            return false;
         }
         match entry.entry.write_block(index, bytes) {
             Ok(()) => {
@@ -306,8 +311,32 @@ impl DiskCache {
                 if written > (self.limit() / 20).max(64 << 20) {
                     self.trigger_eviction();
                 }
+                true
             }
-            Err(e) => self.warn_once("write", &e),
+            Err(e) => {
+                self.warn_once("write", &e);
+                false
+            }
+        }
+    }
+
+    /// Allocates the whole data file of `entry` in one go (a model being loaded will fill it),
+    /// so its blocks, written out of order, still lie contiguously on disk and a complete
+    /// entry reads back at the disk's sequential speed. Skipped when the limit would be
+    /// crossed or the filesystem cannot.
+    pub fn preallocate(&self, entry: &CacheEntry) {
+        use std::os::fd::AsRawFd;
+        let Ok(meta) = entry.entry.data.metadata() else {
+            return;
+        };
+        let missing = meta.size().saturating_sub(meta.blocks() * 512);
+        if missing == 0 || self.usage() + missing > self.limit() {
+            return;
+        }
+        let size = libc::off_t::try_from(meta.size()).unwrap_or(libc::off_t::MAX);
+        // SAFETY: a valid fd for the life of `entry`; mode 0 only allocates blocks.
+        if unsafe { libc::fallocate(entry.entry.data.as_raw_fd(), 0, 0, size) } == 0 {
+            self.usage.fetch_add(missing, Ordering::Relaxed);
         }
     }
 
@@ -400,8 +429,10 @@ impl DiskCache {
     /// Measures the cache and, if it is near or over its limit, removes least-recently-used entries
     /// that no process has open until usage is below 90% of the limit.
     pub fn evict_pass(&self) -> io::Result<()> {
+        let before = self.usage();
         let mut entries = scan(&self.objects)?;
-        let mut usage: u64 = entries.iter().map(|e| e.bytes).sum();
+        // The usage record itself takes a block.
+        let mut usage: u64 = entries.iter().map(|e| e.bytes).sum::<u64>() + 4096;
         let limit = self.compute_limit(usage)?;
         self.written_since_scan.store(0, Ordering::Relaxed);
         if usage > limit || usage + (64 << 20) > limit {
@@ -421,6 +452,10 @@ impl DiskCache {
                 }
             }
         }
+        // Blocks this process wrote while the pass ran may be missing from the scan: count
+        // them again rather than risk crossing the limit.
+        let during = self.usage().saturating_sub(before);
+        let usage = usage + during;
         self.usage.store(usage, Ordering::Relaxed);
         self.limit.store(limit, Ordering::Relaxed);
         write_usage_record(&self.root, usage);
@@ -513,8 +548,9 @@ pub fn scan(objects: &Path) -> io::Result<Vec<ScannedEntry>> {
             ) else {
                 continue;
             };
+            let seal = std::fs::metadata(path.join("verified")).map_or(0, |m| m.blocks());
             found.push(ScannedEntry {
-                bytes: (map.blocks() + data.blocks()) * 512,
+                bytes: (map.blocks() + data.blocks() + seal) * 512,
                 last_used: map.modified().unwrap_or(SystemTime::UNIX_EPOCH),
                 dir: path,
             });
