@@ -34,6 +34,10 @@ pub struct MountArgs {
     /// appear, deleted objects disappear and new versions are opened after this).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub metadata_ttl: Duration,
+    /// A GetObject body that sends nothing for this long is abandoned and the read tried
+    /// again (raise it for very slow links).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub stall_timeout: Duration,
     /// Owner uid of every file (default: the mounting user).
     #[arg(long)]
     pub uid: Option<u32>,
@@ -59,7 +63,7 @@ pub struct MountArgs {
     /// Append logs to this file (default: stderr, which a background mount discards).
     #[arg(long)]
     pub log_file: Option<PathBuf>,
-    /// Memory budget for cached blocks.
+    /// Memory budget for block data: cached blocks plus downloads in flight.
     #[arg(long, default_value = "512MiB", value_parser = parse_size)]
     pub memory_cache_size: u64,
     /// Directory of the persistent disk cache, shared by every modelfs process on the node
@@ -126,7 +130,11 @@ fn serve(
         .build()
         .context("cannot start the async runtime")?;
     let s3_config = args.s3.config(&location.bucket);
-    let store: Arc<dyn ObjectStore> = Arc::new(runtime.block_on(S3Store::connect(&s3_config)));
+    let store: Arc<dyn ObjectStore> = Arc::new(
+        runtime
+            .block_on(S3Store::connect(&s3_config))
+            .with_stall_timeout(args.stall_timeout),
+    );
     runtime.block_on(check_bucket(store.as_ref(), &location))?;
 
     let config = MountConfig {

@@ -23,12 +23,16 @@
 //! * [`service`]: [`LocalS3Service`], the [`s3s::S3`] implementation over a store;
 //! * [`stats`]: [`RequestStats`], request counters tests assert on;
 //! * [`server`]: [`LocalS3`], an HTTP server on its own runtime and thread;
+//! * [`faults`]: [`Faults`], failures injected at run time for reliability tests (error
+//!   statuses, broken, short, stalled or mislabelled bodies, tiny listing pages; off by
+//!   default);
 //! * [`shaping`]: [`Shaping`], first-byte latency and bandwidth caps for benchmarks (off by
 //!   default);
 //! * [`models`]: deterministic, real safetensors files and ComfyUI-like model trees.
 
 #![warn(missing_docs)]
 
+pub mod faults;
 pub mod models;
 pub mod server;
 pub mod service;
@@ -38,6 +42,7 @@ pub mod store;
 
 mod encoding;
 
+pub use faults::{Fault, FaultStats, Faults, Rule, Trigger};
 pub use models::{
     parse_safetensors_header, seed_comfy_tree, write_safetensors, ComfyTree, SafetensorsSpec,
 };

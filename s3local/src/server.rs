@@ -16,6 +16,7 @@ use s3s::service::S3Service;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+use crate::faults::Faults;
 use crate::service::LocalS3Service;
 use crate::shaping::Shaping;
 use crate::stats::RequestStats;
@@ -155,6 +156,12 @@ impl LocalS3 {
     /// The store behind the server (seed or inspect objects without HTTP).
     pub fn store(&self) -> &Arc<FileStore> {
         self.service.store()
+    }
+
+    /// The faults the server injects: add rules at any time, also while clients run (none
+    /// by default).
+    pub fn faults(&self) -> &Arc<Faults> {
+        self.service.faults()
     }
 
     /// A snapshot of the request counters.

@@ -59,6 +59,18 @@ pub enum StoreError {
         /// What happened.
         message: String,
     },
+    /// The service answered with an error worth retrying: a 5xx (`InternalError`,
+    /// `ServiceUnavailable`), throttling (`503 SlowDown`, 429) or `RequestTimeout`.
+    #[error("{operation}: HTTP {status}: {message}")]
+    ServerError {
+        /// The operation (`GetObject key`, `ListObjectsV2 prefix`…).
+        operation: String,
+        /// The HTTP status.
+        status: u16,
+        /// The S3 error code and message (`SlowDown: Please reduce your request rate.`;
+        /// empty when the answer had no body, as for HEAD).
+        message: String,
+    },
     /// Anything else, with the operation and the server's words.
     #[error("{operation} failed: {message}")]
     Other {
@@ -70,13 +82,65 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether trying again may succeed (the network, not the request, failed).
+    /// Whether trying again may succeed (the network or the service failed, not the request).
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
             StoreError::Unreachable { .. }
                 | StoreError::ShortBody { .. }
                 | StoreError::Interrupted { .. }
+                | StoreError::ServerError { .. }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broken_transfers_and_retryable_answers_are_transient_the_rest_is_not() {
+        let transient = [
+            StoreError::Unreachable {
+                endpoint: "http://x".into(),
+                message: "refused".into(),
+            },
+            StoreError::ShortBody {
+                key: "k".into(),
+                expected: 2,
+                received: 1,
+            },
+            StoreError::Interrupted {
+                key: "k".into(),
+                range: (0, 2),
+                message: "reset".into(),
+            },
+            StoreError::ServerError {
+                operation: "GetObject k".into(),
+                status: 503,
+                message: "SlowDown: Please reduce your request rate.".into(),
+            },
+        ];
+        assert!(transient.iter().all(StoreError::is_transient));
+        let lasting = [
+            StoreError::NotFound { key: "k".into() },
+            StoreError::PreconditionFailed {
+                key: "k".into(),
+                etag: "\"e\"".into(),
+            },
+            StoreError::AccessDenied {
+                code: "AccessDenied".into(),
+                message: "no".into(),
+            },
+            StoreError::Other {
+                operation: "GetObject k".into(),
+                message: "bad request".into(),
+            },
+        ];
+        assert!(!lasting.iter().any(StoreError::is_transient));
+        assert_eq!(
+            transient[3].to_string(),
+            "GetObject k: HTTP 503: SlowDown: Please reduce your request rate."
+        );
     }
 }

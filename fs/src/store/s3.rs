@@ -1,6 +1,7 @@
 //! [`ObjectStore`] over `aws-sdk-s3`: credentials from the standard AWS chain, any
 //! S3-compatible endpoint, errors classified into [`StoreError`].
 
+use std::future::Future;
 use std::ops::Range;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -12,6 +13,7 @@ use aws_sdk_s3::config::{BehaviorVersion, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
+use futures::TryFutureExt;
 
 use super::{ListPage, ObjectInfo, ObjectStore, StoreError};
 use crate::metrics::metrics;
@@ -37,20 +39,29 @@ pub struct S3Store {
     client: Client,
     bucket: String,
     endpoint: String,
+    stall_timeout: Duration,
 }
 
 /// Connect timeout: an unreachable endpoint must fail a mount quickly, not hang it.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time allowed for one attempt of one request, body included (a 1 MiB block at 1 MiB/s).
+/// Time allowed for one attempt of one request up to its response headers (the SDK hands a
+/// GetObject body over unread; the stall timeout guards the body).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
-/// Attempts per request (the SDK backs off with jitter between them, and in adaptive mode
-/// slows all requests down when S3 throttles).
+/// Attempts per request inside the SDK, which backs off exponentially with full jitter
+/// between them (up to 1 s, then 2 s). Standard mode, not adaptive: adaptive mode's client-side
+/// rate limiter charges 5 tokens per retry and, after a few `SlowDown`s at the modest request
+/// rates of a filesystem, refills at 0.5 tokens/s, i.e. one retry per 10 s for the whole
+/// mount: reads that took 0.5 s took 40 s with 30% of GETs throttled (tests/faults.rs).
 const MAX_ATTEMPTS: u32 = 3;
-/// Attempts of one ranged read when the body fails after the response started (reset
-/// connections, truncated or stalled bodies), which the SDK does not retry.
-const BODY_ATTEMPTS: u32 = 4;
-/// A response body that sends nothing for this long is abandoned and retried.
-const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts of one operation around the SDK's own: a ranged read is tried again when its body
+/// fails after the response started (reset connection, truncated, stalled or mis-sized body),
+/// which the SDK does not retry, and every operation when the service still answers with an
+/// error worth retrying (5xx, throttling) after the SDK's attempts. At most
+/// `OUTER_ATTEMPTS × MAX_ATTEMPTS` requests per operation.
+const OUTER_ATTEMPTS: u32 = 4;
+/// Default of [`S3Store::with_stall_timeout`]: a response body that sends nothing for this
+/// long is abandoned and retried.
+const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Counts one request in the metrics, by outcome.
 fn record(op: &'static str, started: Instant, error: Option<&StoreError>) {
@@ -63,6 +74,7 @@ fn record(op: &'static str, started: Instant, error: Option<&StoreError>) {
         Some(StoreError::Unreachable { .. }) => "unreachable",
         Some(StoreError::ShortBody { .. }) => "short_body",
         Some(StoreError::Interrupted { .. }) => "interrupted",
+        Some(StoreError::ServerError { .. }) => "server_error",
         Some(StoreError::Other { .. }) => "other",
     };
     metrics().s3_request(op, result, started.elapsed());
@@ -97,7 +109,7 @@ impl S3Store {
                     .operation_attempt_timeout(ATTEMPT_TIMEOUT)
                     .build(),
             )
-            .retry_config(RetryConfig::adaptive().with_max_attempts(MAX_ATTEMPTS))
+            .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
             .build();
         let endpoint = config
             .endpoint_url
@@ -107,6 +119,46 @@ impl S3Store {
             client: Client::from_conf(s3_config),
             bucket: config.bucket.clone(),
             endpoint,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
+        }
+    }
+
+    /// The same store, abandoning (and retrying) a response body that sends nothing for
+    /// `timeout` (default 10 s; at least 1 ms).
+    pub fn with_stall_timeout(mut self, timeout: Duration) -> S3Store {
+        self.stall_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Runs one operation (`once`, which makes one SDK call) until it succeeds, fails for a
+    /// reason that `retry` says trying again cannot fix, or [`OUTER_ATTEMPTS`] are spent, with
+    /// a jittered backoff between attempts. Each attempt is counted in the metrics.
+    async fn with_retries<T, F, Fut>(
+        &self,
+        op: &'static str,
+        key: &str,
+        retry: fn(&StoreError) -> bool,
+        mut once: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut attempt = 1;
+        loop {
+            let started = Instant::now();
+            let result = once().await;
+            record(op, started, result.as_ref().err());
+            match result {
+                Err(e) if retry(&e) && attempt < OUTER_ATTEMPTS => {
+                    metrics().s3_retry();
+                    let pause = backoff(attempt);
+                    tracing::debug!(op, key, attempt, ?pause, "retrying: {e}");
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                result => return result,
+            }
         }
     }
 
@@ -142,9 +194,10 @@ impl S3Store {
         };
         let mut body = out.body;
         let mut buf = BytesMut::with_capacity(expected as usize);
+        let stall = self.stall_timeout;
         loop {
-            match tokio::time::timeout(STALL_TIMEOUT, body.next()).await {
-                Err(_) => return Err(interrupted(format!("no data for {STALL_TIMEOUT:?}"))),
+            match tokio::time::timeout(stall, body.next()).await {
+                Err(_) => return Err(interrupted(format!("no data for {stall:?}"))),
                 Ok(None) => break,
                 Ok(Some(Err(e))) => return Err(interrupted(error_chain(&e))),
                 Ok(Some(Ok(chunk))) => {
@@ -222,6 +275,13 @@ impl S3Store {
                             message,
                         }
                     }
+                    (429 | 500..=599, _) | (_, "SlowDown" | "RequestTimeout") => {
+                        return StoreError::ServerError {
+                            operation: format!("{operation} {key}"),
+                            status,
+                            message: format!("{code}: {message}"),
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -232,6 +292,13 @@ impl S3Store {
             message: error_chain(&err),
         }
     }
+}
+
+/// Whether a listing or a HEAD is worth trying again: only when the service answered with a
+/// retryable error. An endpoint that does not answer at all has had the SDK's attempts; more
+/// would only delay the mount-time check (and `ls`) that reports it.
+fn answered_retryable(e: &StoreError) -> bool {
+    matches!(e, StoreError::ServerError { .. })
 }
 
 /// The error and its sources on one line (the SDK's top-level message alone says little).
@@ -260,19 +327,18 @@ impl ObjectStore for S3Store {
         prefix: &str,
         continuation_token: Option<String>,
     ) -> Result<ListPage, StoreError> {
-        let started = Instant::now();
         let out = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(prefix)
-            .delimiter("/")
-            .set_continuation_token(continuation_token)
-            .send()
-            .await
-            .map_err(|e| self.classify(e, "ListObjectsV2 prefix", prefix));
-        record("ListObjectsV2", started, out.as_ref().err());
-        let out = out?;
+            .with_retries("ListObjectsV2", prefix, answered_retryable, || {
+                self.client
+                    .list_objects_v2()
+                    .bucket(&self.bucket)
+                    .prefix(prefix)
+                    .delimiter("/")
+                    .set_continuation_token(continuation_token.clone())
+                    .send()
+                    .map_err(|e| self.classify(e, "ListObjectsV2 prefix", prefix))
+            })
+            .await?;
         let objects = out
             .contents()
             .iter()
@@ -303,17 +369,16 @@ impl ObjectStore for S3Store {
     }
 
     async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError> {
-        let started = Instant::now();
         let out = self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| self.classify(e, "HeadObject", key));
-        record("HeadObject", started, out.as_ref().err());
-        let out = out?;
+            .with_retries("HeadObject", key, answered_retryable, || {
+                self.client
+                    .head_object()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .send()
+                    .map_err(|e| self.classify(e, "HeadObject", key))
+            })
+            .await?;
         Ok(ObjectInfo {
             key: key.to_string(),
             size: out.content_length().unwrap_or(0).max(0) as u64,
@@ -328,29 +393,16 @@ impl ObjectStore for S3Store {
         range: Range<u64>,
         if_match: &str,
     ) -> Result<Bytes, StoreError> {
-        let expected = range.end - range.start;
-        if expected == 0 {
+        if range.is_empty() {
             return Ok(Bytes::new());
         }
-        let mut attempt = 1;
-        loop {
-            let started = Instant::now();
-            let result = self.get_range_once(key, range.clone(), if_match).await;
-            record("GetObject", started, result.as_ref().err());
-            if let Ok(bytes) = &result {
-                metrics().s3_bytes(bytes.len() as u64);
-            }
-            match result {
-                Err(e) if e.is_transient() && attempt < BODY_ATTEMPTS => {
-                    metrics().s3_retry();
-                    let pause = backoff(attempt);
-                    tracing::debug!(key, attempt, ?pause, "retrying ranged read: {e}");
-                    tokio::time::sleep(pause).await;
-                    attempt += 1;
-                }
-                result => return result,
-            }
-        }
+        let bytes = self
+            .with_retries("GetObject", key, StoreError::is_transient, || {
+                self.get_range_once(key, range.clone(), if_match)
+            })
+            .await?;
+        metrics().s3_bytes(bytes.len() as u64);
+        Ok(bytes)
     }
 
     fn describe(&self) -> String {

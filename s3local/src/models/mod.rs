@@ -11,7 +11,7 @@ mod comfy;
 mod dtype;
 mod file;
 mod header;
-mod prng;
+pub(crate) mod prng;
 mod spec;
 
 pub use comfy::{seed_comfy_tree, ComfyContent, ComfyEntry, ComfyTree};

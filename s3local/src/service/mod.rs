@@ -25,6 +25,7 @@ use s3s::service::{S3Service, S3ServiceBuilder};
 use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
 
 use crate::encoding::url_encode;
+use crate::faults::{Fault, FaultBody, Faults, Op};
 use crate::shaping::{Pace, Shaper, Shaping};
 use crate::stats::{Counters, RequestStats};
 use crate::store::{FileStore, ObjectMeta, StoreError};
@@ -36,12 +37,14 @@ use upload::{upload, UploadError};
 /// Largest page ListObjectsV2 returns, and its default size.
 const MAX_KEYS: usize = 1000;
 
-/// The S3 API over a [`FileStore`], counting the requests it serves.
+/// The S3 API over a [`FileStore`], counting the requests it serves and injecting the
+/// [`Faults`] a test asks for.
 #[derive(Clone, Debug)]
 pub struct LocalS3Service {
     store: Arc<FileStore>,
     counters: Arc<Counters>,
     shaper: Option<Arc<Shaper>>,
+    faults: Arc<Faults>,
 }
 
 impl LocalS3Service {
@@ -51,6 +54,7 @@ impl LocalS3Service {
             store,
             counters: Arc::new(Counters::default()),
             shaper: None,
+            faults: Arc::new(Faults::new()),
         }
     }
 
@@ -69,6 +73,33 @@ impl LocalS3Service {
     /// The store behind the service.
     pub fn store(&self) -> &Arc<FileStore> {
         &self.store
+    }
+
+    /// The faults the service injects (none until a rule is added), shared with its clones.
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+
+    /// The error answered for an injected status fault (`None` for a body fault); a 412
+    /// counts as one in the request counters.
+    fn fault_error(&self, fault: Fault) -> Option<S3Error> {
+        let err = fault.to_error()?;
+        if fault == Fault::PreconditionFailed {
+            Counters::bump(&self.counters.precondition_failed);
+        }
+        Some(err)
+    }
+
+    /// Fails the request with an injected status fault, if one fires for `op`.
+    fn status_fault(&self, op: Op) -> S3Result<()> {
+        match self
+            .faults
+            .decide(op, None)
+            .and_then(|f| self.fault_error(f))
+        {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
     }
 
     /// A snapshot of the request counters.
@@ -270,6 +301,7 @@ impl S3 for LocalS3Service {
                 .map_err(|_| s3_error!(InvalidArgument, "max-keys must not be negative"))?
                 .min(MAX_KEYS),
         };
+        let max_keys = self.faults.list_page_size(max_keys);
         let resume = match input.continuation_token.as_deref() {
             None => None,
             Some(token) => Some(Marker::from_token(token).ok_or_else(|| {
@@ -296,6 +328,7 @@ impl S3 for LocalS3Service {
             .store
             .with_index(&input.bucket, |index| list_page(index, &query))
             .map_err(store_error)?;
+        self.status_fault(Op::ListObjectsV2)?;
 
         let key_count = i32::try_from(page.entries.len()).map_err(S3Error::internal_error)?;
         let mut contents = Vec::new();
@@ -354,6 +387,7 @@ impl S3 for LocalS3Service {
             Verdict::PreconditionFailed => return Err(self.precondition_failed()),
             Verdict::NotModified => return Err(not_modified(&meta)),
         }
+        self.status_fault(Op::HeadObject)?;
         // A Range on HEAD is ignored (RFC 9110 allows it): the full length is reported.
         let output = HeadObjectOutput {
             accept_ranges: Some("bytes".to_string()),
@@ -401,9 +435,24 @@ impl S3 for LocalS3Service {
         let pace = self.shaper.as_ref().map(|s| Pace::new(Arc::clone(s)));
         let body =
             FileBody::new(file, window.start, len, Arc::clone(&self.counters)).with_pace(pace);
+        // Injected faults come after the real checks, like in every operation: a request
+        // that fails for a real reason draws none.
+        let (body, content_length) = match self.faults.decide(Op::GetObject, Some(len)) {
+            None => (StreamingBlob::new(body), len),
+            Some(fault) => {
+                if let Some(err) = self.fault_error(fault) {
+                    return Err(err);
+                }
+                let announced = fault.content_length(len);
+                (
+                    StreamingBlob::new(FaultBody::new(body, len, fault)),
+                    announced,
+                )
+            }
+        };
         let output = GetObjectOutput {
-            body: Some(StreamingBlob::new(body)),
-            content_length: Some(size_i64(len)?),
+            body: Some(body),
+            content_length: Some(size_i64(content_length)?),
             content_range,
             content_type: Some(content_type(&meta.key).to_string()),
             accept_ranges: Some("bytes".to_string()),
