@@ -351,3 +351,51 @@ fn a_file_read_to_the_end_is_served_by_passthrough_after_a_remount() {
         "the first open after the remount should pass through:\n{log}"
     );
 }
+
+#[test]
+fn concurrent_passthrough_opens_of_one_file_share_its_backing_and_read_exactly() {
+    let server = LocalServer::start(BUCKET);
+    let source = seed(&server, "m/checkpoints/shared.safetensors", 16 * MIB, 9);
+    let cache = tempfile::tempdir().expect("cache dir");
+    let mut m = mount(&server, cache.path(), &[]);
+    let path = m.join("checkpoints/shared.safetensors");
+    assert_same_file(&path, &source); // fills the cache
+    let mut first = None;
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let f = std::fs::File::open(&path).expect("open");
+            let passes = last_open(&m.log_text(), "Passthrough").is_some();
+            if passes {
+                first = Some(f);
+            }
+            passes
+        }),
+        "no passthrough open within 20 s:\n{}",
+        m.log_text()
+    );
+    // While one passthrough open is held, many more open and read at once (ComfyUI workers
+    // loading the same model): every open must join the inode's backing file.
+    let expected = std::sync::Arc::new(std::fs::read(&source).expect("source"));
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            let (path, expected) = (path.clone(), expected.clone());
+            std::thread::spawn(move || {
+                for _ in 0..3 {
+                    let got = std::fs::read(&path).expect("read while shared");
+                    assert!(got == *expected, "bytes differ");
+                }
+            })
+        })
+        .collect();
+    for r in readers {
+        r.join().expect("reader");
+    }
+    drop(first);
+    m.unmount();
+    let log = m.log_text();
+    assert!(!log.contains("open refused"), "{log}");
+    assert!(
+        log.matches("mode=Passthrough").count() >= 25,
+        "every open passes through:\n{log}"
+    );
+}

@@ -24,7 +24,7 @@ use crate::metrics::metrics;
 use crate::namespace::{DirListing, Namespace, NodeAttr, NodeKind};
 use crate::read::{BlockReader, OpenObject};
 pub use handles::HandleTable;
-use io_mode::{IoMode, IoModes};
+use io_mode::{Choice, IoMode, IoModes};
 
 /// One open file handle.
 #[derive(Debug)]
@@ -32,8 +32,9 @@ struct OpenFile {
     ino: u64,
     object: Arc<OpenObject>,
     mode: IoMode,
-    /// Keeps the kernel's reference to the backing file alive until release.
-    backing: Option<BackingId>,
+    /// Keeps the kernel's reference to the backing file alive until release (shared by
+    /// every passthrough open of the inode).
+    backing: Option<Arc<BackingId>>,
 }
 
 /// Ownership and permission bits shown for every node.
@@ -59,7 +60,7 @@ pub struct ModelFs {
     block_size: u32,
     files: Arc<HandleTable<OpenFile>>,
     dirs: Arc<HandleTable<Arc<DirListing>>>,
-    modes: Arc<IoModes>,
+    modes: Arc<IoModes<BackingId>>,
     passthrough_wanted: bool,
     passthrough: Arc<AtomicBool>,
     reads: Arc<AtomicU64>,
@@ -227,27 +228,39 @@ impl Filesystem for ModelFs {
             let object = Arc::new(reader.open(version).await);
             let can_pass = passthrough.load(Ordering::Acquire)
                 && passthrough_ready(&reader, &object);
+            let etag = object.version.etag.clone();
             let mut modes = modes.lock();
-            let mode = modes.choose(ino.0, &object.version.etag, can_pass);
-            let backing = match mode {
-                IoMode::Passthrough => match object.disk.as_ref().map(|e| reply.open_backing(&e.entry.data)) {
-                    Some(Ok(id)) => Some(id),
-                    Some(Err(e)) => {
-                        if passthrough.swap(false, Ordering::AcqRel) {
-                            tracing::warn!("FUSE passthrough disabled: cannot register a backing file ({e})");
+            let (mode, backing) = match modes.choose(ino.0, &etag, can_pass) {
+                Choice::Cached(mode) => (mode, None),
+                Choice::JoinPassthrough(backing) => (IoMode::Passthrough, Some(backing)),
+                Choice::NewPassthrough => {
+                    let registered = object.disk.as_ref().map(|e| reply.open_backing(&e.entry.data));
+                    match registered {
+                        Some(Ok(id)) => (IoMode::Passthrough, Some(Arc::new(id))),
+                        failed => {
+                            if let Some(Err(e)) = failed {
+                                if passthrough.swap(false, Ordering::AcqRel) {
+                                    tracing::warn!("FUSE passthrough disabled: cannot register a backing file ({e})");
+                                }
+                            }
+                            match modes.choose(ino.0, &etag, false) {
+                                Choice::Cached(mode) => (mode, None),
+                                _ => (IoMode::Cached, None),
+                            }
                         }
-                        None
                     }
-                    None => None,
-                },
-                _ => None,
+                }
+                Choice::Conflict => {
+                    drop(modes);
+                    tracing::warn!(
+                        key = %object.version.key,
+                        "open refused: another version of this object is still open (passthrough); \
+                         it opens once those files close"
+                    );
+                    return reply.error(Errno::ESTALE);
+                }
             };
-            let mode = if backing.is_none() && mode == IoMode::Passthrough {
-                modes.choose(ino.0, &object.version.etag, false)
-            } else {
-                mode
-            };
-            modes.acquire(ino.0, mode);
+            modes.acquire(ino.0, mode, &etag, backing.as_ref());
             drop(modes);
             tracing::debug!(
                 ino = ino.0,
