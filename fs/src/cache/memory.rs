@@ -37,7 +37,11 @@ impl MemoryTier {
     pub fn new(capacity_bytes: u64) -> MemoryTier {
         let stats = Arc::new(TierStats::default());
         let evictions = stats.clone();
+        // LRU, not moka's default TinyLFU admission: a model load streams blocks through
+        // once, and the block just read is the one the next (unaligned) read needs; TinyLFU
+        // rejects new blocks once the tier is full, so each such read went to disk again.
         let cache = moka::future::Cache::builder()
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .weigher(|_key: &BlockKey, block: &Bytes| block.len().try_into().unwrap_or(u32::MAX))
             .max_capacity(capacity_bytes)
             .eviction_listener(move |_k, _v, cause| {

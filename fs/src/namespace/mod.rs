@@ -42,6 +42,11 @@ pub enum NodeKind {
     File,
 }
 
+/// Most listing pages one directory may take (S3 pages hold up to 1,000 keys: 10 million
+/// entries), so a server that never stops handing out continuation tokens cannot keep a
+/// listing going forever.
+const MAX_LIST_PAGES: usize = 10_000;
+
 /// What `stat` shows for a node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeAttr {
@@ -246,7 +251,16 @@ impl Namespace {
         let mut subdirs = BTreeSet::new();
         let mut files: BTreeMap<String, ObjectInfo> = BTreeMap::new();
         let mut token = None;
-        loop {
+        for page_number in 1.. {
+            if page_number > MAX_LIST_PAGES {
+                return Err(FsError::Store(crate::store::StoreError::Other {
+                    operation: format!("ListObjectsV2 {}", dir.key),
+                    message: format!(
+                        "more than {MAX_LIST_PAGES} pages in one directory: giving up (a server \
+                         that never stops returning continuation tokens?)"
+                    ),
+                }));
+            }
             let page = self.store.list_page(&dir.key, token).await?;
             for prefix in page.common_prefixes {
                 let name = prefix

@@ -147,3 +147,20 @@ async fn open_pins_the_current_etag_after_the_ttl() {
     store.delete("f");
     assert!(matches!(ns.open(f.ino).await, Err(FsError::NotFound(_))));
 }
+
+#[tokio::test]
+async fn a_listing_that_never_ends_is_given_up_after_a_bounded_number_of_pages() {
+    let mut store = MemoryStore::new();
+    store.page_size = 1;
+    for i in 0..=MAX_LIST_PAGES {
+        store.put(&format!("m/f{i:05}"), vec![]);
+    }
+    let store = Arc::new(store);
+    let ns = Namespace::new(store.clone(), "m/", Duration::from_secs(60));
+    let err = ns.listing(ROOT_INO).await.unwrap_err();
+    assert!(err.to_string().contains("pages"), "{err}");
+    assert_eq!(
+        store.lists.load(std::sync::atomic::Ordering::Relaxed),
+        MAX_LIST_PAGES as u64
+    );
+}

@@ -27,6 +27,21 @@ fn join_error(e: &tokio::task::JoinError) -> FsError {
     })
 }
 
+/// The smallest range of blocks within `first..last` that holds every block of `entry` not
+/// on disk yet; `None` when all are there.
+async fn missing_range(entry: &Arc<CacheEntry>, first: u64, last: u64) -> Option<(u64, u64)> {
+    let entry = entry.clone();
+    tokio::task::spawn_blocking(move || {
+        let missing: Vec<u64> = (first..last)
+            .filter(|&i| !matches!(entry.entry.record(i), Ok(Some(_))))
+            .collect();
+        Some((*missing.first()?, *missing.last()? + 1))
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 /// Who wants a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Priority {
@@ -138,9 +153,10 @@ impl Fetcher {
     ) -> Result<(), FsError> {
         let bs = self.block_size;
         let last = (first + count).min(version.size.div_ceil(bs));
-        if first >= last {
+        // Blocks that readers fetched since the sweep planned this span are not fetched again.
+        let Some((first, last)) = missing_range(entry, first, last).await else {
             return Ok(());
-        }
+        };
         let key_of = |index| BlockKey {
             key: version.key.clone(),
             etag: version.etag.clone(),
@@ -239,6 +255,124 @@ impl Fetcher {
             self.memory.insert(key, block(index)).await;
         }
         Ok(bytes)
+    }
+
+    /// The first `prefix_len` bytes of block `index` of `version`, for a reader that needs
+    /// only those now (a safetensors header probe). A block that must come from S3 is fetched
+    /// as two ranged GETs: the prefix, answered as soon as it arrives, then the rest, joined
+    /// with it and stored like any block (the same bytes in total as one GET for the block).
+    /// Readers of the whole block meanwhile wait for the joined block.
+    pub async fn block_prefix(
+        self: &Arc<Self>,
+        version: &ObjectVersion,
+        entry: Option<&Arc<CacheEntry>>,
+        index: u64,
+        prefix_len: u64,
+    ) -> Result<Bytes, FsError> {
+        let bs = self.block_size;
+        let start = index * bs;
+        let block_len = version.size.saturating_sub(start).min(bs);
+        let prefix_len = prefix_len.min(block_len) as usize;
+        let key = BlockKey {
+            key: version.key.clone(),
+            etag: version.etag.clone(),
+            index,
+        };
+        if let Some(hit) = self.memory.get(&key).await {
+            return Ok(hit.slice(..prefix_len.min(hit.len())));
+        }
+        if let (Some(cache), Some(entry)) = (self.disk.clone(), entry.cloned()) {
+            let on_disk = tokio::task::spawn_blocking(move || cache.read_block(&entry, index))
+                .await
+                .ok()
+                .flatten();
+            if let Some(bytes) = on_disk {
+                let block = Bytes::from(bytes);
+                self.memory.insert(key, block.clone()).await;
+                return Ok(block.slice(..prefix_len.min(block.len())));
+            }
+        }
+        if prefix_len as u64 == block_len {
+            return self.block(version, entry, index, Priority::Demand).await;
+        }
+        let (prefix_tx, prefix_rx) = tokio::sync::oneshot::channel();
+        let existing = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            match in_flight.get(&key) {
+                Some(existing) => Some(existing.clone()),
+                None => {
+                    let this = self.clone();
+                    let (version, entry, key2) = (version.clone(), entry.cloned(), key.clone());
+                    let task = tokio::spawn(async move {
+                        let result = this
+                            .load_in_two(&version, entry, index, prefix_len as u64, prefix_tx)
+                            .await;
+                        if let Ok(block) = &result {
+                            this.memory.insert(key2.clone(), block.clone()).await;
+                        }
+                        this.in_flight
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&key2);
+                        result
+                    });
+                    let shared = async move { task.await.unwrap_or_else(|e| Err(join_error(&e))) }
+                        .boxed()
+                        .shared();
+                    in_flight.insert(key, shared);
+                    None
+                }
+            }
+        };
+        match existing {
+            Some(block) => {
+                let block = block.await?;
+                Ok(block.slice(..prefix_len.min(block.len())))
+            }
+            None => prefix_rx.await.unwrap_or_else(|_| {
+                Err(FsError::Store(crate::store::StoreError::Other {
+                    operation: "block fetch".into(),
+                    message: "the fetch ended before its first bytes arrived".into(),
+                }))
+            }),
+        }
+    }
+
+    /// [`Fetcher::block_prefix`]'s download: the prefix (sent to `prefix_tx` at once), then the
+    /// rest of the block, joined and written to disk.
+    async fn load_in_two(
+        &self,
+        version: &ObjectVersion,
+        entry: Option<Arc<CacheEntry>>,
+        index: u64,
+        prefix_len: u64,
+        prefix_tx: tokio::sync::oneshot::Sender<Result<Bytes, FsError>>,
+    ) -> Result<Bytes, FsError> {
+        let bs = self.block_size;
+        let start = index * bs;
+        let end = ((index + 1) * bs).min(version.size);
+        crate::metrics::metrics().fetched_block("demand");
+        let prefix = self
+            .store
+            .get_range(&version.key, start..start + prefix_len, &version.etag)
+            .await
+            .map_err(FsError::from);
+        let _ = prefix_tx.send(prefix.clone());
+        let prefix = prefix?;
+        let rest = self
+            .store
+            .get_range(&version.key, start + prefix_len..end, &version.etag)
+            .await?;
+        let mut block = bytes::BytesMut::with_capacity((end - start) as usize);
+        block.extend_from_slice(&prefix);
+        block.extend_from_slice(&rest);
+        let block = block.freeze();
+        if let (Some(cache), Some(entry)) = (self.disk.clone(), entry) {
+            let stored = block.clone();
+            let _ = tokio::task::spawn_blocking(move || cache.write_block(&entry, index, &stored))
+                .await;
+        }
+        Ok(block)
     }
 
     /// Block `index` of `version`, from the fastest tier that has it.

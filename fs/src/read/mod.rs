@@ -33,12 +33,27 @@ use crate::error::FsError;
 use crate::store::{ObjectStore, ObjectVersion};
 use model_file::{FileKind, LoadDetector};
 
+/// Bytes fetched first to learn a safetensors header: most headers (LoRAs, checkpoints of
+/// a few hundred tensors) fit, and the transfer costs well under a millisecond next to a
+/// block's ten.
+pub const HEADER_PROBE: u64 = 64 << 10;
+
+/// The start of a safetensors file, kept in memory: where its header ends, and its first
+/// bytes (the header, or the whole probe when that is longer, since the kernel's reads
+/// around a small header reach past it in whole pages).
+#[derive(Clone, Debug)]
+struct FileStart {
+    header_end: u64,
+    bytes: Bytes,
+}
+
 /// Tunables of the read path.
 #[derive(Clone, Debug)]
 pub struct ReadConfig {
     /// Bytes per block: the unit of fetching and caching.
     pub block_size: u64,
-    /// Memory cache budget in bytes (blocks).
+    /// Memory budget for block data in bytes: cached blocks plus the downloads of background
+    /// fetches in flight (see [`ReadConfig::memory_tier_bytes`]).
     pub memory_cache_bytes: u64,
     /// Memory budget for safetensors headers.
     pub header_cache_bytes: u64,
@@ -55,8 +70,25 @@ impl Default for ReadConfig {
             memory_cache_bytes: 512 << 20,
             header_cache_bytes: 64 << 20,
             max_readahead_blocks: 32,
-            prefetch_concurrency: 32,
+            // 16 sweep GETs of 8 MiB keep a link of 16 x 90 MiB/s busy (more than this
+            // machine's link limit) with 128 MiB in flight.
+            prefetch_concurrency: 16,
         }
+    }
+}
+
+impl ReadConfig {
+    /// Most bytes that background fetches hold in flight: one sweep span per slot.
+    pub fn in_flight_bytes(&self) -> u64 {
+        self.prefetch_concurrency as u64 * sweep::SPAN_BLOCKS * self.block_size
+    }
+
+    /// What the memory tier may hold: the memory budget less the bytes in flight, so the
+    /// daemon's block data stays within `memory_cache_bytes` (at least 16 blocks).
+    pub fn memory_tier_bytes(&self) -> u64 {
+        self.memory_cache_bytes
+            .saturating_sub(self.in_flight_bytes())
+            .max(16 * self.block_size)
     }
 }
 
@@ -80,7 +112,7 @@ pub struct OpenObject {
 /// Reads byte ranges of pinned object versions through the cache tiers.
 pub struct BlockReader {
     fetcher: Arc<Fetcher>,
-    headers: moka::future::Cache<(Arc<str>, Arc<str>), Bytes>,
+    headers: moka::future::Cache<(Arc<str>, Arc<str>), FileStart>,
     bucket: String,
     config: ReadConfig,
 }
@@ -101,7 +133,7 @@ impl BlockReader {
         config: ReadConfig,
         disk: Option<Arc<DiskCache>>,
     ) -> Arc<BlockReader> {
-        let memory = MemoryTier::new(config.memory_cache_bytes);
+        let memory = MemoryTier::new(config.memory_tier_bytes());
         let registry = crate::metrics::metrics();
         registry.register_tier("memory", memory.stats.clone());
         if let Some(disk) = &disk {
@@ -115,7 +147,9 @@ impl BlockReader {
             config.prefetch_concurrency,
         ));
         let headers = moka::future::Cache::builder()
-            .weigher(|_k: &(Arc<str>, Arc<str>), v: &Bytes| v.len().try_into().unwrap_or(u32::MAX))
+            .weigher(|_k: &(Arc<str>, Arc<str>), v: &FileStart| {
+                v.bytes.len().try_into().unwrap_or(u32::MAX)
+            })
             .max_capacity(config.header_cache_bytes)
             .build();
         Arc::new(BlockReader {
@@ -176,12 +210,12 @@ impl BlockReader {
         let kind = FileKind::from_key(&version.key);
         let mut load = LoadDetector::new(kind);
         if kind == FileKind::Safetensors {
-            if let Some(header) = self
+            if let Some(start) = self
                 .headers
                 .get(&(version.key.clone(), version.etag.clone()))
                 .await
             {
-                load.set_header_end(header.len() as u64);
+                load.set_header_end(start.header_end);
             }
         }
         OpenObject {
@@ -208,9 +242,9 @@ impl BlockReader {
         }
         let end = offset.saturating_add(len).min(size);
         if file.kind == FileKind::Safetensors {
-            if let Some(header) = self.known_header(file).await? {
-                if end <= header.len() as u64 {
-                    return Ok(header.slice(offset as usize..end as usize));
+            if let Some(known) = self.known_header(file, end).await? {
+                if end <= known.len() as u64 {
+                    return Ok(known.slice(offset as usize..end as usize));
                 }
             }
         }
@@ -238,51 +272,76 @@ impl BlockReader {
         Ok(out.freeze())
     }
 
-    /// The safetensors header of `file`, learning it first if this handle does not know it
-    /// yet (from the header cache, else from block 0): every later decision (is this read a
-    /// header scan or a model load?) depends on where the header ends.
-    async fn known_header(&self, file: &OpenObject) -> Result<Option<Bytes>, FsError> {
+    /// What this handle knows of the file's first bytes, learning the safetensors header
+    /// first if it does not know it yet: every later decision (is this read a header scan or
+    /// a model load?) depends on where the header ends. Returns the file's first bytes as
+    /// far as they are known in memory (at least up to `want_end` right after learning).
+    ///
+    /// Learning costs one small ranged GET ([`HEADER_PROBE`] bytes) that the caller is
+    /// answered from; the rest of block 0 follows in a second GET into the caches. A header
+    /// scan (ComfyUI reads every model's header at start-up) then waits for a few KiB per
+    /// file instead of a whole block, and still leaves block 0 cached for the next scan.
+    async fn known_header(
+        &self,
+        file: &OpenObject,
+        want_end: u64,
+    ) -> Result<Option<Bytes>, FsError> {
         let key = (file.version.key.clone(), file.version.etag.clone());
-        if let Some(header) = self.headers.get(&key).await {
+        if let Some(start) = self.headers.get(&key).await {
             let mut access = file.access.lock().unwrap_or_else(|e| e.into_inner());
             if access.load.header_end().is_none() {
-                access.load.set_header_end(header.len() as u64);
+                access.load.set_header_end(start.header_end);
             }
-            return Ok(Some(header));
+            return Ok(Some(start.bytes));
         }
         let known = {
             let access = file.access.lock().unwrap_or_else(|e| e.into_inner());
             access.load.header_end().is_some() || !access.load.in_header(0)
         };
-        if !known {
-            let block0 = self
-                .fetcher
-                .block(&file.version, file.disk.as_ref(), 0, Priority::Demand)
-                .await?;
-            self.remember_header(file, &block0).await;
+        if known {
+            return Ok(self.headers.get(&key).await.map(|start| start.bytes));
         }
-        Ok(self.headers.get(&key).await)
-    }
-
-    /// Keeps a safetensors header in memory once its first block is known.
-    async fn remember_header(&self, file: &OpenObject, block0: &Bytes) {
-        let Some(end) = model_file::header_end(block0, file.version.size) else {
+        let probe = self
+            .fetcher
+            .block_prefix(
+                &file.version,
+                file.disk.as_ref(),
+                0,
+                HEADER_PROBE.max(want_end),
+            )
+            .await?;
+        let Some(header_end) = model_file::header_end(&probe, file.version.size) else {
             file.access
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .load
                 .not_safetensors();
-            return;
+            return Ok(Some(probe));
         };
         file.access
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .load
-            .set_header_end(end);
-        if end <= block0.len() as u64 {
-            let key = (file.version.key.clone(), file.version.etag.clone());
-            self.headers.insert(key, block0.slice(..end as usize)).await;
-        }
+            .set_header_end(header_end);
+        let bytes = if header_end <= probe.len() as u64 {
+            probe
+        } else if header_end <= self.config.block_size {
+            let block0 = self
+                .fetcher
+                .block(&file.version, file.disk.as_ref(), 0, Priority::Demand)
+                .await?;
+            block0.slice(..(header_end as usize).min(block0.len()))
+        } else {
+            // A header larger than a block is not kept; reads of it go through the blocks.
+            return Ok(Some(probe));
+        };
+        // A copy: a slice would keep a whole cached block alive behind a small weight.
+        let start = FileStart {
+            header_end,
+            bytes: Bytes::copy_from_slice(&bytes),
+        };
+        self.headers.insert(key, start.clone()).await;
+        Ok(Some(start.bytes))
     }
 
     /// Decides what to fetch in the background for a read of `offset..end`.
@@ -338,6 +397,10 @@ mod tests {
     }
 
     fn reader(store: Arc<MemoryStore>, block_size: u64) -> Arc<BlockReader> {
+        reader_over(store, block_size)
+    }
+
+    fn reader_over(store: Arc<dyn ObjectStore>, block_size: u64) -> Arc<BlockReader> {
         BlockReader::new(
             store,
             "bucket",
@@ -385,6 +448,75 @@ mod tests {
         let gets = store.gets.load(Ordering::Relaxed);
         reader.read(&file, 3100, 100).await.unwrap();
         assert_eq!(store.gets.load(Ordering::Relaxed), gets);
+    }
+
+    /// Records the ranges asked of the store beneath.
+    struct RangeLog {
+        inner: Arc<MemoryStore>,
+        ranges: Mutex<Vec<std::ops::Range<u64>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for RangeLog {
+        async fn list_page(
+            &self,
+            prefix: &str,
+            token: Option<String>,
+        ) -> Result<crate::store::ListPage, crate::store::StoreError> {
+            self.inner.list_page(prefix, token).await
+        }
+        async fn head(
+            &self,
+            key: &str,
+        ) -> Result<crate::store::ObjectInfo, crate::store::StoreError> {
+            self.inner.head(key).await
+        }
+        async fn get_range(
+            &self,
+            key: &str,
+            range: std::ops::Range<u64>,
+            if_match: &str,
+        ) -> Result<Bytes, crate::store::StoreError> {
+            self.ranges.lock().unwrap().push(range.clone());
+            self.inner.get_range(key, range, if_match).await
+        }
+        fn describe(&self) -> String {
+            "range log".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_header_probe_answers_from_a_small_get_and_still_caches_block_0() {
+        let json = br#"{"t":{"dtype":"U8","shape":[3000000],"data_offsets":[0,3000000]}}"#;
+        let mut data = (json.len() as u64).to_le_bytes().to_vec();
+        data.extend_from_slice(json);
+        data.extend(pattern(3_000_000));
+        let memory = Arc::new(MemoryStore::new());
+        let info = memory.put("m.safetensors", data.clone());
+        let log = Arc::new(RangeLog {
+            inner: memory,
+            ranges: Mutex::new(Vec::new()),
+        });
+        let reader = reader_over(log.clone(), 1 << 20);
+        let file = Arc::new(reader.open(version(&info)).await);
+        // The kernel's first read of a scan: a few pages at offset 0.
+        let got = reader.read(&file, 0, 16384).await.unwrap();
+        assert_eq!(&got[..], &data[..16384]);
+        let first = log.ranges.lock().unwrap()[0].clone();
+        assert_eq!(first, 0..HEADER_PROBE, "answered from the probe");
+        // Reads in the probe (around the header) need no GET; the rest of block 0 arrives in
+        // one more GET and is cached: the whole block then needs none.
+        let got = reader.read(&file, 8, 40000).await.unwrap();
+        assert_eq!(&got[..], &data[8..40008]);
+        let block0 = reader.read(&file, 0, 1 << 20).await.unwrap();
+        assert_eq!(&block0[..], &data[..1 << 20]);
+        let ranges = log.ranges.lock().unwrap().clone();
+        assert_eq!(ranges, vec![0..HEADER_PROBE, HEADER_PROBE..1 << 20]);
+        // A second handle knows the header without any request.
+        let other = Arc::new(reader.open(version(&info)).await);
+        let got = reader.read(&other, 0, 8).await.unwrap();
+        assert_eq!(&got[..], &data[..8]);
+        assert_eq!(log.ranges.lock().unwrap().len(), 2);
     }
 
     #[tokio::test]

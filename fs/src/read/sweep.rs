@@ -11,9 +11,10 @@ use futures::stream::{self, StreamExt};
 
 use super::fetch::Fetcher;
 
-/// Blocks per sweep request: 8 MiB GETs, like mountpoint-s3's parts and S3's guidance.
-const SPAN_BLOCKS: u64 = 8;
 use super::OpenObject;
+
+/// Blocks per sweep request: 8 MiB GETs, like mountpoint-s3's parts and S3's guidance.
+pub const SPAN_BLOCKS: u64 = 8;
 
 /// Fetches every missing block of `file`, `concurrency` at a time, starting at `start`.
 pub fn spawn(fetcher: Arc<Fetcher>, file: &Arc<OpenObject>, start: u64, concurrency: usize) {
