@@ -13,7 +13,7 @@
 //! mountpoint-s3 wrapper from `benches/mountpoint` (`MOUNT_S3`); without the latter every
 //! mountpoint-s3 case is reported as NOT MEASURED, loudly. Environment:
 //! `MODELFS_BENCH_MODEL_MIB` (big model, default 1024), `MODELFS_BENCH_COST_MIB` (default
-//! `256,1024,4096`), `MODELFS_BENCH_DEADLINE_S` (per run, default 60),
+//! `256,1024,2048,4096`), `MODELFS_BENCH_DEADLINE_S` (per run, default 60),
 //! `MODELFS_BENCH_WORKDIR` (default `/tmp/modelfs-bench`; the seeded store is reused).
 
 use std::fs::File;
@@ -45,6 +45,10 @@ const PREAD_THREADS: usize = 8;
 const PREAD_CHUNK: u64 = 2 * MIB;
 const LIMIT_PART: u64 = 8 * MIB;
 const LIMIT_CONCURRENCY: usize = 16;
+/// modelfs' memory budget in the bench (its default).
+const MODELFS_MEMORY_MIB: u64 = 512;
+/// Seconds every measurement waits after `sync` before dropping the page cache.
+const DISK_SETTLE_S: u64 = 2;
 
 // ---------------------------------------------------------------------------------------------
 // Configuration and fixture
@@ -70,7 +74,7 @@ impl Config {
     fn from_env() -> Config {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let cost_mib = std::env::var("MODELFS_BENCH_COST_MIB")
-            .unwrap_or_else(|_| "256,1024,4096".to_string())
+            .unwrap_or_else(|_| "256,1024,2048,4096".to_string())
             .split(',')
             .filter_map(|s| s.trim().parse().ok())
             .collect();
@@ -265,8 +269,24 @@ impl System {
     }
 }
 
+/// Writes back dirty pages, lets the disk settle, then drops the page cache: a measurement
+/// that follows a fill (warm cases write a GiB into the cache just before) must not pay for
+/// that fill's writeback, which on a virtual disk goes on for a while after `sync` returns.
 fn drop_caches() {
     let _ = Command::new("sync").status();
+    let dirty_kib = || {
+        std::fs::read_to_string("/proc/meminfo")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("Dirty:") || l.starts_with("Writeback:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    let started = Instant::now();
+    while dirty_kib() > 4096 && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(DISK_SETTLE_S));
     if let Err(err) = std::fs::write("/proc/sys/vm/drop_caches", "3") {
         eprintln!("warning: cannot drop the page cache: {err}");
     }
@@ -320,8 +340,13 @@ impl Mount {
                     // A fixed limit: the default (keep 10% of the disk free) would make the
                     // results depend on how full this machine's disk is.
                     .args(["--cache-size", "16GiB"])
+                    .args(["--memory-cache-size", &format!("{MODELFS_MEMORY_MIB}MiB")])
                     .arg("--log-file")
-                    .arg(&log);
+                    .arg(&log)
+                    .args([
+                        "--log-level",
+                        &std::env::var("MODELFS_BENCH_LOG").unwrap_or_else(|_| "info".into()),
+                    ]);
                 cmd
             }
             System::Mountpoint | System::MountpointCache => {
@@ -794,6 +819,16 @@ fn fresh_dir(fx: &Fixture, name: &str) -> PathBuf {
     dir
 }
 
+/// `MODELFS_BENCH_HOLD_S=N`: keep each modelfs mount for N seconds after its measurement, to
+/// look at it from another shell while tuning.
+fn hold_for_inspection(path: &Path) {
+    let seconds = env_u64("MODELFS_BENCH_HOLD_S", 0);
+    if seconds > 0 {
+        eprintln!("holding {} for {seconds} s", path.display());
+        std::thread::sleep(Duration::from_secs(seconds));
+    }
+}
+
 /// Runs one case once: mounts as the case needs, measures, unmounts.
 fn run_case(
     fx: &Fixture,
@@ -839,6 +874,7 @@ fn run_case(
             drop_caches();
             let result = timed(|| run_workload(w, &mount.path, mib, &deadline()).map_err(io));
             let peak_rss_kib = mount.peak_rss_kib();
+            hold_for_inspection(&mount.path);
             mount.stop();
             let (seconds, outcome) = result?;
             Ok(Measured {
@@ -934,6 +970,16 @@ fn report_mode(out_path: &Path) {
         std::fs::write(out_path, serde_json::to_string_pretty(&doc).expect("json"))
             .expect("write json");
     };
+    // MODELFS_BENCH_SYSTEMS=modelfs,link limit: only those systems (quick comparisons while
+    // tuning; a report for the docs runs them all).
+    let systems: Option<Vec<String>> = std::env::var("MODELFS_BENCH_SYSTEMS")
+        .ok()
+        .map(|s| s.split(',').map(|x| x.trim().to_string()).collect());
+    let wanted = |system: System| {
+        systems
+            .as_ref()
+            .is_none_or(|s| s.iter().any(|x| x == system.name()))
+    };
     let mib = fx.config.model_mib;
     for w in WORKLOADS {
         if only
@@ -943,7 +989,7 @@ fn report_mode(out_path: &Path) {
             continue;
         }
         for mode in [Mode::Cold, Mode::Warm] {
-            for system in systems_for(mode) {
+            for system in systems_for(mode).into_iter().filter(|&s| wanted(s)) {
                 let r = run_case(&fx, system, mode, w, mib);
                 record(json_case("workloads", w.id(), mode, system, mib, &r));
             }
@@ -951,7 +997,10 @@ fn report_mode(out_path: &Path) {
     }
     if only.as_ref().is_none_or(|o| o.iter().any(|x| x == "cost")) {
         for &size in &fx.config.cost_mib.clone() {
-            for system in [System::Modelfs, System::Mountpoint, System::Limit] {
+            for system in [System::Modelfs, System::Mountpoint, System::Limit]
+                .into_iter()
+                .filter(|&s| wanted(s))
+            {
                 let r = run_case(&fx, system, Mode::Cold, Workload::MmapLoad, size);
                 record(json_case("cost", "mmap_load", Mode::Cold, system, size, &r));
             }
@@ -975,6 +1024,7 @@ fn meta(fx: &Fixture) -> serde_json::Value {
             None => format!("NOT MEASURED: {}", fx.config.mount_s3_missing),
         },
         "model_mib": fx.config.model_mib,
+        "modelfs_memory_mib": MODELFS_MEMORY_MIB,
         "deadline_s": fx.config.deadline.as_secs(),
         "limit": format!("{LIMIT_CONCURRENCY} parallel ranged GETs of {} MiB into memory (aws-sdk-s3); header scan, random reads and listing: the same requests, one after the other", LIMIT_PART / MIB),
         "header_files": HEADER_FILES, "header_file_mib": HEADER_FILE_BYTES / MIB,

@@ -7,12 +7,15 @@
 #
 # Environment (all optional):
 #   MODELFS_BENCH_MODEL_MIB=1024        big model for the workload tables
-#   MODELFS_BENCH_COST_MIB=256,1024,4096 sizes for the "how cost grows" section ("" to skip)
+#   MODELFS_BENCH_COST_MIB=256,1024,2048,4096 sizes for the "how cost grows" section ("" to skip)
 #   MODELFS_BENCH_DEADLINE_S=60         a run still going after this is cut (reported as "> N s")
 #   MODELFS_BENCH_LATENCY_MS=20 MODELFS_BENCH_PER_RESPONSE_MIBPS=90 MODELFS_BENCH_AGGREGATE_MIBPS=0
 #   MODELFS_BENCH_WORKDIR=/tmp/modelfs-bench  (the seeded store is kept and reused)
 #   MOUNT_S3=/path/to/binary            use this mountpoint-s3 wrapper instead of building one
 #   MODELFS_BENCH_ONLY=mmap_load,cost   run a subset (the report then only has those)
+#   MODELFS_BENCH_SYSTEMS=modelfs,"link limit"  only these systems (quick checks while tuning)
+#   MODELFS_BENCH_LOG=debug              modelfs log level (logs in the workdir)
+#   MODELFS_BENCH_HOLD_S=60              keep each modelfs mount that long after measuring it
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export AWS_EC2_METADATA_DISABLED=true

@@ -85,6 +85,8 @@ def main():
       " on the cache a first pass filled, page cache dropped; mountpoint-s3 `--cache` wipes its cache at mount,"
       " so its warm run is the same mount after a filling pass (a sequential read for the mmap and pread"
       " patterns), page cache dropped; local file = the same bytes on the local disk, page cache dropped."
+      " \"Page cache dropped\" = `sync`, wait until no dirty or writeback pages are left, 2 s more for the"
+      " disk to settle, then `drop_caches`, before every measured run."
       f" One run per cell; a run still going after {meta['deadline_s']} s is cut and shown as `> N s` with the"
       " rate of the part it did.")
     w("- Ratios are rate ÷ rate: `vs mountpoint-s3` > 1 means faster than mountpoint-s3;"
@@ -129,6 +131,12 @@ def main():
                     w(f"| {mib} MiB | {system} | {fmt_s(c)} | {fmt_rate(c, 'bytes')} | "
                       f"{ratio(c, mp, 'bytes')} | {ratio(c, lim, 'bytes')} | {rss(c)} |")
         w("")
+        budget = meta.get("modelfs_memory_mib")
+        if budget:
+            w(f"modelfs runs with `--memory-cache-size {budget}MiB` (its default), which bounds its block"
+              f" data: cached blocks plus downloads in flight. Target for its peak RSS: the budget +"
+              f" 128 MiB = {budget + 128} MiB.")
+            w("")
     missing = [c for c in cases if "error" in c]
     if missing:
         w("## ⚠ Cases that were not measured")
