@@ -194,7 +194,9 @@ fn serve(
 /// glibc gives every thread that allocates its own arena (up to 8 per core); with 1 MiB blocks
 /// passing between tokio workers, FUSE threads and blocking threads, freed memory stays spread
 /// over many arenas and the daemon's RSS grows far past its caches. Two arenas keep it close
-/// to the configured budgets.
+/// to the configured budgets. (A fixed `M_MMAP_THRESHOLD` of 2 MiB, which maps every 8 MiB
+/// sweep buffer, cut the peak RSS of a 2 GiB load from ~700 to ~430 MiB but made cold loads
+/// 15-25 % slower, the kernel zeroing every fresh buffer; not used.)
 fn limit_malloc_arenas() {
     // SAFETY: mallopt only changes allocator tuning; called before the runtime's threads start.
     unsafe {

@@ -145,7 +145,7 @@ fn file_attr(attr: &NodeAttr, own: &Ownership, block_size: u32) -> FileAttr {
 impl Filesystem for ModelFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Many reads in flight (the kernel's default is 16) and 1 MiB requests.
-        let _ = config.set_max_background(64);
+        let _ = config.set_max_background(crate::read::MAX_READS_IN_FLIGHT as u16);
         let _ = config.set_congestion_threshold(48);
         let _ = config.set_max_write(1 << 20);
         if self.passthrough_wanted && self.reader.disk().is_some() {
