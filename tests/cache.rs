@@ -195,10 +195,17 @@ fn eviction_keeps_the_cache_under_its_limit() {
         .collect();
     let cache = tempfile::tempdir().expect("cache dir");
     let mut m = mount(&server, cache.path(), &["--cache-size", "24MiB"]);
+    // The limit bounds what the cache accounts for; the filesystem's own bookkeeping may add
+    // a few 4 KiB blocks beyond it (seen: 36 KiB over 24 MiB, about 1 run in 5). A failing
+    // eviction would overshoot by whole entries (8 MiB), which this still catches.
+    let slack = limit / 256;
     for (i, source) in sources.iter().enumerate() {
         assert_same_file(&m.join(&format!("loras/l{i}.safetensors")), source);
         let used = disk_usage(cache.path());
-        assert!(used <= limit, "cache uses {used} bytes, limit {limit}");
+        assert!(
+            used <= limit + slack,
+            "cache uses {used} bytes, limit {limit} (+{slack} slack)"
+        );
     }
     m.unmount();
     assert!(m.log_text().contains("evictions="));

@@ -296,7 +296,8 @@ impl DiskCache {
     /// eviction pass starts and the block is only served, not stored).
     /// Returns whether the block is now on disk.
     pub fn write_block(self: &Arc<Self>, entry: &CacheEntry, index: u64, bytes: &[u8]) -> bool {
-        let len = bytes.len() as u64;
+        // The filesystem allocates whole 4 KiB blocks: a file's short last block costs one.
+        let len = (bytes.len() as u64).next_multiple_of(4096);
         if self.usage() + len > self.limit() {
             TierStats::bump(&self.stats.errors);
             self.trigger_eviction();
@@ -329,7 +330,10 @@ impl DiskCache {
         let Ok(meta) = entry.entry.data.metadata() else {
             return;
         };
-        let missing = meta.size().saturating_sub(meta.blocks() * 512);
+        let missing = meta
+            .size()
+            .next_multiple_of(4096)
+            .saturating_sub(meta.blocks() * 512);
         if missing == 0 || self.usage() + missing > self.limit() {
             return;
         }
