@@ -42,6 +42,20 @@ async fn missing_range(entry: &Arc<CacheEntry>, first: u64, last: u64) -> Option
     .flatten()
 }
 
+/// Block `index` of `entry` from the disk tier (CRC checked), on a blocking thread.
+async fn read_from_disk(
+    cache: &Arc<DiskCache>,
+    entry: &Arc<CacheEntry>,
+    index: u64,
+) -> Option<Bytes> {
+    let (cache, entry) = (cache.clone(), entry.clone());
+    tokio::task::spawn_blocking(move || cache.read_block(&entry, index))
+        .await
+        .ok()
+        .flatten()
+        .map(Bytes::from)
+}
+
 /// Who wants a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Priority {
@@ -281,13 +295,8 @@ impl Fetcher {
         if let Some(hit) = self.memory.get(&key).await {
             return Ok(hit.slice(..prefix_len.min(hit.len())));
         }
-        if let (Some(cache), Some(entry)) = (self.disk.clone(), entry.cloned()) {
-            let on_disk = tokio::task::spawn_blocking(move || cache.read_block(&entry, index))
-                .await
-                .ok()
-                .flatten();
-            if let Some(bytes) = on_disk {
-                let block = Bytes::from(bytes);
+        if let (Some(cache), Some(entry)) = (&self.disk, entry) {
+            if let Some(block) = read_from_disk(cache, entry, index).await {
                 self.memory.insert(key, block.clone()).await;
                 return Ok(block.slice(..prefix_len.min(block.len())));
             }
@@ -303,22 +312,15 @@ impl Fetcher {
                 None => {
                     let this = self.clone();
                     let (version, entry, key2) = (version.clone(), entry.cloned(), key.clone());
-                    let task = tokio::spawn(async move {
+                    let shared = self.spawn_shared(key.clone(), async move {
                         let result = this
                             .load_in_two(&version, entry, index, prefix_len as u64, prefix_tx)
                             .await;
                         if let Ok(block) = &result {
-                            this.memory.insert(key2.clone(), block.clone()).await;
+                            this.memory.insert(key2, block.clone()).await;
                         }
-                        this.in_flight
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(&key2);
                         result
                     });
-                    let shared = async move { task.await.unwrap_or_else(|e| Err(join_error(&e))) }
-                        .boxed()
-                        .shared();
                     in_flight.insert(key, shared);
                     None
                 }
@@ -375,6 +377,28 @@ impl Fetcher {
         Ok(block)
     }
 
+    /// Runs the fetch of block `key` as its own task, so it completes (and lands in the
+    /// caches) even if every reader waiting for it goes away, and leaves the in-flight table
+    /// when done. The caller inserts the returned future into the table.
+    fn spawn_shared(
+        self: &Arc<Self>,
+        key: BlockKey,
+        fetch: impl std::future::Future<Output = Result<Bytes, FsError>> + Send + 'static,
+    ) -> BlockFuture {
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let result = fetch.await;
+            this.in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+            result
+        });
+        async move { task.await.unwrap_or_else(|e| Err(join_error(&e))) }
+            .boxed()
+            .shared()
+    }
+
     /// Block `index` of `version`, from the fastest tier that has it.
     pub async fn block(
         self: &Arc<Self>,
@@ -398,27 +422,17 @@ impl Fetcher {
                 None => {
                     let this = self.clone();
                     let (version, entry, key2) = (version.clone(), entry.cloned(), key.clone());
-                    // Spawned: the fetch completes (and lands in the caches) even if every
-                    // reader waiting for it goes away.
-                    let task = tokio::spawn(async move {
+                    let shared = self.spawn_shared(key.clone(), async move {
                         let result = this.load(&version, entry.as_ref(), index, priority).await;
                         if let Ok((bytes, on_disk)) = &result {
                             // Background blocks on disk are read from there later; blocks a
                             // reader asked for, or that the disk could not take, stay in memory.
                             if priority == Priority::Demand || !on_disk {
-                                this.memory.insert(key2.clone(), bytes.clone()).await;
+                                this.memory.insert(key2, bytes.clone()).await;
                             }
                         }
-                        let result = result.map(|(bytes, _)| bytes);
-                        this.in_flight
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(&key2);
-                        result
+                        result.map(|(bytes, _)| bytes)
                     });
-                    let fut: BoxFuture<'static, Result<Bytes, FsError>> =
-                        async move { task.await.unwrap_or_else(|e| Err(join_error(&e))) }.boxed();
-                    let shared = fut.shared();
                     in_flight.insert(key, shared.clone());
                     shared
                 }
@@ -441,18 +455,12 @@ impl Fetcher {
         let (Some(cache), Some(entry)) = (&self.disk, entry) else {
             return Ok((self.fetch(version, index, priority).await?, false));
         };
-        let from_disk = |cache: Arc<DiskCache>, entry: Arc<CacheEntry>| async move {
-            tokio::task::spawn_blocking(move || cache.read_block(&entry, index))
-                .await
-                .ok()
-                .flatten()
-        };
-        if let Some(bytes) = from_disk(cache.clone(), entry.clone()).await {
-            return Ok((Bytes::from(bytes), true));
+        if let Some(bytes) = read_from_disk(cache, entry, index).await {
+            return Ok((bytes, true));
         }
         let _download = cache.lock_block(entry, index, PEER_DOWNLOAD_WAIT).await;
-        if let Some(bytes) = from_disk(cache.clone(), entry.clone()).await {
-            return Ok((Bytes::from(bytes), true));
+        if let Some(bytes) = read_from_disk(cache, entry, index).await {
+            return Ok((bytes, true));
         }
         let bytes = self.fetch(version, index, priority).await?;
         let (cache, entry, stored) = (cache.clone(), entry.clone(), bytes.clone());
