@@ -47,6 +47,8 @@ const LIMIT_PART: u64 = 8 * MIB;
 const LIMIT_CONCURRENCY: usize = 16;
 /// modelfs' memory budget in the bench (its default).
 const MODELFS_MEMORY_MIB: u64 = 512;
+/// Where the bench's modelfs mounts serve their metrics (saved after each measurement).
+const MODELFS_METRICS_ADDR: &str = "127.0.0.1:19473";
 /// Seconds every measurement waits after `sync` before dropping the page cache.
 const DISK_SETTLE_S: u64 = 2;
 
@@ -64,6 +66,8 @@ struct Config {
     model_mib: u64,
     cost_mib: Vec<u64>,
     deadline: Duration,
+    /// Runs per workload case; the report shows the median (`MODELFS_BENCH_REPEAT`).
+    repeat: usize,
     workdir: PathBuf,
     modelfs_bin: PathBuf,
     mount_s3: Option<PathBuf>,
@@ -95,6 +99,7 @@ impl Config {
             model_mib: env_u64("MODELFS_BENCH_MODEL_MIB", 1024),
             cost_mib,
             deadline: Duration::from_secs(env_u64("MODELFS_BENCH_DEADLINE_S", 60)),
+            repeat: env_u64("MODELFS_BENCH_REPEAT", 3) as usize,
             workdir: std::env::var_os("MODELFS_BENCH_WORKDIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/tmp/modelfs-bench")),
@@ -341,6 +346,7 @@ impl Mount {
                     // results depend on how full this machine's disk is.
                     .args(["--cache-size", "16GiB"])
                     .args(["--memory-cache-size", &format!("{MODELFS_MEMORY_MIB}MiB")])
+                    .args(["--metrics-addr", MODELFS_METRICS_ADDR])
                     .arg("--log-file")
                     .arg(&log)
                     .args([
@@ -399,12 +405,47 @@ impl Mount {
     }
 
     /// Peak resident memory of the daemon so far (VmHWM), KiB.
+    /// CPU seconds (user + system) the daemon has used so far: steadier than wall time on a
+    /// shared machine, and what a cold load costs on a node where the CPU is not free.
+    fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // Fields after the command name (which may hold spaces) start at the state, field 3.
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        (per_second > 0).then(|| ticks as f64 / per_second as f64)
+    }
+
     fn peak_rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
+    }
+
+    /// Saves the daemon's metrics (GETs, cache hits per tier, …) as `<workdir>/<name>.metrics`
+    /// so a run can be explained afterwards; a failure only loses the file.
+    fn save_metrics(&self, fx: &Fixture, name: &str) {
+        use std::io::{Read, Write};
+        let fetch = || -> std::io::Result<String> {
+            let mut stream = std::net::TcpStream::connect(MODELFS_METRICS_ADDR)?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text)?;
+            Ok(text)
+        };
+        let path = fx.config.workdir.join(format!("{name}.metrics"));
+        match fetch() {
+            Ok(text) => {
+                let _ = std::fs::write(&path, text);
+            }
+            Err(e) => eprintln!("warning: no metrics for {name}: {e}"),
+        }
     }
 
     fn stop(mut self) {
@@ -798,12 +839,25 @@ enum Mode {
     Warm,
 }
 
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Cold => "cold",
+            Mode::Warm => "warm",
+        }
+    }
+}
+
 /// One measured run.
 #[derive(Clone, Debug)]
 struct Measured {
     seconds: f64,
     outcome: Outcome,
     peak_rss_kib: Option<u64>,
+    /// CPU seconds the daemon spent in the measured run (mounts only).
+    daemon_cpu_s: Option<f64>,
+    /// Seconds of every run when the case was repeated (this one is their median).
+    runs: Vec<f64>,
 }
 
 fn timed(f: impl FnOnce() -> Result<Outcome, String>) -> Result<(f64, Outcome), String> {
@@ -846,6 +900,8 @@ fn run_case(
                 seconds,
                 outcome,
                 peak_rss_kib: None,
+                daemon_cpu_s: None,
+                runs: Vec::new(),
             })
         }
         (System::Local, _) => {
@@ -859,6 +915,8 @@ fn run_case(
                 seconds,
                 outcome,
                 peak_rss_kib: None,
+                daemon_cpu_s: None,
+                runs: Vec::new(),
             })
         }
         (System::Modelfs, _) => {
@@ -872,8 +930,11 @@ fn run_case(
                 mount = Mount::start(fx, system, Some(&cache), "modelfs")?;
             }
             drop_caches();
+            let cpu_before = mount.cpu_seconds();
             let result = timed(|| run_workload(w, &mount.path, mib, &deadline()).map_err(io));
+            let daemon_cpu_s = mount.cpu_seconds().zip(cpu_before).map(|(a, b)| a - b);
             let peak_rss_kib = mount.peak_rss_kib();
+            mount.save_metrics(fx, &format!("modelfs-{}-{}-{mib}", w.id(), mode.name()));
             hold_for_inspection(&mount.path);
             mount.stop();
             let (seconds, outcome) = result?;
@@ -881,6 +942,8 @@ fn run_case(
                 seconds,
                 outcome,
                 peak_rss_kib,
+                daemon_cpu_s,
+                runs: Vec::new(),
             })
         }
         (System::Mountpoint | System::MountpointCache, _) => {
@@ -900,7 +963,9 @@ fn run_case(
                 }
             }
             drop_caches();
+            let cpu_before = mount.cpu_seconds();
             let result = timed(|| run_workload(w, &mount.path, mib, &deadline()).map_err(io));
+            let daemon_cpu_s = mount.cpu_seconds().zip(cpu_before).map(|(a, b)| a - b);
             let peak_rss_kib = mount.peak_rss_kib();
             mount.stop();
             let (seconds, outcome) = result?;
@@ -908,6 +973,8 @@ fn run_case(
                 seconds,
                 outcome,
                 peak_rss_kib,
+                daemon_cpu_s,
+                runs: Vec::new(),
             })
         }
     }
@@ -931,22 +998,47 @@ fn json_case(
     mib: u64,
     r: &Result<Measured, String>,
 ) -> serde_json::Value {
-    let mode = match mode {
-        Mode::Cold => "cold",
-        Mode::Warm => "warm",
-    };
+    let mode = mode.name();
     match r {
         Ok(m) => serde_json::json!({
             "section": section, "workload": w, "mode": mode, "system": system.name(),
             "model_mib": mib, "seconds": m.seconds, "bytes": m.outcome.bytes,
             "items": m.outcome.items, "completed": m.outcome.completed,
-            "peak_rss_kib": m.peak_rss_kib,
+            "peak_rss_kib": m.peak_rss_kib, "daemon_cpu_s": m.daemon_cpu_s, "runs": m.runs,
         }),
         Err(e) => serde_json::json!({
             "section": section, "workload": w, "mode": mode, "system": system.name(),
             "model_mib": mib, "error": e,
         }),
     }
+}
+
+/// Runs one case `repeat` times and keeps the run of median time (with the highest peak RSS
+/// of all runs and every run's time): on a shared machine a single run can be a third off.
+/// A failed run, or one cut at the deadline, ends the repetitions and is the result.
+fn run_repeated(
+    fx: &Fixture,
+    system: System,
+    mode: Mode,
+    w: Workload,
+    mib: u64,
+    repeat: usize,
+) -> Result<Measured, String> {
+    let mut done: Vec<Measured> = Vec::new();
+    for _ in 0..repeat.max(1) {
+        let m = run_case(fx, system, mode, w, mib)?;
+        if !m.outcome.completed {
+            return Ok(m);
+        }
+        done.push(m);
+    }
+    let runs: Vec<f64> = done.iter().map(|m| m.seconds).collect();
+    let peak = done.iter().filter_map(|m| m.peak_rss_kib).max();
+    done.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    let mut median = done.swap_remove(done.len() / 2);
+    median.peak_rss_kib = peak;
+    median.runs = runs;
+    Ok(median)
 }
 
 fn cmd_output(cmd: &str, args: &[&str]) -> String {
@@ -990,7 +1082,7 @@ fn report_mode(out_path: &Path) {
         }
         for mode in [Mode::Cold, Mode::Warm] {
             for system in systems_for(mode).into_iter().filter(|&s| wanted(s)) {
-                let r = run_case(&fx, system, mode, w, mib);
+                let r = run_repeated(&fx, system, mode, w, mib, fx.config.repeat);
                 record(json_case("workloads", w.id(), mode, system, mib, &r));
             }
         }
@@ -1025,7 +1117,7 @@ fn meta(fx: &Fixture) -> serde_json::Value {
         },
         "model_mib": fx.config.model_mib,
         "modelfs_memory_mib": MODELFS_MEMORY_MIB,
-        "deadline_s": fx.config.deadline.as_secs(),
+        "deadline_s": fx.config.deadline.as_secs(), "repeat": fx.config.repeat,
         "limit": format!("{LIMIT_CONCURRENCY} parallel ranged GETs of {} MiB into memory (aws-sdk-s3); header scan, random reads and listing: the same requests, one after the other", LIMIT_PART / MIB),
         "header_files": HEADER_FILES, "header_file_mib": HEADER_FILE_BYTES / MIB,
         "list_objects": LIST_OBJECTS, "random_reads": RANDOM_READS,

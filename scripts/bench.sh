@@ -9,6 +9,7 @@
 #   MODELFS_BENCH_MODEL_MIB=1024        big model for the workload tables
 #   MODELFS_BENCH_COST_MIB=256,1024,2048,4096 sizes for the "how cost grows" section ("" to skip)
 #   MODELFS_BENCH_DEADLINE_S=60         a run still going after this is cut (reported as "> N s")
+#   MODELFS_BENCH_REPEAT=3              runs per workload cell; the report shows the median
 #   MODELFS_BENCH_LATENCY_MS=20 MODELFS_BENCH_PER_RESPONSE_MIBPS=90 MODELFS_BENCH_AGGREGATE_MIBPS=0
 #   MODELFS_BENCH_WORKDIR=/tmp/modelfs-bench  (the seeded store is kept and reused)
 #   MOUNT_S3=/path/to/binary            use this mountpoint-s3 wrapper instead of building one

@@ -64,6 +64,12 @@ impl MemoryTier {
         hit
     }
 
+    /// The block for `key`, if in memory, without counting a hit or a miss (for a caller
+    /// that has somewhere else to go first).
+    pub async fn peek(&self, key: &BlockKey) -> Option<Bytes> {
+        self.cache.get(key).await
+    }
+
     /// Keeps `block` in memory.
     pub async fn insert(&self, key: BlockKey, block: Bytes) {
         TierStats::bump(&self.stats.writes);

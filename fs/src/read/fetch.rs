@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use crate::cache::disk::CacheEntry;
 use crate::cache::{BlockKey, DiskCache, MemoryTier};
 use crate::error::FsError;
-use crate::store::{ObjectStore, ObjectVersion};
+use crate::store::{ObjectStore, ObjectVersion, StoreError};
 
 /// Longest wait for another process's download of a block before fetching it ourselves.
 const PEER_DOWNLOAD_WAIT: Duration = Duration::from_secs(120);
@@ -153,11 +153,45 @@ impl Fetcher {
         }
     }
 
+    /// Bytes `offset..end` of `file` straight from its disk entry in one read, when every
+    /// block they touch is known intact there ([`CacheEntry::all_checked`]): no checksum, no
+    /// per-block buffers, no copy to join blocks. `None` (use the block path) otherwise, and
+    /// for a read within one block that the memory tier holds.
+    pub async fn read_known_range(
+        &self,
+        file: &super::OpenObject,
+        offset: u64,
+        end: u64,
+    ) -> Option<Bytes> {
+        let (cache, entry) = (self.disk.clone()?, file.disk.clone()?);
+        let bs = self.block_size;
+        let (first, last) = (offset / bs, (end - 1) / bs);
+        if !entry.all_checked(first..=last) {
+            return None;
+        }
+        if first == last {
+            let key = BlockKey {
+                key: file.version.key.clone(),
+                etag: file.version.etag.clone(),
+                index: first,
+            };
+            if let Some(block) = self.memory.peek(&key).await {
+                let from = (offset - first * bs) as usize;
+                return Some(block.slice(from..from + (end - offset) as usize));
+            }
+        }
+        tokio::task::spawn_blocking(move || cache.read_range(&entry, offset, end - offset))
+            .await
+            .ok()
+            .flatten()
+            .map(Bytes::from)
+    }
+
     /// Fetches blocks `first..first + count` of `version` with ONE ranged GET and stores them
-    /// on disk (a background sweep: fewer, larger requests cost less per byte than one per
-    /// block). Blocks already in flight are left to their own fetch; readers that want a block
-    /// of the span while it is in flight wait for the span instead of fetching it again.
-    /// Returns once the span is stored.
+    /// on disk as the body arrives (a background sweep: fewer, larger requests cost less per
+    /// byte than one per block). Blocks already in flight are left to their own fetch;
+    /// readers that want a block of the span while it is in flight wait for the span, then
+    /// read the block from the tier it landed in. Returns once the span is stored.
     pub async fn span(
         self: &Arc<Self>,
         version: &ObjectVersion,
@@ -176,19 +210,21 @@ impl Fetcher {
             etag: version.etag.clone(),
             index,
         };
-        let span: Option<Shared<BoxFuture<'static, Result<Bytes, FsError>>>> = {
-            let this = self.clone();
-            let (version, entry) = (version.clone(), entry.clone());
-            let keys: Vec<BlockKey> = (first..last).map(key_of).collect();
+        let span: Option<Shared<BoxFuture<'static, Result<(), FsError>>>> = {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            if keys.iter().any(|k| in_flight.contains_key(k)) {
+            if (first..last).any(|index| in_flight.contains_key(&key_of(index))) {
                 None
             } else {
+                let (this, version2, entry2) = (self.clone(), version.clone(), entry.clone());
                 let task = tokio::spawn(async move {
-                    let result = this.load_span(&version, &entry, first, last).await;
+                    let result = this.load_span(&version2, &entry2, first, last).await;
                     let mut in_flight = this.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-                    for key in &keys {
-                        in_flight.remove(key);
+                    for index in first..last {
+                        in_flight.remove(&BlockKey {
+                            key: version2.key.clone(),
+                            etag: version2.etag.clone(),
+                            index,
+                        });
                     }
                     result
                 });
@@ -196,12 +232,12 @@ impl Fetcher {
                     .boxed()
                     .shared();
                 for index in first..last {
-                    let span = span.clone();
-                    let from = ((index - first) * bs) as usize;
+                    let (span, this) = (span.clone(), self.clone());
+                    let (version, entry) = (version.clone(), entry.clone());
                     let block = async move {
-                        let bytes = span.await?;
-                        let to = (from + bs as usize).min(bytes.len());
-                        Ok(bytes.slice(from..to))
+                        // Stored, kept in memory, or failed: the block path finds out which.
+                        let _ = span.await;
+                        this.load_after_span(&version, &entry, index).await
                     }
                     .boxed()
                     .shared();
@@ -211,7 +247,7 @@ impl Fetcher {
             }
         };
         match span {
-            Some(span) => span.await.map(drop),
+            Some(span) => span.await,
             None => {
                 // Something else is already fetching part of it: fetch block by block.
                 for index in first..last {
@@ -223,52 +259,78 @@ impl Fetcher {
         }
     }
 
+    /// Block `index` for a reader that waited for the span holding it: from memory (where a
+    /// span the disk could not take is kept), from disk, or (the span failed) fetched now.
+    async fn load_after_span(
+        &self,
+        version: &ObjectVersion,
+        entry: &Arc<CacheEntry>,
+        index: u64,
+    ) -> Result<Bytes, FsError> {
+        let key = BlockKey {
+            key: version.key.clone(),
+            etag: version.etag.clone(),
+            index,
+        };
+        if let Some(block) = self.memory.get(&key).await {
+            return Ok(block);
+        }
+        let (bytes, _) = self
+            .load(version, Some(entry), index, Priority::Demand)
+            .await?;
+        self.memory.insert(key, bytes.clone()).await;
+        Ok(bytes)
+    }
+
     async fn load_span(
         &self,
         version: &ObjectVersion,
         entry: &Arc<CacheEntry>,
         first: u64,
         last: u64,
-    ) -> Result<Bytes, FsError> {
+    ) -> Result<(), FsError> {
         let _slot = self.background_slots.clone().acquire_owned().await.ok();
-        let bs = self.block_size;
-        let range = first * bs..(last * bs).min(version.size);
         for _ in first..last {
             crate::metrics::metrics().fetched_block("background");
         }
+        let writer = self
+            .disk
+            .as_ref()
+            .and_then(|cache| cache.span_writer(entry, first..last));
+        if let Some(mut writer) = writer {
+            let range = writer.range();
+            // Pieces are written as they arrive, on this task: page-cache writes of a few
+            // hundred KiB, cheaper here than the hop to a blocking thread.
+            let mut sink = |at: u64, piece: &[u8]| {
+                writer.push(at, piece).map_err(|e| StoreError::Other {
+                    operation: "cache write".into(),
+                    message: e.to_string(),
+                })
+            };
+            self.store
+                .get_range_into(&version.key, range, &version.etag, &mut sink)
+                .await?;
+            writer.finish();
+            return Ok(());
+        }
+        // No room on disk: one GET, kept in memory rather than fetched again per block.
+        let bs = self.block_size;
+        let range = first * bs..(last * bs).min(version.size);
         let bytes = self
             .store
             .get_range(&version.key, range, &version.etag)
             .await?;
-        let block = |index: u64| {
+        for index in first..last {
             let from = ((index - first) * bs) as usize;
-            bytes.slice(from..(from + bs as usize).min(bytes.len()))
-        };
-        let mut unstored: Vec<u64> = (first..last).collect();
-        if let Some(cache) = self.disk.clone() {
-            let (entry, all) = (entry.clone(), bytes.clone());
-            unstored = tokio::task::spawn_blocking(move || {
-                (first..last)
-                    .filter(|&index| {
-                        let from = ((index - first) * bs) as usize;
-                        let to = (from + bs as usize).min(all.len());
-                        !cache.write_block(&entry, index, &all[from..to])
-                    })
-                    .collect()
-            })
-            .await
-            .unwrap_or(unstored);
-        }
-        // Blocks the disk could not take stay in memory rather than being fetched twice.
-        for index in unstored {
             let key = BlockKey {
                 key: version.key.clone(),
                 etag: version.etag.clone(),
                 index,
             };
-            self.memory.insert(key, block(index)).await;
+            let block = bytes.slice(from..(from + bs as usize).min(bytes.len()));
+            self.memory.insert(key, block).await;
         }
-        Ok(bytes)
+        Ok(())
     }
 
     /// The first `prefix_len` bytes of block `index` of `version`, for a reader that needs

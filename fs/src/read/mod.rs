@@ -258,6 +258,9 @@ impl BlockReader {
 
         let bs = self.config.block_size;
         let (first, last) = (offset / bs, (end - 1) / bs);
+        if let Some(bytes) = self.fetcher.read_known_range(file, offset, end).await {
+            return Ok(bytes);
+        }
         let entry = file.disk.as_ref();
         let blocks = try_join_all((first..=last).map(|index| {
             self.fetcher
@@ -378,6 +381,13 @@ impl BlockReader {
             );
         }
         for index in ahead {
+            if file
+                .disk
+                .as_ref()
+                .is_some_and(|entry| entry.is_checked(index))
+            {
+                continue; // on disk already: nothing to fetch, no reason to read it now
+            }
             let (fetcher, file) = (self.fetcher.clone(), file.clone());
             tokio::spawn(async move {
                 let entry = file.disk.as_ref();

@@ -55,6 +55,10 @@ pub struct ListPage {
     pub next_continuation_token: Option<String>,
 }
 
+/// Where [`ObjectStore::get_range_into`] hands a body: each piece with its offset in the
+/// object.
+pub type RangeSink<'a> = dyn for<'b> FnMut(u64, &'b [u8]) -> Result<(), StoreError> + Send + 'a;
+
 /// A read-only view of one bucket.
 #[async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
@@ -76,6 +80,22 @@ pub trait ObjectStore: Send + Sync + 'static {
         range: Range<u64>,
         if_match: &str,
     ) -> Result<Bytes, StoreError>;
+
+    /// Reads `range` like [`ObjectStore::get_range`], handing the body to `sink` piece by
+    /// piece as it arrives, each with its offset in the object, so a caller can store the
+    /// bytes while they are still in the CPU's cache instead of collecting them first. An
+    /// attempt that fails part-way is retried from `range.start`: `sink` then sees that offset
+    /// again and must start over. An error from `sink` ends the read (not retried).
+    async fn get_range_into(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: &str,
+        sink: &mut RangeSink<'_>,
+    ) -> Result<(), StoreError> {
+        let bytes = self.get_range(key, range.clone(), if_match).await?;
+        sink(range.start, &bytes)
+    }
 
     /// A short human description (`s3://bucket at https://endpoint`) for messages.
     fn describe(&self) -> String;

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::ops::Range;
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -15,7 +16,7 @@ use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
 use futures::TryFutureExt;
 
-use super::{ListPage, ObjectInfo, ObjectStore, StoreError};
+use super::{ListPage, ObjectInfo, ObjectStore, RangeSink, StoreError};
 use crate::metrics::metrics;
 
 /// How to reach the bucket.
@@ -163,13 +164,15 @@ impl S3Store {
     }
 
     /// One ranged GET: the request (retried by the SDK), then the body, read chunk by chunk
-    /// with a stall timeout, and checked for length.
+    /// with a stall timeout, handed to `sink` (see [`ObjectStore::get_range_into`]) and
+    /// checked for length.
     async fn get_range_once(
         &self,
         key: &str,
         range: Range<u64>,
         if_match: &str,
-    ) -> Result<Bytes, StoreError> {
+        sink: &Mutex<&mut RangeSink<'_>>,
+    ) -> Result<(), StoreError> {
         let expected = range.end - range.start;
         let out = self
             .client
@@ -192,8 +195,13 @@ impl S3Store {
             range: (range.start, range.end),
             message,
         };
+        let short = |received: u64| StoreError::ShortBody {
+            key: key.to_string(),
+            expected,
+            received,
+        };
         let mut body = out.body;
-        let mut buf = BytesMut::with_capacity(expected as usize);
+        let mut received = 0u64;
         let stall = self.stall_timeout;
         loop {
             match tokio::time::timeout(stall, body.next()).await {
@@ -201,25 +209,20 @@ impl S3Store {
                 Ok(None) => break,
                 Ok(Some(Err(e))) => return Err(interrupted(error_chain(&e))),
                 Ok(Some(Ok(chunk))) => {
-                    if buf.len() as u64 + chunk.len() as u64 > expected {
-                        return Err(StoreError::ShortBody {
-                            key: key.to_string(),
-                            expected,
-                            received: buf.len() as u64 + chunk.len() as u64,
-                        });
+                    let at = range.start + received;
+                    received += chunk.len() as u64;
+                    if received > expected {
+                        return Err(short(received));
                     }
-                    buf.extend_from_slice(&chunk);
+                    let mut sink = sink.lock().unwrap_or_else(|e| e.into_inner());
+                    (*sink)(at, &chunk)?;
                 }
             }
         }
-        if buf.len() as u64 != expected {
-            return Err(StoreError::ShortBody {
-                key: key.to_string(),
-                expected,
-                received: buf.len() as u64,
-            });
+        if received != expected {
+            return Err(short(received));
         }
-        Ok(buf.freeze())
+        Ok(())
     }
 
     /// Turns an SDK error into a [`StoreError`] that says what to do about it.
@@ -396,13 +399,37 @@ impl ObjectStore for S3Store {
         if range.is_empty() {
             return Ok(Bytes::new());
         }
-        let bytes = self
-            .with_retries("GetObject", key, StoreError::is_transient, || {
-                self.get_range_once(key, range.clone(), if_match)
-            })
-            .await?;
-        metrics().s3_bytes(bytes.len() as u64);
-        Ok(bytes)
+        let mut buf = BytesMut::with_capacity((range.end - range.start) as usize);
+        let start = range.start;
+        self.get_range_into(key, range, if_match, &mut |at, chunk| {
+            if at == start {
+                buf.clear(); // a retry starts over
+            }
+            buf.extend_from_slice(chunk);
+            Ok(())
+        })
+        .await?;
+        Ok(buf.freeze())
+    }
+
+    async fn get_range_into(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: &str,
+        sink: &mut RangeSink<'_>,
+    ) -> Result<(), StoreError> {
+        if range.is_empty() {
+            return Ok(());
+        }
+        let len = range.end - range.start;
+        let sink = Mutex::new(sink);
+        self.with_retries("GetObject", key, StoreError::is_transient, || {
+            self.get_range_once(key, range.clone(), if_match, &sink)
+        })
+        .await?;
+        metrics().s3_bytes(len);
+        Ok(())
     }
 
     fn describe(&self) -> String {

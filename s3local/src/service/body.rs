@@ -3,7 +3,6 @@
 use std::fs::File;
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -22,7 +21,7 @@ use crate::stats::Counters;
 pub(crate) const CHUNK: u64 = 256 * 1024;
 
 /// Streams `remaining` bytes of `file` from `offset`, reading each chunk on the blocking pool
-/// with a positional read, so the file is never held in memory and the open descriptor pins
+/// (one chunk at a time, so the file's cursor is this body's alone), so the file is never held in memory and the open descriptor pins
 /// the version being served. Counts the bytes it yields in `bytes_sent`.
 pub(crate) struct FileBody {
     file: Arc<File>,
@@ -60,9 +59,17 @@ impl FileBody {
     }
 }
 
+/// Reads the chunk at `offset` into a buffer that is not zeroed first (std's `read_to_end`
+/// reads into spare capacity). Only this body's task moves the file's cursor.
 fn read_chunk(file: &File, offset: u64, len: usize) -> io::Result<Bytes> {
-    let mut buf = vec![0u8; len];
-    file.read_exact_at(&mut buf, offset)?;
+    use std::io::{Read, Seek, SeekFrom};
+    let mut reader = file;
+    reader.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::with_capacity(len);
+    reader.take(len as u64).read_to_end(&mut buf)?;
+    if buf.len() != len {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
     Ok(Bytes::from(buf))
 }
 

@@ -7,7 +7,9 @@
 //!   processes use one directory at once. Entries appear atomically (rename of a complete
 //!   directory); block downloads are coordinated by byte-range locks ([`lock`]), so two
 //!   processes reading the same object fetch each block once between them.
-//! - **Crash-safe**: CRC32C per block, checked on every read from disk.
+//! - **Crash-safe**: CRC32C per block, checked when a process first reads the block from disk;
+//!   blocks it wrote or checked itself (and whole sealed entries) are read without checking
+//!   again, straight into the reply's buffer, however many blocks a read spans.
 //! - **Bounded**: usage is kept under the limit ([`CacheSize`]): a write that would cross it
 //!   is skipped and starts an eviction pass that removes least-recently-opened entries not in
 //!   use by any process (a shared `flock` marks entries in use) until usage is below 90% of
@@ -17,8 +19,10 @@
 //! - **Degrades, never fails**: every disk error (full, read-only, I/O) is counted, warned
 //!   about once, and the read is served from S3 instead.
 
+mod block_set;
 pub mod entry;
 pub mod lock;
+mod span_writer;
 
 use std::collections::HashMap;
 use std::io;
@@ -29,7 +33,9 @@ use std::time::{Duration, SystemTime};
 
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 
+use block_set::BlockSet;
 pub use entry::{Entry, EntryId, ReadBlockError};
+pub use span_writer::SpanWriter;
 
 use super::TierStats;
 
@@ -87,9 +93,22 @@ pub struct CacheEntry {
     pub entry: Entry,
     verified: AtomicBool,
     verifying: AtomicBool,
+    /// Blocks this process wrote, or read and found intact: their bytes on disk (in the page
+    /// cache) are known good, so reading them again needs no checksum.
+    checked: BlockSet,
 }
 
 impl CacheEntry {
+    /// Whether block `index` is known intact to this process (so it may be read unchecked).
+    pub fn is_checked(&self, index: u64) -> bool {
+        self.is_verified() || self.checked.contains(index)
+    }
+
+    /// Whether every block of `blocks` is known intact to this process.
+    pub fn all_checked(&self, blocks: std::ops::RangeInclusive<u64>) -> bool {
+        self.is_verified() || self.checked.contains_all(blocks)
+    }
+
     /// Claims the right to run a verification; false if one is already running.
     pub fn start_verification(&self) -> bool {
         !self.verifying.swap(true, Ordering::AcqRel)
@@ -223,6 +242,7 @@ impl DiskCache {
             entry,
             verified: AtomicBool::new(already_verified),
             verifying: AtomicBool::new(false),
+            checked: BlockSet::new(id.blocks()),
         });
         // Count the entry's map (and the directory) until the next scan measures it.
         let overhead =
@@ -265,9 +285,14 @@ impl DiskCache {
 
     /// Block `index` of `entry` if present and intact.
     pub fn read_block(&self, entry: &CacheEntry, index: u64) -> Option<Vec<u8>> {
+        if entry.is_checked(index) {
+            let id = &entry.entry.id;
+            return self.read_checked(entry, index * id.block_size, id.block_len(index));
+        }
         match entry.entry.read_block(index) {
             Ok(Some(bytes)) => {
                 TierStats::bump(&self.stats.hits);
+                entry.checked.insert(index);
                 Some(bytes)
             }
             Ok(None) => {
@@ -292,25 +317,90 @@ impl DiskCache {
         }
     }
 
+    /// The bytes `offset..offset + len` of `entry` in one read, if every block they touch is
+    /// known intact to this process ([`CacheEntry::all_checked`]); `None` otherwise.
+    pub fn read_range(&self, entry: &CacheEntry, offset: u64, len: u64) -> Option<Vec<u8>> {
+        let bs = entry.entry.id.block_size;
+        if len == 0 || offset + len > entry.entry.id.size {
+            return None;
+        }
+        if !entry.all_checked(offset / bs..=(offset + len - 1) / bs) {
+            return None;
+        }
+        self.read_checked(entry, offset, len)
+    }
+
+    fn read_checked(&self, entry: &CacheEntry, offset: u64, len: u64) -> Option<Vec<u8>> {
+        match entry.entry.read_range(offset, len) {
+            Ok(bytes) => {
+                TierStats::bump(&self.stats.hits);
+                Some(bytes)
+            }
+            Err(e) => {
+                self.warn_once("read", &e);
+                None
+            }
+        }
+    }
+
     /// Stores block `index` of `entry`, unless that would cross the size limit (then an
     /// eviction pass starts and the block is only served, not stored).
     /// Returns whether the block is now on disk.
     pub fn write_block(self: &Arc<Self>, entry: &CacheEntry, index: u64, bytes: &[u8]) -> bool {
+        if !self.reserve(bytes.len() as u64) {
+            return false;
+        }
+        let written = entry.entry.write_block(index, bytes);
+        self.written(entry, index..index + 1, written)
+    }
+
+    /// Starts storing the blocks `blocks` of `entry` as their bytes arrive (see
+    /// [`SpanWriter`]); `None` when they would cross the size limit.
+    pub fn span_writer(
+        self: &Arc<Self>,
+        entry: &Arc<CacheEntry>,
+        blocks: std::ops::Range<u64>,
+    ) -> Option<SpanWriter> {
+        let id = &entry.entry.id;
+        let len: u64 = blocks.clone().map(|i| id.block_len(i)).sum();
+        self.reserve(len)
+            .then(|| SpanWriter::new(self.clone(), entry.clone(), blocks))
+    }
+
+    /// Counts `len` bytes about to be written against the limit; false (and an eviction pass
+    /// started) when they would cross it.
+    fn reserve(self: &Arc<Self>, len: u64) -> bool {
         // The filesystem allocates whole 4 KiB blocks: a file's short last block costs one.
-        let len = (bytes.len() as u64).next_multiple_of(4096);
+        let len = len.next_multiple_of(4096);
         if self.usage() + len > self.limit() {
             TierStats::bump(&self.stats.errors);
             self.trigger_eviction();
             return false;
         }
-        match entry.entry.write_block(index, bytes) {
+        self.usage.fetch_add(len, Ordering::Relaxed);
+        let written = self.written_since_scan.fetch_add(len, Ordering::Relaxed) + len;
+        // Other processes write too: re-measure the truth regularly.
+        if written > (self.limit() / 20).max(64 << 20) {
+            self.trigger_eviction();
+        }
+        true
+    }
+
+    /// Accounts for the write of `blocks` of `entry` (reserved before): counted and known
+    /// intact when it succeeded, warned about when not. Returns whether it succeeded.
+    fn written(
+        &self,
+        entry: &CacheEntry,
+        blocks: std::ops::Range<u64>,
+        result: io::Result<()>,
+    ) -> bool {
+        match result {
             Ok(()) => {
-                TierStats::bump(&self.stats.writes);
-                self.usage.fetch_add(len, Ordering::Relaxed);
-                let written = self.written_since_scan.fetch_add(len, Ordering::Relaxed) + len;
-                // Other processes write too: re-measure the truth regularly.
-                if written > (self.limit() / 20).max(64 << 20) {
-                    self.trigger_eviction();
+                self.stats
+                    .writes
+                    .fetch_add(blocks.end - blocks.start, Ordering::Relaxed);
+                for index in blocks {
+                    entry.checked.insert(index);
                 }
                 true
             }
@@ -380,9 +470,13 @@ impl DiskCache {
     }
 
     /// Verifies every present block of `entry` (dropping damaged ones) and records the
-    /// result; true if the entry is complete and intact.
+    /// result; true if the entry is complete and intact. Blocks this process wrote or checked
+    /// already are not read again: a load that downloaded the whole file seals it for free.
     pub fn verify_complete(&self, entry: &CacheEntry) -> bool {
-        match entry.entry.verify() {
+        match entry
+            .entry
+            .verify_except(|index| entry.checked.contains(index))
+        {
             Ok((present, corrupt)) => {
                 if corrupt > 0 {
                     self.stats.corrupt.fetch_add(corrupt, Ordering::Relaxed);

@@ -114,3 +114,63 @@ async fn block_locks_serialize_two_holders() {
     let got = b.lock_block(&eb, 1, Duration::from_secs(5)).await;
     assert!(got.entry.is_some());
 }
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 + i / 4093) as u8).collect()
+}
+
+#[test]
+fn a_span_written_piece_by_piece_reads_back_checked_by_another_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = (2 << 20) + 5000; // two whole blocks and a short one
+    let bytes = pattern(size as usize);
+    let cache = open(dir.path(), CacheSize::Bytes(1 << 30));
+    let entry = cache.entry(&id("span", size)).unwrap();
+    let mut writer = cache.span_writer(&entry, 0..3).unwrap();
+    assert_eq!(writer.range(), 0..size);
+    // A first attempt that breaks off part-way, then a retry from the start in odd pieces.
+    writer.push(0, &bytes[..700_000]).unwrap();
+    for piece in bytes.chunks(123_457).scan(0u64, |at, piece| {
+        let here = *at;
+        *at += piece.len() as u64;
+        Some((here, piece))
+    }) {
+        writer.push(piece.0, piece.1).unwrap();
+    }
+    assert!(writer.finish());
+    drop(entry);
+
+    // Another process (no blocks known to it) checks every CRC.
+    let other = open(dir.path(), CacheSize::Bytes(1 << 30));
+    let entry = other.entry(&id("span", size)).unwrap();
+    let mut read = Vec::new();
+    for index in 0..3 {
+        read.extend(other.read_block(&entry, index).expect("block intact"));
+    }
+    assert!(read == bytes, "bytes differ");
+    assert_eq!(other.stats.snapshot().corrupt, 0);
+}
+
+#[test]
+fn a_span_that_breaks_off_or_skips_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 3 << 20;
+    let bytes = pattern(size as usize);
+    let cache = open(dir.path(), CacheSize::Bytes(1 << 30));
+    let entry = cache.entry(&id("torn", size)).unwrap();
+    let mut writer = cache.span_writer(&entry, 0..3).unwrap();
+    writer.push(0, &bytes[..(1 << 20) + 10]).unwrap();
+    assert!(
+        writer.push((2 << 20) as u64, &bytes[2 << 20..]).is_err(),
+        "a gap is refused"
+    );
+    assert!(!writer.finish(), "an incomplete span is not stored");
+    assert!(entry.entry.records().unwrap().iter().all(Option::is_none));
+    assert!(
+        cache.span_writer(&entry, 0..1).is_some()
+            && open(dir.path(), CacheSize::Bytes(1 << 20))
+                .span_writer(&entry, 0..3)
+                .is_none(),
+        "a span that would cross the limit is not started"
+    );
+}
