@@ -94,6 +94,58 @@ fn a_header_scan_downloads_only_headers_and_one_block_per_file() {
 }
 
 #[test]
+fn a_folder_being_scanned_has_its_other_headers_learned_in_the_background() {
+    let server = LocalServer::start(BUCKET);
+    let files = 24;
+    for i in 0..files {
+        seed_model(
+            &server,
+            &format!("m/loras/l{i:02}.safetensors"),
+            3 * MIB,
+            40 + i,
+        );
+    }
+    seed_model(&server, "m/vae/alone.safetensors", 3 * MIB, 99);
+    let cache = tempfile::tempdir().expect("cache");
+    let mut m = mount(&server, Some(cache.path()));
+    // One header in a folder is not a scan: nothing else is fetched.
+    scan_header(&m.join("vae/alone.safetensors"));
+    std::thread::sleep(Duration::from_millis(300));
+    let after_one = server.server.stats().get_object;
+    assert!(after_one <= 2, "one header cost {after_one} GETs");
+    // The second header in one folder is: the other files' headers arrive unasked.
+    server.server.reset_stats();
+    scan_header(&m.join("loras/l00.safetensors"));
+    scan_header(&m.join("loras/l01.safetensors"));
+    let settled = || {
+        let before = server.server.stats().get_object;
+        std::thread::sleep(Duration::from_millis(300));
+        before == server.server.stats().get_object && before >= files
+    };
+    assert!(
+        eventually(Duration::from_secs(20), settled),
+        "headers of the folder were not prefetched ({} GETs)",
+        server.server.stats().get_object
+    );
+    let stats = server.server.stats();
+    assert!(
+        stats.bytes_sent <= files * MIB,
+        "the prefetch pulled {} bytes for {files} files",
+        stats.bytes_sent
+    );
+    server.server.reset_stats();
+    for i in 0..files {
+        assert!(scan_header(&m.join(&format!("loras/l{i:02}.safetensors"))) > 1);
+    }
+    assert_eq!(
+        server.server.stats().get_object,
+        0,
+        "the rest of the scan is served from memory"
+    );
+    m.unmount();
+}
+
+#[test]
 fn threaded_2mib_preads_in_shuffled_tensor_order_are_byte_exact() {
     let server = LocalServer::start(BUCKET);
     let (source, header) = seed_model(&server, "m/checkpoints/c.safetensors", 96 * MIB, 77);

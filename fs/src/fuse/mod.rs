@@ -226,6 +226,11 @@ impl Filesystem for ModelFs {
                 Err(e) => return reply.error(errno(&e)),
             };
             let object = Arc::new(reader.open(version).await);
+            if let Some(dir) = ns.parent(ino.0) {
+                reader
+                    .opened_in(&object, dir, || ns.sibling_files(ino.0))
+                    .await;
+            }
             let can_pass = passthrough.load(Ordering::Acquire)
                 && passthrough_ready(&reader, &object);
             let etag = object.version.etag.clone();

@@ -92,6 +92,8 @@ struct NodeMeta {
 struct Inode {
     ino: u64,
     kind: NodeKind,
+    /// The directory holding it (the root's is the root).
+    parent: u64,
     /// Files: the object key. Directories: the key prefix, ending in `/` (or empty at the
     /// root of a whole-bucket mount).
     key: String,
@@ -134,6 +136,7 @@ impl Namespace {
         let root = Arc::new(Inode {
             ino: ROOT_INO,
             kind: NodeKind::Directory,
+            parent: ROOT_INO,
             key: prefix.to_string(),
             meta: Mutex::new(NodeMeta {
                 size: 0,
@@ -213,6 +216,40 @@ impl Namespace {
         let listing = Arc::new(self.fetch_listing(&dir, cached.as_deref()).await?);
         *cached = Some(listing.clone());
         Ok(listing)
+    }
+
+    /// The directory holding `ino`.
+    pub fn parent(&self, ino: u64) -> Option<u64> {
+        self.inode(ino).ok().map(|node| node.parent)
+    }
+
+    /// The other files of `ino`'s directory as its cached listing saw them (nothing when
+    /// that listing is not cached or is being refreshed right now; no request is made).
+    pub fn sibling_files(&self, ino: u64) -> Vec<ObjectVersion> {
+        let Some(dir) = self.parent(ino).and_then(|p| self.inode(p).ok()) else {
+            return Vec::new();
+        };
+        let listing = match dir.listing.as_ref().map(|slot| slot.try_lock()) {
+            Some(Ok(cached)) => cached.clone(),
+            _ => None,
+        };
+        let Some(listing) = listing else {
+            return Vec::new();
+        };
+        listing
+            .entries
+            .iter()
+            .filter(|e| e.kind == NodeKind::File && e.ino != ino)
+            .filter_map(|e| {
+                let node = self.inode(e.ino).ok()?;
+                let meta = lock(&node.meta);
+                Some(ObjectVersion {
+                    key: node.key.as_str().into(),
+                    etag: meta.etag.as_str().into(),
+                    size: meta.size,
+                })
+            })
+            .collect()
     }
 
     /// Pins the current version of file `ino` for an open, asking the store (HEAD) when the
@@ -369,6 +406,7 @@ impl Namespace {
         let node = Arc::new(Inode {
             ino,
             kind,
+            parent: parent.ino,
             key,
             meta: Mutex::new(meta),
             listing: (kind == NodeKind::Directory).then(|| tokio::sync::Mutex::new(None)),

@@ -15,6 +15,7 @@
 //! Cache keys include the ETag, so a block of one version is never served for another.
 
 mod fetch;
+mod header_scan;
 pub mod model_file;
 mod readahead;
 mod sweep;
@@ -119,6 +120,7 @@ pub struct OpenObject {
 pub struct BlockReader {
     fetcher: Arc<Fetcher>,
     headers: moka::future::Cache<(Arc<str>, Arc<str>), FileStart>,
+    scans: header_scan::HeaderScans,
     bucket: String,
     config: ReadConfig,
 }
@@ -161,6 +163,7 @@ impl BlockReader {
         Arc::new(BlockReader {
             fetcher,
             headers,
+            scans: header_scan::HeaderScans::default(),
             bucket: bucket.to_string(),
             config,
         })
@@ -233,6 +236,58 @@ impl BlockReader {
                 load,
             }),
         }
+    }
+
+    /// Called when `file`, in folder `dir`, has been opened: if its safetensors header is not
+    /// known yet and this makes the folder a header scan (see [`header_scan`]), learns the
+    /// headers of the folder's other files (`siblings`, asked for only then) in the
+    /// background.
+    pub async fn opened_in(
+        self: &Arc<Self>,
+        file: &OpenObject,
+        dir: u64,
+        siblings: impl FnOnce() -> Vec<ObjectVersion>,
+    ) {
+        if file.kind != FileKind::Safetensors || self.header_known(&file.version) {
+            return;
+        }
+        if !self.scans.note(dir) {
+            return;
+        }
+        let mut unknown = Vec::new();
+        for version in siblings() {
+            if FileKind::from_key(&version.key) == FileKind::Safetensors
+                && version.size > 0
+                && !self.header_known(&version)
+            {
+                unknown.push(version);
+            }
+        }
+        tracing::debug!(
+            dir,
+            files = unknown.len(),
+            "header scan: learning the folder's headers"
+        );
+        let this = self.clone();
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            futures::stream::iter(unknown)
+                .for_each_concurrent(header_scan::SCAN_CONCURRENCY, |version| {
+                    let this = this.clone();
+                    async move {
+                        let file = this.open(version).await;
+                        if let Err(e) = this.known_header(&file, 0).await {
+                            tracing::debug!(key = %file.version.key, "header prefetch failed: {e}");
+                        }
+                    }
+                })
+                .await;
+        });
+    }
+
+    fn header_known(&self, version: &ObjectVersion) -> bool {
+        self.headers
+            .contains_key(&(version.key.clone(), version.etag.clone()))
     }
 
     /// Reads up to `len` bytes at `offset`; short only at the end of the object.
