@@ -291,7 +291,10 @@ fn drop_caches() {
     while dirty_kib() > 4096 && started.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_secs(DISK_SETTLE_S));
+    std::thread::sleep(Duration::from_secs(env_u64(
+        "MODELFS_BENCH_SETTLE_S",
+        DISK_SETTLE_S,
+    )));
     if let Err(err) = std::fs::write("/proc/sys/vm/drop_caches", "3") {
         eprintln!("warning: cannot drop the page cache: {err}");
     }
@@ -1013,32 +1016,50 @@ fn json_case(
     }
 }
 
-/// Runs one case `repeat` times and keeps the run of median time (with the highest peak RSS
-/// of all runs and every run's time): on a shared machine a single run can be a third off.
-/// A failed run, or one cut at the deadline, ends the repetitions and is the result.
-fn run_repeated(
+/// Runs one workload case for each of `systems`, `repeat` times, interleaved (A B A B …, so
+/// a shared machine's drift hits every system alike), and keeps each system's run of median
+/// time, with the highest peak RSS of its runs and every run's time. A failed run, or one cut
+/// at the deadline, ends that system's repetitions and is its result.
+fn run_interleaved(
     fx: &Fixture,
-    system: System,
+    systems: &[System],
     mode: Mode,
     w: Workload,
     mib: u64,
     repeat: usize,
-) -> Result<Measured, String> {
-    let mut done: Vec<Measured> = Vec::new();
+) -> Vec<(System, Result<Measured, String>)> {
+    let mut runs: Vec<Vec<Measured>> = systems.iter().map(|_| Vec::new()).collect();
+    let mut last: Vec<Option<Result<Measured, String>>> = systems.iter().map(|_| None).collect();
     for _ in 0..repeat.max(1) {
-        let m = run_case(fx, system, mode, w, mib)?;
-        if !m.outcome.completed {
-            return Ok(m);
+        for (i, &system) in systems.iter().enumerate() {
+            if last[i].is_some() {
+                continue;
+            }
+            match run_case(fx, system, mode, w, mib) {
+                Ok(m) if m.outcome.completed => runs[i].push(m),
+                other => last[i] = Some(other),
+            }
         }
-        done.push(m);
     }
-    let runs: Vec<f64> = done.iter().map(|m| m.seconds).collect();
-    let peak = done.iter().filter_map(|m| m.peak_rss_kib).max();
-    done.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
-    let mut median = done.swap_remove(done.len() / 2);
-    median.peak_rss_kib = peak;
-    median.runs = runs;
-    Ok(median)
+    systems
+        .iter()
+        .zip(runs.into_iter().zip(last))
+        .map(|(&system, (mut done, last))| {
+            let result = match last {
+                Some(result) => result,
+                None => {
+                    let times: Vec<f64> = done.iter().map(|m| m.seconds).collect();
+                    let peak = done.iter().filter_map(|m| m.peak_rss_kib).max();
+                    done.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+                    let mut median = done.swap_remove(done.len() / 2);
+                    median.peak_rss_kib = peak;
+                    median.runs = times;
+                    Ok(median)
+                }
+            };
+            (system, result)
+        })
+        .collect()
 }
 
 fn cmd_output(cmd: &str, args: &[&str]) -> String {
@@ -1081,8 +1102,11 @@ fn report_mode(out_path: &Path) {
             continue;
         }
         for mode in [Mode::Cold, Mode::Warm] {
-            for system in systems_for(mode).into_iter().filter(|&s| wanted(s)) {
-                let r = run_repeated(&fx, system, mode, w, mib, fx.config.repeat);
+            let chosen: Vec<System> = systems_for(mode)
+                .into_iter()
+                .filter(|&s| wanted(s))
+                .collect();
+            for (system, r) in run_interleaved(&fx, &chosen, mode, w, mib, fx.config.repeat) {
                 record(json_case("workloads", w.id(), mode, system, mib, &r));
             }
         }

@@ -87,7 +87,8 @@ def main():
       " patterns), page cache dropped; local file = the same bytes on the local disk, page cache dropped."
       " \"Page cache dropped\" = `sync`, wait until no dirty or writeback pages are left, 2 s more for the"
       " disk to settle, then `drop_caches`, before every measured run."
-      f" Each workload cell is the median of {meta.get('repeat', 1)} runs (all run times are in the JSON);"
+      f" Each workload cell is the median of {meta.get('repeat', 1)} runs, the systems' runs interleaved"
+      " (A B C A B C …) so the machine's drift hits all alike (every run's time is in the JSON);"
       f" a run still going after {meta['deadline_s']} s is cut, not repeated, and shown as `> N s` with the"
       " rate of the part it did. The cost section is one run per cell.")
     w("- Ratios are rate ÷ rate: `vs mountpoint-s3` > 1 means faster than mountpoint-s3;"

@@ -184,7 +184,6 @@ impl Fetcher {
             .await
             .ok()
             .flatten()
-            .map(Bytes::from)
     }
 
     /// Fetches blocks `first..first + count` of `version` with ONE ranged GET and stores them

@@ -286,6 +286,49 @@ impl Entry {
         read_exact_at_uninit(&self.data, offset, len)
     }
 
+    /// The data file's bytes `offset..offset + len` as a read-only mapping of its page cache,
+    /// if every page is resident once populated: a FUSE reply written from the mapping costs
+    /// one copy, where reading into a buffer first costs two. `None` (read into a buffer
+    /// instead) when a page is not resident, so a reply never waits on (or fails in) a disk
+    /// read it cannot report. Unchecked, like [`Entry::read_range`].
+    pub fn map_range(&self, offset: u64, len: u64) -> Option<bytes::Bytes> {
+        let page = page_size();
+        let start = offset - offset % page;
+        let map_len = usize::try_from(offset + len - start).ok()?;
+        // SAFETY: a shared read-only mapping of the data file, whose size is fixed when the
+        // entry is created (never truncated: eviction unlinks whole entries, which leaves the
+        // open file and its pages valid); the bytes of present blocks are never rewritten
+        // with other bytes (writers only fill blocks that are absent).
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(start)
+                .len(map_len)
+                .populate()
+                .map(&self.data)
+        }
+        .ok()?;
+        let pages = map_len.div_ceil(page as usize);
+        let mut resident = vec![0u8; pages];
+        // SAFETY: `map` is a live mapping of `map_len` bytes at a page-aligned address, and
+        // `resident` has one byte per page of it.
+        let rc = unsafe {
+            libc::mincore(
+                map.as_ptr() as *mut libc::c_void,
+                map_len,
+                resident.as_mut_ptr(),
+            )
+        };
+        if rc != 0 || resident.iter().any(|r| r & 1 == 0) {
+            return None;
+        }
+        let from = (offset - start) as usize;
+        Some(bytes::Bytes::from_owner(MappedRange {
+            map,
+            from,
+            len: len as usize,
+        }))
+    }
+
     /// Writes block `index`: bytes first, then the record that makes them visible.
     pub fn write_block(&self, index: u64, bytes: &[u8]) -> io::Result<()> {
         if bytes.len() as u64 != self.id.block_len(index) {
@@ -394,6 +437,25 @@ impl Entry {
         }
         Ok((present, corrupt))
     }
+}
+
+/// Part of a mapping, as the bytes a [`bytes::Bytes`] hands out.
+struct MappedRange {
+    map: memmap2::Mmap,
+    from: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for MappedRange {
+    fn as_ref(&self) -> &[u8] {
+        &self.map[self.from..self.from + self.len]
+    }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
 }
 
 /// Reads exactly `len` bytes of `file` at `offset` into a new buffer that is not zeroed first

@@ -319,7 +319,9 @@ impl DiskCache {
 
     /// The bytes `offset..offset + len` of `entry` in one read, if every block they touch is
     /// known intact to this process ([`CacheEntry::all_checked`]); `None` otherwise.
-    pub fn read_range(&self, entry: &CacheEntry, offset: u64, len: u64) -> Option<Vec<u8>> {
+    /// Served from a mapping of the page cache when it holds them all (one copy less on the
+    /// way to a FUSE reply), read into a buffer otherwise.
+    pub fn read_range(&self, entry: &CacheEntry, offset: u64, len: u64) -> Option<bytes::Bytes> {
         let bs = entry.entry.id.block_size;
         if len == 0 || offset + len > entry.entry.id.size {
             return None;
@@ -327,7 +329,12 @@ impl DiskCache {
         if !entry.all_checked(offset / bs..=(offset + len - 1) / bs) {
             return None;
         }
+        if let Some(mapped) = entry.entry.map_range(offset, len) {
+            TierStats::bump(&self.stats.hits);
+            return Some(mapped);
+        }
         self.read_checked(entry, offset, len)
+            .map(bytes::Bytes::from)
     }
 
     fn read_checked(&self, entry: &CacheEntry, offset: u64, len: u64) -> Option<Vec<u8>> {
