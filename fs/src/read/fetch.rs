@@ -188,9 +188,7 @@ impl Fetcher {
 
     /// Fetches blocks `first..first + count` of `version` with ONE ranged GET and stores them
     /// on disk as the body arrives (a background sweep: fewer, larger requests cost less per
-    /// byte than one per block). Blocks already in flight are left to their own fetch;
-    /// readers that want a block of the span while it is in flight wait for the span, then
-    /// read the block from the tier it landed in. Returns once the span is stored.
+    /// byte than one per block). Returns once the span is stored.
     pub async fn span(
         self: &Arc<Self>,
         version: &ObjectVersion,
@@ -209,53 +207,77 @@ impl Fetcher {
             etag: version.etag.clone(),
             index,
         };
-        let span: Option<Shared<BoxFuture<'static, Result<(), FsError>>>> = {
+        // Blocks already in flight (a reader's, another sweep's) are waited for, not fetched
+        // again; the runs between them are fetched as spans of their own.
+        let (spans, waits) = {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            if (first..last).any(|index| in_flight.contains_key(&key_of(index))) {
-                None
-            } else {
-                let (this, version2, entry2) = (self.clone(), version.clone(), entry.clone());
-                let task = tokio::spawn(async move {
-                    let result = this.load_span(&version2, &entry2, first, last).await;
-                    let mut in_flight = this.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-                    for index in first..last {
-                        in_flight.remove(&BlockKey {
-                            key: version2.key.clone(),
-                            etag: version2.etag.clone(),
-                            index,
-                        });
-                    }
-                    result
-                });
-                let span = async move { task.await.unwrap_or_else(|e| Err(join_error(&e))) }
-                    .boxed()
-                    .shared();
-                for index in first..last {
-                    let (span, this) = (span.clone(), self.clone());
-                    let (version, entry) = (version.clone(), entry.clone());
-                    let block = async move {
-                        // Stored, kept in memory, or failed: the block path finds out which.
-                        let _ = span.await;
-                        this.load_after_span(&version, &entry, index).await
-                    }
-                    .boxed()
-                    .shared();
-                    in_flight.insert(key_of(index), block);
+            let mut runs: Vec<(u64, u64)> = Vec::new();
+            let mut waits = Vec::new();
+            for index in first..last {
+                if let Some(existing) = in_flight.get(&key_of(index)) {
+                    waits.push(existing.clone());
+                    continue;
                 }
-                Some(span)
+                match runs.last_mut() {
+                    Some((_, end)) if *end == index => *end += 1,
+                    _ => runs.push((index, index + 1)),
+                }
             }
+            let spans: Vec<_> = runs
+                .into_iter()
+                .map(|(a, b)| self.start_span(&mut in_flight, version, entry, a, b))
+                .collect();
+            (spans, waits)
         };
-        match span {
-            Some(span) => span.await,
-            None => {
-                // Something else is already fetching part of it: fetch block by block.
-                for index in first..last {
-                    self.block(version, Some(entry), index, Priority::Background)
-                        .await?;
-                }
-                Ok(())
-            }
+        let results = futures::future::join_all(spans).await;
+        for existing in waits {
+            let _ = existing.await;
         }
+        results.into_iter().collect()
+    }
+
+    /// Starts the download of blocks `first..last` as one span (its own task) and registers
+    /// each block in the in-flight table, where readers wait for the span and then read the
+    /// block from the tier it landed in.
+    fn start_span(
+        self: &Arc<Self>,
+        in_flight: &mut HashMap<BlockKey, BlockFuture>,
+        version: &ObjectVersion,
+        entry: &Arc<CacheEntry>,
+        first: u64,
+        last: u64,
+    ) -> Shared<BoxFuture<'static, Result<(), FsError>>> {
+        let key_of = |index| BlockKey {
+            key: version.key.clone(),
+            etag: version.etag.clone(),
+            index,
+        };
+        let (this, version2, entry2) = (self.clone(), version.clone(), entry.clone());
+        let keys: Vec<BlockKey> = (first..last).map(key_of).collect();
+        let task = tokio::spawn(async move {
+            let result = this.load_span(&version2, &entry2, first, last).await;
+            let mut in_flight = this.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            for key in &keys {
+                in_flight.remove(key);
+            }
+            result
+        });
+        let span = async move { task.await.unwrap_or_else(|e| Err(join_error(&e))) }
+            .boxed()
+            .shared();
+        for index in first..last {
+            let (span, this) = (span.clone(), self.clone());
+            let (version, entry) = (version.clone(), entry.clone());
+            let block = async move {
+                // Stored, kept in memory, or failed: the block path finds out which.
+                let _ = span.await;
+                this.load_after_span(&version, &entry, index).await
+            }
+            .boxed()
+            .shared();
+            in_flight.insert(key_of(index), block);
+        }
+        span
     }
 
     /// Block `index` for a reader that waited for the span holding it: from memory (where a

@@ -414,7 +414,11 @@ impl BlockReader {
         let (ahead, start_sweep) = {
             let mut access = file.access.lock().unwrap_or_else(|e| e.into_inner());
             let start_sweep = access.load.observe(offset, end, bs, file.version.size);
-            let ahead = if access.load.in_header(offset) {
+            // Inside the header nothing is prefetched; once a sweep fetches the whole file
+            // in 8 MiB spans, 1 MiB readahead GETs would only take its slots and cut its
+            // spans into single blocks.
+            let swept = access.load.is_loading() && file.disk.is_some();
+            let ahead = if access.load.in_header(offset) || swept {
                 0..0
             } else {
                 access.readahead.observe(

@@ -4,9 +4,10 @@
 //!   ends at `8 + N`. Reads inside it are header scans (ComfyUI reads every model's header at
 //!   start-up) and must never start a download of the file.
 //! - A model (those, and `.ckpt`, `.pt`, `.pth`, `.bin`, `.gguf`) counts as being loaded once
-//!   past its header a sequential run of reads reaches [`RUN_TO_LOAD`], or reads have touched
-//!   a quarter of its blocks. Random small reads do neither, so they fetch only their own
-//!   blocks.
+//!   past its header a sequential run of reads reaches [`RUN_TO_LOAD`], large reads (the
+//!   kernel's full-size requests, which loaders reading whole tensors make in any order) add
+//!   up to [`LARGE_TO_LOAD`], or reads have touched a quarter of its blocks. Random small
+//!   reads do none of these, so they fetch only their own blocks.
 //!
 //! Header lengths are validated (at most 100,000,000 bytes, within the file); anything odd
 //! falls back to the generic behaviour.
@@ -23,6 +24,12 @@ pub const RUN_TO_LOAD: u64 = 4 << 20;
 const RUN_SLACK: u64 = 256 << 10;
 /// Runs remembered per open file (several threads read different tensors at once).
 const MAX_RUNS: usize = 16;
+/// A read at least this long is a large read (the kernel's requests for a small `pread` or a
+/// page fault are smaller; for a whole tensor they are full-size, 1 MiB).
+const LARGE_READ: u64 = 512 << 10;
+/// Large reads past the header adding up to this mean the model is being loaded, in
+/// whatever order its tensors are read (ComfyUI's threads read them in model order).
+pub const LARGE_TO_LOAD: u64 = 16 << 20;
 /// Share of a file's blocks that, once read, means it is being loaded even without long runs
 /// (loaders that touch many small tensors in name order).
 const SHARE_TO_LOAD: u64 = 4;
@@ -68,6 +75,8 @@ pub struct LoadDetector {
     /// (end, length) of recent sequential runs.
     runs: Vec<(u64, u64)>,
     touched: BTreeSet<u64>,
+    /// Bytes of large reads past the header.
+    large: u64,
     loading: bool,
 }
 
@@ -79,6 +88,7 @@ impl LoadDetector {
             header_end: None,
             runs: Vec::new(),
             touched: BTreeSet::new(),
+            large: 0,
             loading: false,
         }
     }
@@ -103,6 +113,11 @@ impl LoadDetector {
     /// Whether reads at `offset` are still inside the header (no readahead there).
     pub fn in_header(&self, offset: u64) -> bool {
         self.kind == FileKind::Safetensors && self.header_end.is_none_or(|end| offset < end)
+    }
+
+    /// Whether the file counts as being loaded (a sweep fetches the rest of it).
+    pub fn is_loading(&self) -> bool {
+        self.loading
     }
 
     /// Records a read of `offset..end` of a file of `size` bytes (block size `bs`); true the
@@ -142,9 +157,12 @@ impl LoadDetector {
         for b in offset / bs..=(end - 1) / bs {
             self.touched.insert(b);
         }
+        if end - offset >= LARGE_READ {
+            self.large += end - offset;
+        }
         let blocks = size.div_ceil(bs).max(1);
         let share = self.touched.len() as u64 >= (blocks / SHARE_TO_LOAD).max(4);
-        self.loading = run >= RUN_TO_LOAD || share;
+        self.loading = run >= RUN_TO_LOAD || self.large >= LARGE_TO_LOAD || share;
         self.loading
     }
 }
@@ -210,6 +228,26 @@ mod tests {
         );
         let mut plain = LoadDetector::new(FileKind::Other);
         assert!(!plain.observe(0, 100 * bs, bs, size));
+    }
+
+    #[test]
+    fn large_reads_in_any_order_mean_loading() {
+        let (bs, size) = (1 << 20, 1 << 30);
+        let mut d = LoadDetector::new(FileKind::Safetensors);
+        d.set_header_end(5000);
+        // 1 MiB reads scattered far apart (tensors in model order): no run, few blocks.
+        let reads = LARGE_TO_LOAD / bs;
+        for i in 0..reads {
+            let at = ((i * 397) % 900 + 10) * bs;
+            let loaded = d.observe(at, at + bs, bs, size);
+            assert_eq!(loaded, i + 1 == reads, "after {} large reads", i + 1);
+        }
+        let mut small = LoadDetector::new(FileKind::Safetensors);
+        small.set_header_end(5000);
+        for i in 0..200u64 {
+            let at = ((i * 397) % 1000 + 10) * bs;
+            assert!(!small.observe(at, at + 256 * 1024, bs, size), "small read {i}");
+        }
     }
 
     #[test]
