@@ -146,6 +146,38 @@ fn a_folder_being_scanned_has_its_other_headers_learned_in_the_background() {
 }
 
 #[test]
+fn two_models_opened_from_a_big_folder_learn_a_bounded_number_of_headers_ahead() {
+    let server = LocalServer::start(BUCKET);
+    let files = 80;
+    for i in 0..files {
+        seed_model(
+            &server,
+            &format!("m/loras/l{i:02}.safetensors"),
+            2 * MIB,
+            200 + i,
+        );
+    }
+    let cache = tempfile::tempdir().expect("cache");
+    let mut m = mount(&server, Some(cache.path()));
+    scan_header(&m.join("loras/l10.safetensors"));
+    scan_header(&m.join("loras/l11.safetensors"));
+    let settled = || {
+        let before = server.server.stats().get_object;
+        std::thread::sleep(Duration::from_millis(500));
+        before == server.server.stats().get_object
+    };
+    assert!(eventually(Duration::from_secs(20), settled));
+    // Two GETs per header (the probe, then the rest of block 0): the two opened, and the 32
+    // files after the second at most; never the other 46 of the folder.
+    let gets = server.server.stats().get_object;
+    assert!(
+        (2 * 4..=2 * (2 + 32)).contains(&gets),
+        "{gets} GETs for two opened models"
+    );
+    m.unmount();
+}
+
+#[test]
 fn threaded_2mib_preads_in_shuffled_tensor_order_are_byte_exact() {
     let server = LocalServer::start(BUCKET);
     let (source, header) = seed_model(&server, "m/checkpoints/c.safetensors", 96 * MIB, 77);

@@ -228,7 +228,7 @@ impl Filesystem for ModelFs {
             let object = Arc::new(reader.open(version).await);
             if let Some(dir) = ns.parent(ino.0) {
                 reader
-                    .opened_in(&object, dir, || ns.sibling_files(ino.0))
+                    .opened_in(&object, dir, || ns.files_after(ino.0))
                     .await;
             }
             let can_pass = passthrough.load(Ordering::Acquire)

@@ -223,9 +223,10 @@ impl Namespace {
         self.inode(ino).ok().map(|node| node.parent)
     }
 
-    /// The other files of `ino`'s directory as its cached listing saw them (nothing when
-    /// that listing is not cached or is being refreshed right now; no request is made).
-    pub fn sibling_files(&self, ino: u64) -> Vec<ObjectVersion> {
+    /// The files after `ino` in its directory's cached listing (name order), with the metadata
+    /// that listing brought; nothing when the listing is not cached or is being refreshed
+    /// right now (no request is made).
+    pub fn files_after(&self, ino: u64) -> Vec<ObjectVersion> {
         let Some(dir) = self.parent(ino).and_then(|p| self.inode(p).ok()) else {
             return Vec::new();
         };
@@ -239,7 +240,9 @@ impl Namespace {
         listing
             .entries
             .iter()
-            .filter(|e| e.kind == NodeKind::File && e.ino != ino)
+            .skip_while(|e| e.ino != ino)
+            .skip(1)
+            .filter(|e| e.kind == NodeKind::File)
             .filter_map(|e| {
                 let node = self.inode(e.ino).ok()?;
                 let meta = lock(&node.meta);

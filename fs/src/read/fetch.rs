@@ -254,8 +254,13 @@ impl Fetcher {
         };
         let (this, version2, entry2) = (self.clone(), version.clone(), entry.clone());
         let keys: Vec<BlockKey> = (first..last).map(key_of).collect();
+        // How many blocks of the span are stored: a reader waits for its own block, not for
+        // the whole span (a sequential reader at the sweep's front waits half as long).
+        let (progress, stored) = tokio::sync::watch::channel(0u64);
         let task = tokio::spawn(async move {
-            let result = this.load_span(&version2, &entry2, first, last).await;
+            let result = this
+                .load_span(&version2, &entry2, first, last, &progress)
+                .await;
             let mut in_flight = this.in_flight.lock().unwrap_or_else(|e| e.into_inner());
             for key in &keys {
                 in_flight.remove(key);
@@ -266,11 +271,12 @@ impl Fetcher {
             .boxed()
             .shared();
         for index in first..last {
-            let (span, this) = (span.clone(), self.clone());
+            let (mut stored, this) = (stored.clone(), self.clone());
             let (version, entry) = (version.clone(), entry.clone());
             let block = async move {
-                // Stored, kept in memory, or failed: the block path finds out which.
-                let _ = span.await;
+                // Stored, kept in memory, or the span failed (it dropped its sender): the
+                // block path finds out which.
+                let _ = stored.wait_for(|&done| done > index - first).await;
                 this.load_after_span(&version, &entry, index).await
             }
             .boxed()
@@ -309,6 +315,7 @@ impl Fetcher {
         entry: &Arc<CacheEntry>,
         first: u64,
         last: u64,
+        progress: &tokio::sync::watch::Sender<u64>,
     ) -> Result<(), FsError> {
         let _slot = self.background_slots.clone().acquire_owned().await.ok();
         for _ in first..last {
@@ -326,7 +333,10 @@ impl Fetcher {
                 writer.push(at, piece).map_err(|e| StoreError::Other {
                     operation: "cache write".into(),
                     message: e.to_string(),
-                })
+                })?;
+                let stored = writer.blocks_stored();
+                progress.send_if_modified(|done| std::mem::replace(done, stored) != stored);
+                Ok(())
             };
             self.store
                 .get_range_into(&version.key, range, &version.etag, &mut sink)

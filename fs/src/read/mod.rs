@@ -238,40 +238,36 @@ impl BlockReader {
         }
     }
 
-    /// Called when `file`, in folder `dir`, has been opened: if its safetensors header is not
-    /// known yet and this makes the folder a header scan (see [`header_scan`]), learns the
-    /// headers of the folder's other files (`siblings`, asked for only then) in the
-    /// background.
+    /// Called when `file`, in folder `dir`, has been opened: if the folder is being scanned
+    /// for headers (see [`header_scan`]), learns in the background the headers of the next
+    /// safetensors files after it (`files_after`, asked for only then) that are not known.
     pub async fn opened_in(
         self: &Arc<Self>,
         file: &OpenObject,
         dir: u64,
-        siblings: impl FnOnce() -> Vec<ObjectVersion>,
+        files_after: impl FnOnce() -> Vec<ObjectVersion>,
     ) {
-        if file.kind != FileKind::Safetensors || self.header_known(&file.version) {
+        if file.kind != FileKind::Safetensors || !self.scans.note(dir) {
             return;
         }
-        if !self.scans.note(dir) {
+        let ahead: Vec<ObjectVersion> = files_after()
+            .into_iter()
+            .filter(|v| FileKind::from_key(&v.key) == FileKind::Safetensors && v.size > 0)
+            .take(header_scan::SCAN_AHEAD)
+            .filter(|v| !self.header_known(v) && self.scans.claim(v))
+            .collect();
+        if ahead.is_empty() {
             return;
-        }
-        let mut unknown = Vec::new();
-        for version in siblings() {
-            if FileKind::from_key(&version.key) == FileKind::Safetensors
-                && version.size > 0
-                && !self.header_known(&version)
-            {
-                unknown.push(version);
-            }
         }
         tracing::debug!(
             dir,
-            files = unknown.len(),
-            "header scan: learning the folder's headers"
+            files = ahead.len(),
+            "header scan: learning headers ahead"
         );
         let this = self.clone();
         tokio::spawn(async move {
             use futures::StreamExt;
-            futures::stream::iter(unknown)
+            futures::stream::iter(ahead)
                 .for_each_concurrent(header_scan::SCAN_CONCURRENCY, |version| {
                     let this = this.clone();
                     async move {
@@ -279,6 +275,7 @@ impl BlockReader {
                         if let Err(e) = this.known_header(&file, 0).await {
                             tracing::debug!(key = %file.version.key, "header prefetch failed: {e}");
                         }
+                        this.scans.release(&file.version);
                     }
                 })
                 .await;

@@ -246,7 +246,10 @@ mod tests {
         small.set_header_end(5000);
         for i in 0..200u64 {
             let at = ((i * 397) % 1000 + 10) * bs;
-            assert!(!small.observe(at, at + 256 * 1024, bs, size), "small read {i}");
+            assert!(
+                !small.observe(at, at + 256 * 1024, bs, size),
+                "small read {i}"
+            );
         }
     }
 

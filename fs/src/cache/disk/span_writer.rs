@@ -3,9 +3,9 @@
 //! A sweep's 8 MiB GET used to be collected in memory and written when complete; by then its
 //! bytes had left the CPU's caches, and writing them cost three times what copying them did
 //! while they were fresh. The writer takes each piece of the body as it arrives, writes it at
-//! its offset and folds it into its block's CRC. Only when every block of the span is written
-//! do the records that make them visible follow, so a torn or abandoned download leaves
-//! bytes that no reader will ever see (the sparse file's holes, or stale bytes, unnamed).
+//! its offset and folds it into its block's CRC. As each block is complete its record
+//! follows, which makes it visible (readers waiting for the span may take it then); a torn or
+//! abandoned download leaves bytes of its unfinished block that no reader will ever see.
 
 use std::io;
 use std::ops::Range;
@@ -22,11 +22,13 @@ pub struct SpanWriter {
     /// Offsets of the span's bytes in the object.
     start: u64,
     end: u64,
-    /// Bytes written so far, from `start`.
+    /// Bytes written so far, from `start`, by the current attempt.
     written: u64,
-    /// CRCs of the blocks completed so far, and the running CRC of the current block.
-    crcs: Vec<u32>,
+    /// The running CRC of the block being written.
     crc: u32,
+    /// Blocks from the span's first stored so far (a retried download does not store them
+    /// again).
+    stored: u64,
 }
 
 impl SpanWriter {
@@ -39,7 +41,6 @@ impl SpanWriter {
         let start = blocks.start * id.block_size;
         let end = (blocks.end * id.block_size).min(id.size);
         SpanWriter {
-            crcs: Vec::with_capacity((blocks.end - blocks.start) as usize),
             cache,
             entry,
             blocks,
@@ -47,6 +48,7 @@ impl SpanWriter {
             end,
             written: 0,
             crc: 0,
+            stored: 0,
         }
     }
 
@@ -55,12 +57,17 @@ impl SpanWriter {
         self.start..self.end
     }
 
-    /// Writes `bytes`, the piece of the span at object offset `at`. Pieces come in order; a
-    /// piece at the span's start begins the span again (a retried download).
+    /// How many of the span's blocks, from its first, are stored (visible to readers).
+    pub fn blocks_stored(&self) -> u64 {
+        self.stored
+    }
+
+    /// Writes `bytes`, the piece of the span at object offset `at`, and stores each block it
+    /// completes. Pieces come in order; a piece at the span's start begins the span again (a
+    /// retried download).
     pub fn push(&mut self, at: u64, bytes: &[u8]) -> io::Result<()> {
         if at == self.start {
             self.written = 0;
-            self.crcs.clear();
             self.crc = 0;
         }
         if at != self.start + self.written || at + bytes.len() as u64 > self.end {
@@ -86,22 +93,22 @@ impl SpanWriter {
             self.written += take as u64;
             rest = &rest[take..];
             if self.start + self.written == block_end {
-                self.crcs.push(std::mem::take(&mut self.crc));
+                let crc = std::mem::take(&mut self.crc);
+                let index = (block_end - 1) / bs;
+                if index >= self.blocks.start + self.stored {
+                    let result = self.entry.entry.write_records(index, &[crc]);
+                    if !self.cache.written(&self.entry, index..index + 1, result) {
+                        return Err(io::Error::other("cannot store a block's record"));
+                    }
+                    self.stored += 1;
+                }
             }
         }
         Ok(())
     }
 
-    /// Makes the blocks visible once every byte of the span is written. Returns whether they
-    /// are on disk now; an incomplete span stores nothing.
+    /// Whether every block of the span is stored.
     pub fn finish(self) -> bool {
-        if self.start + self.written != self.end {
-            return false;
-        }
-        let result = self
-            .entry
-            .entry
-            .write_records(self.blocks.start, &self.crcs);
-        self.cache.written(&self.entry, self.blocks.clone(), result)
+        self.stored == self.blocks.end - self.blocks.start
     }
 }

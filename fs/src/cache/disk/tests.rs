@@ -152,7 +152,7 @@ fn a_span_written_piece_by_piece_reads_back_checked_by_another_process() {
 }
 
 #[test]
-fn a_span_that_breaks_off_or_skips_stores_nothing() {
+fn a_span_that_breaks_off_keeps_only_its_complete_blocks() {
     let dir = tempfile::tempdir().unwrap();
     let size = 3 << 20;
     let bytes = pattern(size as usize);
@@ -164,8 +164,19 @@ fn a_span_that_breaks_off_or_skips_stores_nothing() {
         writer.push((2 << 20) as u64, &bytes[2 << 20..]).is_err(),
         "a gap is refused"
     );
-    assert!(!writer.finish(), "an incomplete span is not stored");
-    assert!(entry.entry.records().unwrap().iter().all(Option::is_none));
+    assert_eq!(writer.blocks_stored(), 1);
+    assert!(!writer.finish(), "an incomplete span is not all stored");
+    let records = entry.entry.records().unwrap();
+    assert!(records[0].is_some(), "the complete block is visible");
+    assert!(
+        records[1..].iter().all(Option::is_none),
+        "the torn one is not"
+    );
+    assert_eq!(
+        cache.read_block(&entry, 0).as_deref(),
+        Some(&bytes[..1 << 20]),
+        "and intact"
+    );
     assert!(
         cache.span_writer(&entry, 0..1).is_some()
             && open(dir.path(), CacheSize::Bytes(1 << 20))
