@@ -208,7 +208,7 @@ impl Fetcher {
             index,
         };
         // Blocks already in flight (a reader's, another sweep's) are waited for, not fetched
-        // again; the runs between them are fetched as spans of their own.
+        // again, nor are blocks stored meanwhile; the runs between are spans of their own.
         let (spans, waits) = {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
             let mut runs: Vec<(u64, u64)> = Vec::new();
@@ -216,6 +216,11 @@ impl Fetcher {
             for index in first..last {
                 if let Some(existing) = in_flight.get(&key_of(index)) {
                     waits.push(existing.clone());
+                    continue;
+                }
+                // Stored by a fetch that ended since `missing_range` looked (a block leaves
+                // the table only once it is stored, and is known intact from then on).
+                if entry.is_checked(index) {
                     continue;
                 }
                 match runs.last_mut() {
