@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the benchmark suite (issue 5) and writes docs/benchmarks.md and the Benchmarks section of
 # README.md. Needs root (FUSE mounts, drop_caches), ~2x the model sizes in free disk, and time
-# (~30-40 min on 2 cores at the default sizes).
+# (~30 min on 2 cores at the default sizes, 3 runs per workload cell).
 #
 #   sudo scripts/bench.sh
 #
