@@ -47,6 +47,16 @@ fn mount(server: &LocalServer, cache: Option<&Path>) -> Mount {
     }
 }
 
+/// Waits (at most 20 s) until the server has answered at least `at_least` GETs and no new
+/// one arrived for half a second: what was started in the background is done.
+fn gets_settle(server: &LocalServer, at_least: u64) -> bool {
+    eventually(Duration::from_secs(20), || {
+        let before = server.server.stats().get_object;
+        std::thread::sleep(Duration::from_millis(500));
+        before == server.server.stats().get_object && before >= at_least
+    })
+}
+
 /// ComfyUI's asset scan: the 8-byte length, then the JSON header, of every model.
 fn scan_header(path: &Path) -> usize {
     let file = std::fs::File::open(path).expect("open");
@@ -117,13 +127,8 @@ fn a_folder_being_scanned_has_its_other_headers_learned_in_the_background() {
     server.server.reset_stats();
     scan_header(&m.join("loras/l00.safetensors"));
     scan_header(&m.join("loras/l01.safetensors"));
-    let settled = || {
-        let before = server.server.stats().get_object;
-        std::thread::sleep(Duration::from_millis(300));
-        before == server.server.stats().get_object && before >= files
-    };
     assert!(
-        eventually(Duration::from_secs(20), settled),
+        gets_settle(&server, files),
         "headers of the folder were not prefetched ({} GETs)",
         server.server.stats().get_object
     );
@@ -161,12 +166,7 @@ fn two_models_opened_from_a_big_folder_learn_a_bounded_number_of_headers_ahead()
     let mut m = mount(&server, Some(cache.path()));
     scan_header(&m.join("loras/l10.safetensors"));
     scan_header(&m.join("loras/l11.safetensors"));
-    let settled = || {
-        let before = server.server.stats().get_object;
-        std::thread::sleep(Duration::from_millis(500));
-        before == server.server.stats().get_object
-    };
-    assert!(eventually(Duration::from_secs(20), settled));
+    assert!(gets_settle(&server, 0), "GETs went on");
     // Two GETs per header (the probe, then the rest of block 0): the two opened, and the 32
     // files after the second at most; never the other 46 of the folder.
     let gets = server.server.stats().get_object;

@@ -56,6 +56,15 @@ async fn read_from_disk(
         .map(Bytes::from)
 }
 
+/// The cache key of block `index` of `version`.
+fn block_key(version: &ObjectVersion, index: u64) -> BlockKey {
+    BlockKey {
+        key: version.key.clone(),
+        etag: version.etag.clone(),
+        index,
+    }
+}
+
 /// Who wants a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Priority {
@@ -170,12 +179,7 @@ impl Fetcher {
             return None;
         }
         if first == last {
-            let key = BlockKey {
-                key: file.version.key.clone(),
-                etag: file.version.etag.clone(),
-                index: first,
-            };
-            if let Some(block) = self.memory.peek(&key).await {
+            if let Some(block) = self.memory.peek(&block_key(&file.version, first)).await {
                 let from = (offset - first * bs) as usize;
                 return Some(block.slice(from..from + (end - offset) as usize));
             }
@@ -202,11 +206,6 @@ impl Fetcher {
         let Some((first, last)) = missing_range(entry, first, last).await else {
             return Ok(());
         };
-        let key_of = |index| BlockKey {
-            key: version.key.clone(),
-            etag: version.etag.clone(),
-            index,
-        };
         // Blocks already in flight (a reader's, another sweep's) are waited for, not fetched
         // again, nor are blocks stored meanwhile; the runs between are spans of their own.
         let (spans, waits) = {
@@ -214,7 +213,7 @@ impl Fetcher {
             let mut runs: Vec<(u64, u64)> = Vec::new();
             let mut waits = Vec::new();
             for index in first..last {
-                if let Some(existing) = in_flight.get(&key_of(index)) {
+                if let Some(existing) = in_flight.get(&block_key(version, index)) {
                     waits.push(existing.clone());
                     continue;
                 }
@@ -252,13 +251,10 @@ impl Fetcher {
         first: u64,
         last: u64,
     ) -> Shared<BoxFuture<'static, Result<(), FsError>>> {
-        let key_of = |index| BlockKey {
-            key: version.key.clone(),
-            etag: version.etag.clone(),
-            index,
-        };
         let (this, version2, entry2) = (self.clone(), version.clone(), entry.clone());
-        let keys: Vec<BlockKey> = (first..last).map(key_of).collect();
+        let keys: Vec<BlockKey> = (first..last)
+            .map(|index| block_key(version, index))
+            .collect();
         // How many blocks of the span are stored: a reader waits for its own block, not for
         // the whole span (a sequential reader at the sweep's front waits half as long).
         let (progress, stored) = tokio::sync::watch::channel(0u64);
@@ -277,16 +273,16 @@ impl Fetcher {
             .shared();
         for index in first..last {
             let (mut stored, this) = (stored.clone(), self.clone());
-            let (version, entry) = (version.clone(), entry.clone());
+            let (pinned, held) = (version.clone(), entry.clone());
             let block = async move {
                 // Stored, kept in memory, or the span failed (it dropped its sender): the
                 // block path finds out which.
                 let _ = stored.wait_for(|&done| done > index - first).await;
-                this.load_after_span(&version, &entry, index).await
+                this.load_after_span(&pinned, &held, index).await
             }
             .boxed()
             .shared();
-            in_flight.insert(key_of(index), block);
+            in_flight.insert(block_key(version, index), block);
         }
         span
     }
@@ -299,11 +295,7 @@ impl Fetcher {
         entry: &Arc<CacheEntry>,
         index: u64,
     ) -> Result<Bytes, FsError> {
-        let key = BlockKey {
-            key: version.key.clone(),
-            etag: version.etag.clone(),
-            index,
-        };
+        let key = block_key(version, index);
         if let Some(block) = self.memory.get(&key).await {
             return Ok(block);
         }
@@ -358,11 +350,7 @@ impl Fetcher {
             .await?;
         for index in first..last {
             let from = ((index - first) * bs) as usize;
-            let key = BlockKey {
-                key: version.key.clone(),
-                etag: version.etag.clone(),
-                index,
-            };
+            let key = block_key(version, index);
             let block = bytes.slice(from..(from + bs as usize).min(bytes.len()));
             self.memory.insert(key, block).await;
         }
@@ -385,11 +373,7 @@ impl Fetcher {
         let start = index * bs;
         let block_len = version.size.saturating_sub(start).min(bs);
         let prefix_len = prefix_len.min(block_len) as usize;
-        let key = BlockKey {
-            key: version.key.clone(),
-            etag: version.etag.clone(),
-            index,
-        };
+        let key = block_key(version, index);
         if let Some(hit) = self.memory.get(&key).await {
             return Ok(hit.slice(..prefix_len.min(hit.len())));
         }
@@ -505,11 +489,7 @@ impl Fetcher {
         index: u64,
         priority: Priority,
     ) -> Result<Bytes, FsError> {
-        let key = BlockKey {
-            key: version.key.clone(),
-            etag: version.etag.clone(),
-            index,
-        };
+        let key = block_key(version, index);
         if let Some(hit) = self.memory.get(&key).await {
             return Ok(hit);
         }
