@@ -252,9 +252,6 @@ impl Fetcher {
         last: u64,
     ) -> Shared<BoxFuture<'static, Result<(), FsError>>> {
         let (this, version2, entry2) = (self.clone(), version.clone(), entry.clone());
-        let keys: Vec<BlockKey> = (first..last)
-            .map(|index| block_key(version, index))
-            .collect();
         // How many blocks of the span are stored: a reader waits for its own block, not for
         // the whole span (a sequential reader at the sweep's front waits half as long).
         let (progress, stored) = tokio::sync::watch::channel(0u64);
@@ -263,8 +260,8 @@ impl Fetcher {
                 .load_span(&version2, &entry2, first, last, &progress)
                 .await;
             let mut in_flight = this.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            for key in &keys {
-                in_flight.remove(key);
+            for index in first..last {
+                in_flight.remove(&block_key(&version2, index));
             }
             result
         });
