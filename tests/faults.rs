@@ -278,6 +278,13 @@ fn burst(fault: Fault) -> Rule {
     Rule::get(fault).next(if fault.is_status() { 6 } else { 3 })
 }
 
+/// A status fault on the next request and on 20% of the others (the readers make a few
+/// dozen GETs, 8 MiB spans for the most part: the first fault makes sure the rate's
+/// draws are not all lucky).
+fn status_fault(fault: Fault) -> Vec<Rule> {
+    vec![Rule::get(fault).next(1), Rule::get(fault).rate(0.2)]
+}
+
 /// A body fault on the next request and on 5% of the others. Body faults get 4 attempts
 /// (the SDK cannot retry a body): at 5% a read fails with probability 6e-6.
 fn body_fault(fault: Fault) -> [Rule; 2] {
@@ -286,13 +293,13 @@ fn body_fault(fault: Fault) -> [Rule; 2] {
 
 #[test]
 fn throttling_503s_at_20_percent_end_in_exact_bytes() {
-    let rules = vec![Rule::get(Fault::SlowDown).rate(0.2)];
+    let rules = status_fault(Fault::SlowDown);
     transient_faults_end_in_exact_bytes(1, burst(Fault::SlowDown), rules, |s| s.slow_down > 6);
 }
 
 #[test]
 fn internal_errors_500_at_20_percent_end_in_exact_bytes() {
-    let rules = vec![Rule::get(Fault::InternalError).rate(0.2)];
+    let rules = status_fault(Fault::InternalError);
     let burst = burst(Fault::InternalError);
     transient_faults_end_in_exact_bytes(2, burst, rules, |s| s.internal_error > 6);
 }

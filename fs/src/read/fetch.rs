@@ -74,7 +74,49 @@ pub enum Priority {
     Background,
 }
 
+impl Priority {
+    /// The metrics label.
+    fn label(self) -> &'static str {
+        match self {
+            Priority::Demand => "demand",
+            Priority::Background => "background",
+        }
+    }
+}
+
 type BlockFuture = Shared<BoxFuture<'static, Result<Bytes, FsError>>>;
+
+/// How far a span's download has got: the number of its blocks stored, from its first.
+type SpanProgress = tokio::sync::watch::Receiver<u64>;
+
+/// A block being fetched: its future (the block's bytes, from whichever tier it landed in)
+/// and, for a block of a span, the span's progress, which says when it is on disk without
+/// reading it back.
+#[derive(Clone)]
+struct InFlight {
+    block: BlockFuture,
+    span: Option<(SpanProgress, u64)>,
+}
+
+impl InFlight {
+    /// A block fetched on its own.
+    fn single(block: BlockFuture) -> InFlight {
+        InFlight { block, span: None }
+    }
+
+    /// Waits until the fetch has stored the block or given up on it; which of the two is
+    /// for the caller to find out from the tiers.
+    async fn landed(self) {
+        match self.span {
+            Some((mut stored, position)) => {
+                let _ = stored.wait_for(|&done| done > position).await;
+            }
+            None => {
+                let _ = self.block.await;
+            }
+        }
+    }
+}
 
 /// The fetch engine shared by every open file of a mount.
 pub struct Fetcher {
@@ -83,7 +125,7 @@ pub struct Fetcher {
     disk: Option<Arc<DiskCache>>,
     block_size: u64,
     background_slots: Arc<Semaphore>,
-    in_flight: Mutex<HashMap<BlockKey, BlockFuture>>,
+    in_flight: Mutex<HashMap<BlockKey, InFlight>>,
     verifications: Arc<AtomicUsize>,
 }
 
@@ -229,15 +271,75 @@ impl Fetcher {
             }
             let spans: Vec<_> = runs
                 .into_iter()
-                .map(|(a, b)| self.start_span(&mut in_flight, version, entry, a, b))
+                .map(|(a, b)| {
+                    self.start_span(&mut in_flight, version, entry, a..b, Priority::Background)
+                })
                 .collect();
             (spans, waits)
         };
         let results = futures::future::join_all(spans).await;
         for existing in waits {
-            let _ = existing.await;
+            existing.landed().await;
         }
         results.into_iter().collect()
+    }
+
+    /// Gets blocks `first..=last` of `entry` onto disk for a reader of a file being loaded.
+    /// The missing ones are fetched as spans at demand priority (no background slot), run on
+    /// towards `until` while the blocks after them are missing too, so the reader's next reads
+    /// find their blocks on the way (a loader's thread reads a tensor in 2 MiB steps: one GET
+    /// serves four of them); blocks in flight are waited for, not fetched again. Returns once
+    /// each of `first..=last` is stored or its fetch has given up; the caller reads them from
+    /// the disk tier, or falls back to the block path.
+    pub async fn fetch_to_disk(
+        self: &Arc<Self>,
+        version: &ObjectVersion,
+        entry: &Arc<CacheEntry>,
+        first: u64,
+        last: u64,
+        until: u64,
+    ) {
+        let until = until
+            .max(last + 1)
+            .min(version.size.div_ceil(self.block_size));
+        // Blocks on disk but not checked by this process are left to the block path, which
+        // reads and checks them; only blocks without a record are fetched.
+        let unrecorded = {
+            let entry = entry.clone();
+            tokio::task::spawn_blocking(move || {
+                (first..until)
+                    .filter(|&i| !entry.is_checked(i) && matches!(entry.entry.record(i), Ok(None)))
+                    .collect::<Vec<u64>>()
+            })
+            .await
+            .unwrap_or_default()
+        };
+        let waits: Vec<InFlight> = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            let mut runs: Vec<(u64, u64)> = Vec::new();
+            for index in unrecorded {
+                let ahead = index > last;
+                if in_flight.contains_key(&block_key(version, index)) || entry.is_checked(index) {
+                    if ahead {
+                        break;
+                    }
+                    continue;
+                }
+                match runs.last_mut() {
+                    Some((_, end)) if *end == index => *end += 1,
+                    _ if ahead => break,
+                    _ => runs.push((index, index + 1)),
+                }
+            }
+            for (a, b) in runs {
+                // The span runs as its own task; its blocks are in the table from here on.
+                drop(self.start_span(&mut in_flight, version, entry, a..b, Priority::Demand));
+            }
+            (first..=last)
+                .filter_map(|index| in_flight.get(&block_key(version, index)).cloned())
+                .collect()
+        };
+        futures::future::join_all(waits.into_iter().map(InFlight::landed)).await;
     }
 
     /// Starts the download of blocks `first..last` as one span (its own task) and registers
@@ -245,19 +347,20 @@ impl Fetcher {
     /// block from the tier it landed in.
     fn start_span(
         self: &Arc<Self>,
-        in_flight: &mut HashMap<BlockKey, BlockFuture>,
+        in_flight: &mut HashMap<BlockKey, InFlight>,
         version: &ObjectVersion,
         entry: &Arc<CacheEntry>,
-        first: u64,
-        last: u64,
+        blocks: std::ops::Range<u64>,
+        priority: Priority,
     ) -> Shared<BoxFuture<'static, Result<(), FsError>>> {
+        let (first, last) = (blocks.start, blocks.end);
         let (this, version2, entry2) = (self.clone(), version.clone(), entry.clone());
         // How many blocks of the span are stored: a reader waits for its own block, not for
         // the whole span (a sequential reader at the sweep's front waits half as long).
         let (progress, stored) = tokio::sync::watch::channel(0u64);
         let task = tokio::spawn(async move {
             let result = this
-                .load_span(&version2, &entry2, first, last, &progress)
+                .load_span(&version2, &entry2, first..last, priority, &progress)
                 .await;
             let mut in_flight = this.in_flight.lock().unwrap_or_else(|e| e.into_inner());
             for index in first..last {
@@ -269,17 +372,20 @@ impl Fetcher {
             .boxed()
             .shared();
         for index in first..last {
-            let (mut stored, this) = (stored.clone(), self.clone());
+            let position = index - first;
+            let (progress, this) = (stored.clone(), self.clone());
+            let mut stored = stored.clone();
             let (pinned, held) = (version.clone(), entry.clone());
             let block = async move {
                 // Stored, kept in memory, or the span failed (it dropped its sender): the
                 // block path finds out which.
-                let _ = stored.wait_for(|&done| done > index - first).await;
+                let _ = stored.wait_for(|&done| done > position).await;
                 this.load_after_span(&pinned, &held, index).await
             }
             .boxed()
             .shared();
-            in_flight.insert(block_key(version, index), block);
+            let span = Some((progress, position));
+            in_flight.insert(block_key(version, index), InFlight { block, span });
         }
         span
     }
@@ -307,18 +413,19 @@ impl Fetcher {
         &self,
         version: &ObjectVersion,
         entry: &Arc<CacheEntry>,
-        first: u64,
-        last: u64,
+        blocks: std::ops::Range<u64>,
+        priority: Priority,
         progress: &tokio::sync::watch::Sender<u64>,
     ) -> Result<(), FsError> {
-        let _slot = self.background_slots.clone().acquire_owned().await.ok();
-        for _ in first..last {
-            crate::metrics::metrics().fetched_block("background");
+        let _slot = self.slot(priority).await;
+        let (first, last) = (blocks.start, blocks.end);
+        for _ in blocks.clone() {
+            crate::metrics::metrics().fetched_block(priority.label());
         }
         let writer = self
             .disk
             .as_ref()
-            .and_then(|cache| cache.span_writer(entry, first..last));
+            .and_then(|cache| cache.span_writer(entry, blocks));
         if let Some(mut writer) = writer {
             let range = writer.range();
             // Pieces are written as they arrive, on this task: page-cache writes of a few
@@ -387,7 +494,7 @@ impl Fetcher {
         let existing = {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
             match in_flight.get(&key) {
-                Some(existing) => Some(existing.clone()),
+                Some(existing) => Some(existing.block.clone()),
                 None => {
                     let this = self.clone();
                     let (version, entry, key2) = (version.clone(), entry.cloned(), key.clone());
@@ -400,7 +507,7 @@ impl Fetcher {
                         }
                         result
                     });
-                    in_flight.insert(key, shared);
+                    in_flight.insert(key, InFlight::single(shared));
                     None
                 }
             }
@@ -478,6 +585,14 @@ impl Fetcher {
             .shared()
     }
 
+    /// A background slot for a background fetch; demand fetches never wait for one.
+    async fn slot(&self, priority: Priority) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        match priority {
+            Priority::Background => self.background_slots.clone().acquire_owned().await.ok(),
+            Priority::Demand => None,
+        }
+    }
+
     /// Block `index` of `version`, from the fastest tier that has it.
     pub async fn block(
         self: &Arc<Self>,
@@ -493,7 +608,7 @@ impl Fetcher {
         let shared = {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
             match in_flight.get(&key) {
-                Some(existing) => existing.clone(),
+                Some(existing) => existing.block.clone(),
                 None => {
                     let this = self.clone();
                     let (version, entry, key2) = (version.clone(), entry.cloned(), key.clone());
@@ -508,7 +623,7 @@ impl Fetcher {
                         }
                         result.map(|(bytes, _)| bytes)
                     });
-                    in_flight.insert(key, shared.clone());
+                    in_flight.insert(key, InFlight::single(shared.clone()));
                     shared
                 }
             }
@@ -523,10 +638,7 @@ impl Fetcher {
         index: u64,
         priority: Priority,
     ) -> Result<(Bytes, bool), FsError> {
-        let _slot = match priority {
-            Priority::Background => self.background_slots.clone().acquire_owned().await.ok(),
-            Priority::Demand => None,
-        };
+        let _slot = self.slot(priority).await;
         let (Some(cache), Some(entry)) = (&self.disk, entry) else {
             return Ok((self.fetch(version, index, priority).await?, false));
         };
@@ -552,10 +664,7 @@ impl Fetcher {
         index: u64,
         priority: Priority,
     ) -> Result<Bytes, FsError> {
-        crate::metrics::metrics().fetched_block(match priority {
-            Priority::Demand => "demand",
-            Priority::Background => "background",
-        });
+        crate::metrics::metrics().fetched_block(priority.label());
         let bs = self.block_size;
         let range = index * bs..((index + 1) * bs).min(version.size);
         Ok(self

@@ -116,6 +116,17 @@ pub struct OpenObject {
     access: Mutex<AccessState>,
 }
 
+impl OpenObject {
+    /// Whether the file is being loaded as a model (see [`LoadDetector`]).
+    fn is_loading(&self) -> bool {
+        self.access
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .load
+            .is_loading()
+    }
+}
+
 /// Reads byte ranges of pinned object versions through the cache tiers.
 pub struct BlockReader {
     fetcher: Arc<Fetcher>,
@@ -312,6 +323,18 @@ impl BlockReader {
         let (first, last) = (offset / bs, (end - 1) / bs);
         if let Some(bytes) = self.fetcher.read_known_range(file, offset, end).await {
             return Ok(bytes);
+        }
+        // A file being loaded streams its missing blocks to disk, reads them back from the
+        // page cache in one piece, and fetches a little ahead of each reader; anything that
+        // did not land there goes the block path below.
+        if let Some(entry) = file.disk.as_ref().filter(|_| file.is_loading()) {
+            let until = first + sweep::SPAN_BLOCKS;
+            self.fetcher
+                .fetch_to_disk(&file.version, entry, first, last, until)
+                .await;
+            if let Some(bytes) = self.fetcher.read_known_range(file, offset, end).await {
+                return Ok(bytes);
+            }
         }
         let entry = file.disk.as_ref();
         let blocks = try_join_all((first..=last).map(|index| {
@@ -589,6 +612,47 @@ mod tests {
         let got = reader.read(&other, 0, 8).await.unwrap();
         assert_eq!(&got[..], &data[..8]);
         assert_eq!(log.ranges.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_loading_reader_streams_its_blocks_and_the_next_ones_to_disk_in_one_get() {
+        let bs = 1u64 << 16;
+        let data = pattern(20 * bs as usize);
+        let memory = Arc::new(MemoryStore::new());
+        let info = memory.put("m.bin", data.clone());
+        let log = Arc::new(RangeLog {
+            inner: memory,
+            ranges: Mutex::new(Vec::new()),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskCache::open(&crate::cache::DiskCacheConfig {
+            dir: dir.path().to_path_buf(),
+            size: crate::cache::CacheSize::Bytes(1 << 30),
+        })
+        .unwrap();
+        let config = ReadConfig {
+            block_size: bs,
+            ..ReadConfig::default()
+        };
+        let reader = BlockReader::new(log.clone(), "bucket", config, Some(disk.clone()));
+        let file = Arc::new(reader.open(version(&info)).await);
+        let entry = file.disk.clone().unwrap();
+        // Block 6 is on disk already: the run ahead stops before it.
+        let at = 6 * bs as usize;
+        disk.write_block(&entry, 6, &data[at..at + bs as usize]);
+        let fetcher = reader.fetcher();
+        fetcher.fetch_to_disk(&file.version, &entry, 3, 4, 11).await;
+        assert_eq!(log.ranges.lock().unwrap().clone(), vec![3 * bs..6 * bs]);
+        // Every block of the run is on disk and read from there in one piece, no GET.
+        let (from, to) = (3 * bs + 10, 6 * bs + 5);
+        let got = fetcher.read_known_range(&file, from, to).await.unwrap();
+        assert_eq!(&got[..], &data[from as usize..to as usize]);
+        // A reader of stored blocks fetches nothing, not even ahead of them.
+        fetcher.fetch_to_disk(&file.version, &entry, 4, 5, 12).await;
+        assert_eq!(log.ranges.lock().unwrap().len(), 1);
+        // A read at the last block runs to the end of the file, not beyond.
+        fetcher.fetch_to_disk(&file.version, &entry, 18, 18, 26).await;
+        assert_eq!(log.ranges.lock().unwrap()[1], 18 * bs..20 * bs);
     }
 
     #[tokio::test]
