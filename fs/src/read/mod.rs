@@ -651,7 +651,9 @@ mod tests {
         fetcher.fetch_to_disk(&file.version, &entry, 4, 5, 12).await;
         assert_eq!(log.ranges.lock().unwrap().len(), 1);
         // A read at the last block runs to the end of the file, not beyond.
-        fetcher.fetch_to_disk(&file.version, &entry, 18, 18, 26).await;
+        fetcher
+            .fetch_to_disk(&file.version, &entry, 18, 18, 26)
+            .await;
         assert_eq!(log.ranges.lock().unwrap()[1], 18 * bs..20 * bs);
     }
 
