@@ -374,17 +374,28 @@ impl DiskCache {
             .then(|| SpanWriter::new(self.clone(), entry.clone(), blocks))
     }
 
+    /// Adds `len` bytes to the usage if they fit under the limit, in one atomic step: writers
+    /// reserving at once (a sweep's spans, readers' demand spans) must not all pass the check
+    /// against the same old usage.
+    fn charge(&self, len: u64) -> bool {
+        let limit = self.limit();
+        self.usage
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                (used + len <= limit).then_some(used + len)
+            })
+            .is_ok()
+    }
+
     /// Counts `len` bytes about to be written against the limit; false (and an eviction pass
     /// started) when they would cross it.
     fn reserve(self: &Arc<Self>, len: u64) -> bool {
         // The filesystem allocates whole 4 KiB blocks: a file's short last block costs one.
         let len = len.next_multiple_of(4096);
-        if self.usage() + len > self.limit() {
+        if !self.charge(len) {
             TierStats::bump(&self.stats.errors);
             self.trigger_eviction();
             return false;
         }
-        self.usage.fetch_add(len, Ordering::Relaxed);
         let written = self.written_since_scan.fetch_add(len, Ordering::Relaxed) + len;
         // Other processes write too: re-measure the truth regularly.
         if written > (self.limit() / 20).max(64 << 20) {
@@ -431,13 +442,17 @@ impl DiskCache {
             .size()
             .next_multiple_of(4096)
             .saturating_sub(meta.blocks() * 512);
-        if missing == 0 || self.usage() + missing > self.limit() {
+        if missing == 0 || !self.charge(missing) {
             return;
         }
         let size = libc::off_t::try_from(meta.size()).unwrap_or(libc::off_t::MAX);
         // SAFETY: a valid fd for the life of `entry`; mode 0 only allocates blocks.
-        if unsafe { libc::fallocate(entry.entry.data.as_raw_fd(), 0, 0, size) } == 0 {
-            self.usage.fetch_add(missing, Ordering::Relaxed);
+        if unsafe { libc::fallocate(entry.entry.data.as_raw_fd(), 0, 0, size) } != 0 {
+            let _ = self
+                .usage
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                    Some(used.saturating_sub(missing))
+                });
         }
     }
 
