@@ -116,17 +116,6 @@ pub struct OpenObject {
     access: Mutex<AccessState>,
 }
 
-impl OpenObject {
-    /// Whether the file is being loaded as a model (see [`LoadDetector`]).
-    fn is_loading(&self) -> bool {
-        self.access
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .load
-            .is_loading()
-    }
-}
-
 /// Reads byte ranges of pinned object versions through the cache tiers.
 pub struct BlockReader {
     fetcher: Arc<Fetcher>,
@@ -317,7 +306,7 @@ impl BlockReader {
                 }
             }
         }
-        self.plan_background(file, offset, end);
+        let swept = self.plan_background(file, offset, end);
 
         let bs = self.config.block_size;
         let (first, last) = (offset / bs, (end - 1) / bs);
@@ -327,7 +316,7 @@ impl BlockReader {
         // A file being loaded streams its missing blocks to disk, reads them back from the
         // page cache in one piece, and fetches a little ahead of each reader; anything that
         // did not land there goes the block path below.
-        if let Some(entry) = file.disk.as_ref().filter(|_| file.is_loading()) {
+        if let Some(entry) = file.disk.as_ref().filter(|_| swept) {
             let until = first + sweep::SPAN_BLOCKS;
             self.fetcher
                 .fetch_to_disk(&file.version, entry, first, last, until)
@@ -429,9 +418,10 @@ impl BlockReader {
     }
 
     /// Decides what to fetch in the background for a read of `offset..end`.
-    fn plan_background(self: &Arc<Self>, file: &Arc<OpenObject>, offset: u64, end: u64) {
+    /// Returns whether the file is being swept (loaded, with a disk tier).
+    fn plan_background(self: &Arc<Self>, file: &Arc<OpenObject>, offset: u64, end: u64) -> bool {
         let bs = self.config.block_size;
-        let (ahead, start_sweep) = {
+        let (ahead, start_sweep, swept) = {
             let mut access = file.access.lock().unwrap_or_else(|e| e.into_inner());
             let start_sweep = access.load.observe(offset, end, bs, file.version.size);
             // Inside the header nothing is prefetched; once a sweep fetches the whole file
@@ -449,7 +439,7 @@ impl BlockReader {
                     file.version.size.div_ceil(bs),
                 )
             };
-            (ahead, start_sweep)
+            (ahead, start_sweep, swept)
         };
         if start_sweep && file.disk.is_some() {
             sweep::spawn(
@@ -478,6 +468,7 @@ impl BlockReader {
                 }
             });
         }
+        swept
     }
 }
 
