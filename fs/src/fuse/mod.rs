@@ -312,6 +312,7 @@ impl Filesystem for ModelFs {
         self.runtime.spawn(async move {
             let result = reader.read(&file.object, offset, size.into()).await;
             metrics().fuse_request("read", started.elapsed());
+            tracing::trace!(offset, size, us = started.elapsed().as_micros() as u64, "fuse read");
             match result {
                 Ok(bytes) => reply.data(&bytes),
                 Err(e) => {

@@ -419,6 +419,7 @@ impl Fetcher {
     ) -> Result<(), FsError> {
         let _slot = self.slot(priority).await;
         let (first, last) = (blocks.start, blocks.end);
+        tracing::trace!(first, last, priority = priority.label(), "span start");
         for _ in blocks.clone() {
             crate::metrics::metrics().fetched_block(priority.label());
         }
@@ -443,6 +444,7 @@ impl Fetcher {
                 .get_range_into(&version.key, range, &version.etag, &mut sink)
                 .await?;
             writer.finish();
+            tracing::trace!(first, last, "span end");
             return Ok(());
         }
         // No room on disk: one GET, kept in memory rather than fetched again per block.
@@ -463,7 +465,7 @@ impl Fetcher {
 
     /// The first `prefix_len` bytes of block `index` of `version`, for a reader that needs
     /// only those now (a safetensors header probe). A block that must come from S3 is fetched
-    /// as two ranged GETs: the prefix, answered as soon as it arrives, then the rest, joined
+    /// as two ranged GETs made at once: the prefix, answered as soon as it arrives, and the rest, joined
     /// with it and stored like any block (the same bytes in total as one GET for the block).
     /// Readers of the whole block meanwhile wait for the joined block.
     pub async fn block_prefix(
@@ -526,8 +528,8 @@ impl Fetcher {
         }
     }
 
-    /// [`Fetcher::block_prefix`]'s download: the prefix (sent to `prefix_tx` at once), then the
-    /// rest of the block, joined and written to disk.
+    /// [`Fetcher::block_prefix`]'s download: the prefix (sent to `prefix_tx` as soon as it
+    /// arrives) and the rest of the block, fetched at once, joined and written to disk.
     async fn load_in_two(
         &self,
         version: &ObjectVersion,
@@ -540,17 +542,21 @@ impl Fetcher {
         let start = index * bs;
         let end = ((index + 1) * bs).min(version.size);
         crate::metrics::metrics().fetched_block("demand");
-        let prefix = self
-            .store
-            .get_range(&version.key, start..start + prefix_len, &version.etag)
-            .await
-            .map_err(FsError::from);
-        let _ = prefix_tx.send(prefix.clone());
-        let prefix = prefix?;
+        // Both GETs at once: the rest costs no more latency than the prefix.
+        let prefix = async {
+            let prefix = self
+                .store
+                .get_range(&version.key, start..start + prefix_len, &version.etag)
+                .await
+                .map_err(FsError::from);
+            let _ = prefix_tx.send(prefix.clone());
+            prefix
+        };
         let rest = self
             .store
-            .get_range(&version.key, start + prefix_len..end, &version.etag)
-            .await?;
+            .get_range(&version.key, start + prefix_len..end, &version.etag);
+        let (prefix, rest) = tokio::join!(prefix, rest);
+        let (prefix, rest) = (prefix?, rest?);
         let mut block = bytes::BytesMut::with_capacity((end - start) as usize);
         block.extend_from_slice(&prefix);
         block.extend_from_slice(&rest);
