@@ -72,7 +72,7 @@ pub fn header_end(first_bytes: &[u8], file_size: u64) -> Option<u64> {
 pub struct LoadDetector {
     kind: FileKind,
     header_end: Option<u64>,
-    /// (end, length) of recent sequential runs.
+    /// (start, end) of recent sequential runs.
     runs: Vec<(u64, u64)>,
     touched: BTreeSet<u64>,
     /// Bytes of large reads past the header.
@@ -137,23 +137,21 @@ impl LoadDetector {
             return false;
         }
         let offset = offset.max(data_start);
-        let run =
-            match self.runs.iter_mut().find(|(run_end, _)| {
-                offset + RUN_SLACK >= *run_end && offset <= *run_end + RUN_SLACK
-            }) {
-                Some(run) => {
-                    run.1 += end.saturating_sub(run.0.max(offset));
-                    run.0 = run.0.max(end);
-                    run.1
-                }
-                None => {
-                    if self.runs.len() == MAX_RUNS {
-                        self.runs.remove(0);
-                    }
-                    self.runs.push((end, end - offset));
-                    end - offset
-                }
-            };
+        // The read joins every run it touches or nearly touches, before or after: the
+        // kernel's reads of one readahead window arrive in any order.
+        let (mut start, mut stop) = (offset, end);
+        self.runs.retain(|&(run_start, run_end)| {
+            let near = offset <= run_end + RUN_SLACK && end + RUN_SLACK >= run_start;
+            if near {
+                (start, stop) = (start.min(run_start), stop.max(run_end));
+            }
+            !near
+        });
+        if self.runs.len() == MAX_RUNS {
+            self.runs.remove(0);
+        }
+        self.runs.push((start, stop));
+        let run = stop - start;
         for b in offset / bs..=(end - 1) / bs {
             self.touched.insert(b);
         }
@@ -219,6 +217,16 @@ mod tests {
             "a sequential run means loading"
         );
         assert!(!loader.observe(at, at + 10, bs, size), "reported once");
+
+        // The kernel's reads of one 4 MiB readahead window, handled out of order.
+        let mut window = LoadDetector::new(FileKind::Safetensors);
+        window.set_header_end(5000);
+        let at = 300 << 20;
+        let order = [0, 3, 2, 1].map(|i| at + i * (1 << 20));
+        for (n, offset) in order.into_iter().enumerate() {
+            let loaded = window.observe(offset, offset + (1 << 20), bs, size);
+            assert_eq!(loaded, n == 3, "after read {n}");
+        }
 
         let mut broken = LoadDetector::new(FileKind::Safetensors);
         broken.not_safetensors();
