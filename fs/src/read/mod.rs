@@ -19,6 +19,8 @@ mod header_scan;
 pub mod model_file;
 mod readahead;
 mod sweep;
+mod sweep_plan;
+mod tensor_order;
 
 use std::sync::{Arc, Mutex};
 
@@ -103,6 +105,9 @@ impl ReadConfig {
 struct AccessState {
     readahead: Readahead,
     load: LoadDetector,
+    jumps: sweep_plan::ReadJumps,
+    /// The sweep's plan, once the file is being swept.
+    sweep: Option<Arc<sweep_plan::SweepPlan>>,
 }
 
 /// One open file: its pinned version, its disk cache entry (if any) and its access pattern.
@@ -234,6 +239,8 @@ impl BlockReader {
             access: Mutex::new(AccessState {
                 readahead: Readahead::default(),
                 load,
+                jumps: sweep_plan::ReadJumps::default(),
+                sweep: None,
             }),
         }
     }
@@ -299,14 +306,16 @@ impl BlockReader {
             return Ok(Bytes::new());
         }
         let end = offset.saturating_add(len).min(size);
+        let mut start = None;
         if file.kind == FileKind::Safetensors {
             if let Some(known) = self.known_header(file, end).await? {
                 if end <= known.len() as u64 {
                     return Ok(known.slice(offset as usize..end as usize));
                 }
+                start = Some(known);
             }
         }
-        let swept = self.plan_background(file, offset, end);
+        let swept = self.plan_background(file, offset, end, start);
 
         let bs = self.config.block_size;
         let (first, last) = (offset / bs, (end - 1) / bs);
@@ -351,7 +360,7 @@ impl BlockReader {
     /// far as they are known in memory (at least up to `want_end` right after learning).
     ///
     /// Learning costs one small ranged GET ([`HEADER_PROBE`] bytes) that the caller is
-    /// answered from; the rest of block 0 follows in a second GET into the caches. A header
+    /// answered from; the rest of block 0 comes in a second GET, made at once, into the caches. A header
     /// scan (ComfyUI reads every model's header at start-up) then waits for a few KiB per
     /// file instead of a whole block, and still leaves block 0 cached for the next scan.
     async fn known_header(
@@ -417,17 +426,50 @@ impl BlockReader {
         Ok(Some(start.bytes))
     }
 
-    /// Decides what to fetch in the background for a read of `offset..end`.
-    /// Returns whether the file is being swept (loaded, with a disk tier).
-    fn plan_background(self: &Arc<Self>, file: &Arc<OpenObject>, offset: u64, end: u64) -> bool {
+    /// Decides what to fetch in the background for a read of `offset..end`; `file_start` is
+    /// what is known of the file's first bytes (a safetensors header). Returns whether the
+    /// file is being swept (loaded, with a disk tier).
+    fn plan_background(
+        self: &Arc<Self>,
+        file: &Arc<OpenObject>,
+        offset: u64,
+        end: u64,
+        file_start: Option<Bytes>,
+    ) -> bool {
         let bs = self.config.block_size;
-        let (ahead, start_sweep, swept) = {
+        let (ahead, swept) = {
             let mut access = file.access.lock().unwrap_or_else(|e| e.into_inner());
-            let start_sweep = access.load.observe(offset, end, bs, file.version.size);
+            let access = &mut *access;
+            let jumped = !access.load.in_header(offset) && access.jumps.observe(offset, end);
+            if access.load.observe(offset, end, bs, file.version.size) && file.disk.is_some() {
+                let plan = Arc::new(sweep_plan::SweepPlan::new(
+                    offset / bs,
+                    bs,
+                    file.version.size,
+                    &access.jumps,
+                ));
+                // The header, when it is all known, shows a load by name (`tensor_order`).
+                let header = file_start.filter(|bytes| {
+                    access
+                        .load
+                        .header_end()
+                        .is_some_and(|end| end <= bytes.len() as u64)
+                });
+                sweep::spawn(
+                    self.fetcher.clone(),
+                    file,
+                    plan.clone(),
+                    header,
+                    self.config.prefetch_concurrency,
+                );
+                access.sweep = Some(plan);
+            } else if let Some(plan) = access.sweep.as_ref().filter(|_| jumped) {
+                plan.note_jump(offset);
+            }
             // Inside the header nothing is prefetched; once a sweep fetches the whole file
             // in 8 MiB spans, 1 MiB readahead GETs would only take its slots and cut its
             // spans into single blocks.
-            let swept = access.load.is_loading() && file.disk.is_some();
+            let swept = access.sweep.is_some();
             let ahead = if access.load.in_header(offset) || swept {
                 0..0
             } else {
@@ -439,16 +481,8 @@ impl BlockReader {
                     file.version.size.div_ceil(bs),
                 )
             };
-            (ahead, start_sweep, swept)
+            (ahead, swept)
         };
-        if start_sweep && file.disk.is_some() {
-            sweep::spawn(
-                self.fetcher.clone(),
-                file,
-                offset / bs,
-                self.config.prefetch_concurrency,
-            );
-        }
         for index in ahead {
             if file
                 .disk
@@ -646,6 +680,74 @@ mod tests {
             .fetch_to_disk(&file.version, &entry, 18, 18, 26)
             .await;
         assert_eq!(log.ranges.lock().unwrap()[1], 18 * bs..20 * bs);
+    }
+
+    #[tokio::test]
+    async fn a_load_by_name_is_swept_in_name_order() {
+        const MIB: u64 = 1 << 20;
+        // Stored: a.tiny, c.norm, then b.w, d.w; a loader by name goes a.tiny, b.w, c.norm,
+        // d.w. A sweep in file order from b.w would fetch d.w before c.norm.
+        let tensors = [
+            ("a.tiny", 4096),
+            ("b.w", 8 * MIB),
+            ("c.norm", 12 * MIB),
+            ("d.w", 8 * MIB),
+        ];
+        let (mut data, size) = tensor_order::safetensors_header(&tensors, &["a.tiny", "c.norm"]);
+        let data_start = data.len() as u64;
+        data.extend(pattern((size - data_start) as usize));
+        let memory = Arc::new(MemoryStore::new());
+        let info = memory.put("m.safetensors", data.clone());
+        let log = Arc::new(RangeLog {
+            inner: memory,
+            ranges: Mutex::new(Vec::new()),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskCache::open(&crate::cache::DiskCacheConfig {
+            dir: dir.path().to_path_buf(),
+            size: crate::cache::CacheSize::Bytes(1 << 30),
+        })
+        .unwrap();
+        // One span at a time: the order of the GETs is the sweep's order.
+        let config = ReadConfig {
+            prefetch_concurrency: 1,
+            ..ReadConfig::default()
+        };
+        let reader = BlockReader::new(log.clone(), "bucket", config, Some(disk));
+        let file = Arc::new(reader.open(version(&info)).await);
+        reader.read(&file, 0, 16384).await.unwrap();
+        // The kernel's reads for the fault at b.w: a 4 MiB window from 2 MiB before it.
+        let b_w = data_start + 4096 + 12 * MIB;
+        let reads = (0..4).map(|i| reader.read(&file, b_w - 2 * MIB + i * MIB, MIB));
+        for got in futures::future::join_all(reads).await {
+            assert_eq!(got.unwrap().len() as u64, MIB);
+        }
+        let entry = file.disk.clone().unwrap();
+        let last = size.div_ceil(MIB) - 1;
+        for _ in 0..500 {
+            if entry.all_checked(0..=last) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(
+            entry.all_checked(0..=last),
+            "the sweep fetched the whole file"
+        );
+        let ranges = log.ranges.lock().unwrap().clone();
+        let first_get = |offset: u64| {
+            ranges
+                .iter()
+                .position(|r| r.contains(&offset))
+                .unwrap_or_else(|| panic!("no GET for {offset} in {ranges:?}"))
+        };
+        let (c_norm, d_w) = (data_start + 4096, b_w + 8 * MIB);
+        assert!(
+            first_get(c_norm + 6 * MIB) < first_get(d_w + 4 * MIB),
+            "c.norm before d.w: {ranges:?}"
+        );
+        let got = reader.read(&file, 0, size).await.unwrap();
+        assert!(got[..] == data[..], "byte-exact");
     }
 
     #[tokio::test]

@@ -1,31 +1,40 @@
 //! The whole-file sweep: once a model file is being loaded (see `model_file`), every block not
 //! yet on disk is fetched in the background, starting at the block being read and wrapping
 //! around, so loaders that read tensors out of file order (mmap in name order, ComfyUI's
-//! threads in model order) find most of their blocks already local. Runs only with a disk
+//! threads in model order) find most of their blocks already local; a safetensors load by
+//! name takes its blocks in name order instead (see `tensor_order`). Runs only with a disk
 //! tier (without one, prefetched blocks would push each other out of memory); stops when the
 //! file is closed.
 
 use std::sync::{Arc, Weak};
 
-use futures::stream::{self, StreamExt};
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
 
 use super::fetch::Fetcher;
+use super::sweep_plan::SweepPlan;
+use super::tensor_order::TensorLayout;
 
 use super::OpenObject;
 
 /// Blocks per sweep request: 8 MiB GETs, like mountpoint-s3's parts and S3's guidance.
 pub const SPAN_BLOCKS: u64 = 8;
 
-/// Fetches every missing block of `file`, `concurrency` at a time, starting at `start`.
-pub fn spawn(fetcher: Arc<Fetcher>, file: &Arc<OpenObject>, start: u64, concurrency: usize) {
+/// Fetches every missing block of `file` following `plan`, `concurrency` spans at a time;
+/// `header` (the file's first bytes, holding a safetensors header) lets the plan learn the
+/// tensor layout and follow a load by name.
+pub fn spawn(
+    fetcher: Arc<Fetcher>,
+    file: &Arc<OpenObject>,
+    plan: Arc<SweepPlan>,
+    header: Option<Bytes>,
+    concurrency: usize,
+) {
     let Some(entry) = file.disk.clone() else {
         return;
     };
     let weak: Weak<OpenObject> = Arc::downgrade(file);
-    let blocks = file
-        .version
-        .size
-        .div_ceil(fetcher_block_size(&fetcher, file));
+    let size = file.version.size;
     tokio::spawn(async move {
         let present = {
             let (entry, disk) = (entry.clone(), fetcher.disk().cloned());
@@ -33,52 +42,53 @@ pub fn spawn(fetcher: Arc<Fetcher>, file: &Arc<OpenObject>, start: u64, concurre
                 if let Some(disk) = disk {
                     disk.preallocate(&entry);
                 }
-                entry.entry.records()
+                let layout = header.and_then(|header| TensorLayout::parse(&header, size));
+                entry.entry.records().map(|present| (present, layout))
             })
             .await
             .ok()
             .and_then(Result::ok)
         };
-        let Some(present) = present else { return };
-        let order = (start..blocks).chain(0..start.min(blocks));
-        let missing: Vec<u64> = order
-            .filter(|&i| present.get(i as usize).is_some_and(Option::is_none))
-            .collect();
-        tracing::debug!(missing = missing.len(), start, "sweeping model file");
-        // Consecutive missing blocks go in spans of up to SPAN_BLOCKS, one GET each.
-        let mut spans: Vec<(u64, u64)> = Vec::new();
-        for index in missing {
-            match spans.last_mut() {
-                Some((first, count)) if *first + *count == index && *count < SPAN_BLOCKS => {
-                    *count += 1
-                }
-                _ => spans.push((index, 1)),
-            }
+        let Some((present, layout)) = present else {
+            return;
+        };
+        plan.skip_present(|i| present.get(i as usize).is_some_and(Option::is_some));
+        if let Some(layout) = layout {
+            plan.set_layout(layout);
         }
-        stream::iter(spans)
-            .map(|(first, count)| {
+        tracing::debug!(
+            missing = present.iter().filter(|r| r.is_none()).count(),
+            in_name_order = plan.in_name_order(),
+            "sweeping model file"
+        );
+        // Spans are taken from the plan as slots free up, so a change of order applies to
+        // the next one.
+        let (mut running, mut open) = (FuturesUnordered::new(), true);
+        loop {
+            while open && running.len() < concurrency.max(1) {
+                let Some((first, count)) = plan.next_span() else {
+                    break;
+                };
                 let (fetcher, weak, entry) = (fetcher.clone(), weak.clone(), entry.clone());
-                async move {
+                running.push(async move {
                     // Stop once the file is closed.
-                    let Some(file) = weak.upgrade() else { return };
+                    let Some(file) = weak.upgrade() else {
+                        return false;
+                    };
                     let version = file.version.clone();
                     drop(file);
                     if let Err(e) = fetcher.span(&version, &entry, first, count).await {
                         tracing::debug!(key = %version.key, first, count, "sweep fetch failed: {e}");
                     }
-                }
-            })
-            .buffer_unordered(concurrency.max(1))
-            .for_each(|()| async {})
-            .await;
+                    true
+                });
+            }
+            match running.next().await {
+                Some(still_open) => open &= still_open,
+                None => break,
+            }
+        }
         // The whole file is local now: verify and seal it for passthrough.
         fetcher.verify_in_background(&entry);
     });
-}
-
-fn fetcher_block_size(fetcher: &Fetcher, file: &OpenObject) -> u64 {
-    file.disk
-        .as_ref()
-        .map(|e| e.entry.id.block_size)
-        .unwrap_or_else(|| fetcher.block_size())
 }
