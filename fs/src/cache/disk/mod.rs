@@ -136,6 +136,8 @@ pub struct DiskCache {
     usage: AtomicU64,
     limit: AtomicU64,
     written_since_scan: AtomicU64,
+    /// Bytes reserved for writes that have not finished (see [`Reservation`]).
+    unwritten: Arc<AtomicU64>,
     evicting: AtomicBool,
     open: Mutex<HashMap<String, Weak<CacheEntry>>>,
     warned: Mutex<std::collections::HashSet<&'static str>>,
@@ -173,6 +175,7 @@ impl DiskCache {
             usage: AtomicU64::new(0),
             limit: AtomicU64::new(u64::MAX),
             written_since_scan: AtomicU64::new(0),
+            unwritten: Arc::default(),
             evicting: AtomicBool::new(false),
             open: Mutex::new(HashMap::new()),
             warned: Mutex::new(Default::default()),
@@ -354,9 +357,9 @@ impl DiskCache {
     /// eviction pass starts and the block is only served, not stored).
     /// Returns whether the block is now on disk.
     pub fn write_block(self: &Arc<Self>, entry: &CacheEntry, index: u64, bytes: &[u8]) -> bool {
-        if !self.reserve(bytes.len() as u64) {
+        let Some(_reservation) = self.reserve(bytes.len() as u64) else {
             return false;
-        }
+        };
         let written = entry.entry.write_block(index, bytes);
         self.written(entry, index..index + 1, written)
     }
@@ -370,8 +373,13 @@ impl DiskCache {
     ) -> Option<SpanWriter> {
         let id = &entry.entry.id;
         let len: u64 = blocks.clone().map(|i| id.block_len(i)).sum();
-        self.reserve(len)
-            .then(|| SpanWriter::new(self.clone(), entry.clone(), blocks))
+        let reservation = self.reserve(len)?;
+        Some(SpanWriter::new(
+            self.clone(),
+            entry.clone(),
+            blocks,
+            reservation,
+        ))
     }
 
     /// Adds `len` bytes to the usage if they fit under the limit, in one atomic step: writers
@@ -386,22 +394,28 @@ impl DiskCache {
             .is_ok()
     }
 
-    /// Counts `len` bytes about to be written against the limit; false (and an eviction pass
-    /// started) when they would cross it.
-    fn reserve(self: &Arc<Self>, len: u64) -> bool {
+    /// Counts `len` bytes about to be written against the limit, until the returned
+    /// reservation is dropped after the write; `None` (and an eviction pass started) when
+    /// they would cross the limit.
+    fn reserve(self: &Arc<Self>, len: u64) -> Option<Reservation> {
         // The filesystem allocates whole 4 KiB blocks: a file's short last block costs one.
         let len = len.next_multiple_of(4096);
         if !self.charge(len) {
             TierStats::bump(&self.stats.errors);
             self.trigger_eviction();
-            return false;
+            return None;
         }
+        self.unwritten.fetch_add(len, Ordering::AcqRel);
+        let reservation = Reservation {
+            unwritten: self.unwritten.clone(),
+            len,
+        };
         let written = self.written_since_scan.fetch_add(len, Ordering::Relaxed) + len;
         // Other processes write too: re-measure the truth regularly.
         if written > (self.limit() / 20).max(64 << 20) {
             self.trigger_eviction();
         }
-        true
+        Some(reservation)
     }
 
     /// Accounts for the write of `blocks` of `entry` (reserved before): counted and known
@@ -550,6 +564,8 @@ impl DiskCache {
     /// that no process has open until usage is below 90% of the limit.
     pub fn evict_pass(&self) -> io::Result<()> {
         let before = self.usage();
+        // Bytes reserved but not written yet are not on disk for the scan to find.
+        let unwritten = self.unwritten.load(Ordering::Acquire);
         let mut entries = scan(&self.objects)?;
         // The usage record itself takes a block.
         let mut usage: u64 = entries.iter().map(|e| e.bytes).sum::<u64>() + 4096;
@@ -572,14 +588,30 @@ impl DiskCache {
                 }
             }
         }
-        // Blocks this process wrote while the pass ran may be missing from the scan: count
-        // them again rather than risk crossing the limit.
+        // Blocks this process wrote while the pass ran may be missing from the scan, and so
+        // may those reserved before it: count them again rather than risk crossing the limit
+        // (the next pass corrects the excess).
         let during = self.usage().saturating_sub(before);
-        let usage = usage + during;
+        let usage = usage + during + unwritten;
         self.usage.store(usage, Ordering::Relaxed);
         self.limit.store(limit, Ordering::Relaxed);
         write_usage_record(&self.root, usage);
         Ok(())
+    }
+}
+
+/// Bytes counted against the limit for a write in progress; the count of unwritten bytes
+/// drops when the write is over (the bytes stay in the usage: on disk now, or, for a failed
+/// write, until the next scan).
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    unwritten: Arc<AtomicU64>,
+    len: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.unwritten.fetch_sub(self.len, Ordering::AcqRel);
     }
 }
 

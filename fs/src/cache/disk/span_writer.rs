@@ -11,7 +11,7 @@ use std::io;
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::{CacheEntry, DiskCache};
+use super::{CacheEntry, DiskCache, Reservation};
 
 /// Stores the blocks `blocks` of one entry from the pieces of their download.
 #[derive(Debug)]
@@ -29,6 +29,8 @@ pub struct SpanWriter {
     /// Blocks from the span's first stored so far (a retried download does not store them
     /// again).
     stored: u64,
+    /// The span's bytes counted against the cache limit while it is being written.
+    _reservation: Reservation,
 }
 
 impl SpanWriter {
@@ -36,6 +38,7 @@ impl SpanWriter {
         cache: Arc<DiskCache>,
         entry: Arc<CacheEntry>,
         blocks: Range<u64>,
+        reservation: Reservation,
     ) -> SpanWriter {
         let id = &entry.entry.id;
         let start = blocks.start * id.block_size;
@@ -49,6 +52,7 @@ impl SpanWriter {
             written: 0,
             crc: 0,
             stored: 0,
+            _reservation: reservation,
         }
     }
 

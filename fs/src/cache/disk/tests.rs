@@ -185,3 +185,26 @@ fn a_span_that_breaks_off_keeps_only_its_complete_blocks() {
         "a span that would cross the limit is not started"
     );
 }
+
+#[test]
+fn a_scan_while_a_span_is_being_written_still_counts_the_span() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), CacheSize::Bytes(1 << 30));
+    let size = 8 << 20;
+    let entry = cache.entry(&id("span", size)).unwrap();
+    let mut writer = cache.span_writer(&entry, 0..8).unwrap();
+    // The pass scans the disk before the span's bytes are there.
+    cache.evict_pass().unwrap();
+    let bytes = pattern(size as usize);
+    writer.push(0, &bytes).unwrap();
+    assert!(writer.finish());
+    let on_disk: u64 = scan(&cache.objects).unwrap().iter().map(|e| e.bytes).sum();
+    assert!(
+        cache.usage() >= on_disk,
+        "usage {} under what is on disk ({on_disk})",
+        cache.usage()
+    );
+    // Once written, the next pass counts the span once.
+    cache.evict_pass().unwrap();
+    assert!(cache.usage() < on_disk + (1 << 20), "{}", cache.usage());
+}
