@@ -465,9 +465,9 @@ impl Fetcher {
 
     /// The first `prefix_len` bytes of block `index` of `version`, for a reader that needs
     /// only those now (a safetensors header probe). A block that must come from S3 is fetched
-    /// as two ranged GETs made at once: the prefix, answered as soon as it arrives, and the rest, joined
-    /// with it and stored like any block (the same bytes in total as one GET for the block).
-    /// Readers of the whole block meanwhile wait for the joined block.
+    /// as two ranged GETs made at once: the prefix, answered as soon as it arrives, and the
+    /// rest, joined with it and stored like any block (the same bytes in total as one GET for
+    /// the block). Readers of the whole block meanwhile wait for the joined block.
     pub async fn block_prefix(
         self: &Arc<Self>,
         version: &ObjectVersion,

@@ -360,9 +360,10 @@ impl BlockReader {
     /// far as they are known in memory (at least up to `want_end` right after learning).
     ///
     /// Learning costs one small ranged GET ([`HEADER_PROBE`] bytes) that the caller is
-    /// answered from; the rest of block 0 comes in a second GET, made at once, into the caches. A header
-    /// scan (ComfyUI reads every model's header at start-up) then waits for a few KiB per
-    /// file instead of a whole block, and still leaves block 0 cached for the next scan.
+    /// answered from; the rest of block 0 comes in a second GET, made at the same time, into
+    /// the caches. A header scan (ComfyUI reads every model's header at start-up) then waits
+    /// for a few KiB per file instead of a whole block, and still leaves block 0 cached for
+    /// the next scan.
     async fn known_header(
         &self,
         file: &OpenObject,
