@@ -606,6 +606,38 @@ mod tests {
         }
     }
 
+    /// A reader with a disk tier over a store holding `data` at `key`, whose GETs are logged.
+    struct LoggedReader {
+        log: Arc<RangeLog>,
+        reader: Arc<BlockReader>,
+        version: ObjectVersion,
+        disk: Arc<DiskCache>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn logged_reader_with_disk(key: &str, data: &[u8], config: ReadConfig) -> LoggedReader {
+        let memory = Arc::new(MemoryStore::new());
+        let info = memory.put(key, data.to_vec());
+        let log = Arc::new(RangeLog {
+            inner: memory,
+            ranges: Mutex::new(Vec::new()),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskCache::open(&crate::cache::DiskCacheConfig {
+            dir: dir.path().to_path_buf(),
+            size: crate::cache::CacheSize::Bytes(1 << 30),
+        })
+        .unwrap();
+        let reader = BlockReader::new(log.clone(), "bucket", config, Some(disk.clone()));
+        LoggedReader {
+            log,
+            reader,
+            version: version(&info),
+            disk,
+            _dir: dir,
+        }
+    }
+
     #[tokio::test]
     async fn a_header_probe_answers_from_a_small_get_and_still_caches_block_0() {
         let json = br#"{"t":{"dtype":"U8","shape":[3000000],"data_offsets":[0,3000000]}}"#;
@@ -644,24 +676,19 @@ mod tests {
     async fn a_loading_reader_streams_its_blocks_and_the_next_ones_to_disk_in_one_get() {
         let bs = 1u64 << 16;
         let data = pattern(20 * bs as usize);
-        let memory = Arc::new(MemoryStore::new());
-        let info = memory.put("m.bin", data.clone());
-        let log = Arc::new(RangeLog {
-            inner: memory,
-            ranges: Mutex::new(Vec::new()),
-        });
-        let dir = tempfile::tempdir().unwrap();
-        let disk = DiskCache::open(&crate::cache::DiskCacheConfig {
-            dir: dir.path().to_path_buf(),
-            size: crate::cache::CacheSize::Bytes(1 << 30),
-        })
-        .unwrap();
         let config = ReadConfig {
             block_size: bs,
             ..ReadConfig::default()
         };
-        let reader = BlockReader::new(log.clone(), "bucket", config, Some(disk.clone()));
-        let file = Arc::new(reader.open(version(&info)).await);
+        // `_dir` (the cache directory) lives to the end of the test.
+        let LoggedReader {
+            log,
+            reader,
+            version,
+            disk,
+            _dir,
+        } = logged_reader_with_disk("m.bin", &data, config);
+        let file = Arc::new(reader.open(version).await);
         let entry = file.disk.clone().unwrap();
         // Block 6 is on disk already: the run ahead stops before it.
         let at = 6 * bs as usize;
@@ -686,39 +713,32 @@ mod tests {
     #[tokio::test]
     async fn a_load_by_name_is_swept_in_name_order() {
         const MIB: u64 = 1 << 20;
-        // Stored: a.tiny, c.norm, then b.w, d.w; a loader by name goes a.tiny, b.w, c.norm,
-        // d.w. A sweep in file order from b.w would fetch d.w before c.norm.
-        let tensors = [
-            ("a.tiny", 4096),
-            ("b.w", 8 * MIB),
-            ("c.norm", 12 * MIB),
-            ("d.w", 8 * MIB),
-        ];
-        let (mut data, size) = tensor_order::safetensors_header(&tensors, &["a.tiny", "c.norm"]);
-        let data_start = data.len() as u64;
+        // A loader by name goes a.tiny, b.w, c.norm, d.w; a sweep in file order from b.w
+        // would fetch d.w before c.norm.
+        let tensor_order::TwoRegions {
+            header: mut data,
+            size,
+            data_start,
+            c_norm,
+            b_w,
+            d_w,
+        } = tensor_order::two_regions();
         data.extend(pattern((size - data_start) as usize));
-        let memory = Arc::new(MemoryStore::new());
-        let info = memory.put("m.safetensors", data.clone());
-        let log = Arc::new(RangeLog {
-            inner: memory,
-            ranges: Mutex::new(Vec::new()),
-        });
-        let dir = tempfile::tempdir().unwrap();
-        let disk = DiskCache::open(&crate::cache::DiskCacheConfig {
-            dir: dir.path().to_path_buf(),
-            size: crate::cache::CacheSize::Bytes(1 << 30),
-        })
-        .unwrap();
         // One span at a time: the order of the GETs is the sweep's order.
         let config = ReadConfig {
             prefetch_concurrency: 1,
             ..ReadConfig::default()
         };
-        let reader = BlockReader::new(log.clone(), "bucket", config, Some(disk));
-        let file = Arc::new(reader.open(version(&info)).await);
+        let LoggedReader {
+            log,
+            reader,
+            version,
+            _dir,
+            ..
+        } = logged_reader_with_disk("m.safetensors", &data, config);
+        let file = Arc::new(reader.open(version).await);
         reader.read(&file, 0, 16384).await.unwrap();
         // The kernel's reads for the fault at b.w: a 4 MiB window from 2 MiB before it.
-        let b_w = data_start + 4096 + 12 * MIB;
         let reads = (0..4).map(|i| reader.read(&file, b_w - 2 * MIB + i * MIB, MIB));
         for got in futures::future::join_all(reads).await {
             assert_eq!(got.unwrap().len() as u64, MIB);
@@ -742,7 +762,6 @@ mod tests {
                 .position(|r| r.contains(&offset))
                 .unwrap_or_else(|| panic!("no GET for {offset} in {ranges:?}"))
         };
-        let (c_norm, d_w) = (data_start + 4096, b_w + 8 * MIB);
         assert!(
             first_get(c_norm + 6 * MIB) < first_get(d_w + 4 * MIB),
             "c.norm before d.w: {ranges:?}"

@@ -170,6 +170,7 @@ impl PlanState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::read::tensor_order::{two_regions, TwoRegions};
 
     #[test]
     fn reads_that_continue_recent_ones_are_not_jumps() {
@@ -194,16 +195,9 @@ mod tests {
 
     #[test]
     fn a_jump_to_a_tensor_first_by_name_switches_to_name_order() {
-        // Stored: a.tiny, c.norm (12 MiB), then b.w, d.w; by name a.tiny, b.w, c.norm, d.w.
-        let tensors = [
-            ("a.tiny", 4096),
-            ("b.w", 8 * MIB),
-            ("c.norm", 12 * MIB),
-            ("d.w", 8 * MIB),
-        ];
-        let (header, size) =
-            crate::read::tensor_order::safetensors_header(&tensors, &["a.tiny", "c.norm"]);
-        let b_w = header.len() as u64 + 4096 + 12 * MIB;
+        let TwoRegions {
+            header, size, b_w, ..
+        } = two_regions();
         // The loader faulted at b.w before the sweep began (the kernel's read starts 2 MiB
         // before it); the sweep starts in file order from the read that showed the load.
         let mut jumps = ReadJumps::default();
@@ -226,12 +220,15 @@ mod tests {
 
     #[test]
     fn jumps_elsewhere_keep_file_order() {
-        let tensors = [("a.tiny", 4096), ("b.w", 8 * MIB), ("c.norm", 12 * MIB)];
-        let (header, size) =
-            crate::read::tensor_order::safetensors_header(&tensors, &["a.tiny", "c.norm"]);
+        let TwoRegions {
+            header,
+            size,
+            data_start,
+            ..
+        } = two_regions();
         let plan = SweepPlan::new(3, MIB, size, &ReadJumps::default());
         plan.set_layout(TensorLayout::parse(&header, size).unwrap());
-        plan.note_jump(header.len() as u64 + 6 * MIB);
+        plan.note_jump(data_start + 6 * MIB);
         assert!(!plan.in_name_order());
         assert_eq!(plan.next_span(), Some((3, 8)));
     }

@@ -107,9 +107,9 @@ impl TensorLayout {
     }
 }
 
-#[cfg(test)]
 /// A header for tensors (name, length), stored like safetensors writers do: the ones in
 /// `first_group` first, each group by name.
+#[cfg(test)]
 pub(crate) fn safetensors_header(tensors: &[(&str, u64)], first_group: &[&str]) -> (Vec<u8>, u64) {
     let mut stored: Vec<&(&str, u64)> = tensors.iter().collect();
     stored.sort_by_key(|(name, _)| (!first_group.contains(name), *name));
@@ -135,6 +135,41 @@ pub(crate) fn safetensors_header(tensors: &[(&str, u64)], first_group: &[&str]) 
     (bytes, size)
 }
 
+/// The tests' file of two regions: stored a.tiny (4 KiB) and c.norm (12 MiB), the fp32
+/// region, then b.w and d.w (8 MiB each); by name a load goes a.tiny, b.w, c.norm, d.w,
+/// back and forth between the regions.
+#[cfg(test)]
+pub(crate) struct TwoRegions {
+    pub header: Vec<u8>,
+    pub size: u64,
+    pub data_start: u64,
+    pub c_norm: u64,
+    pub b_w: u64,
+    pub d_w: u64,
+}
+
+#[cfg(test)]
+pub(crate) fn two_regions() -> TwoRegions {
+    const MIB: u64 = 1 << 20;
+    let tensors = [
+        ("a.tiny", 4096),
+        ("b.w", 8 * MIB),
+        ("c.norm", 12 * MIB),
+        ("d.w", 8 * MIB),
+    ];
+    let (header, size) = safetensors_header(&tensors, &["a.tiny", "c.norm"]);
+    let data_start = header.len() as u64;
+    let (c_norm, b_w) = (data_start + 4096, data_start + 4096 + 12 * MIB);
+    TwoRegions {
+        header,
+        size,
+        data_start,
+        c_norm,
+        b_w,
+        d_w: b_w + 8 * MIB,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,19 +179,15 @@ mod tests {
 
     #[test]
     fn a_load_by_name_takes_blocks_in_name_order_from_the_first_tensor_by_name() {
-        // Stored: the fp32 region (a.tiny, c.norm), then the fp16 one (b.w, d.w); by name
-        // a load goes a.tiny, b.w, c.norm, d.w: back and forth between the regions.
-        let tensors = [
-            ("a.tiny", 4096),
-            ("b.w", 8 * MIB),
-            ("c.norm", 12 * MIB),
-            ("d.w", 8 * MIB),
-        ];
-        let (bytes, size) = header(&tensors, &["a.tiny", "c.norm"]);
+        let TwoRegions {
+            header: bytes,
+            size,
+            data_start: data,
+            c_norm,
+            b_w,
+            d_w,
+        } = two_regions();
         let layout = TensorLayout::parse(&bytes, size).unwrap();
-        let data = bytes.len() as u64;
-        let (c_norm, b_w) = (data + 4096, data + 4096 + 12 * MIB);
-        let d_w = b_w + 8 * MIB;
         // a.tiny came with the header's pages; the loader's first fault is at b.w, and the
         // kernel's read for it begins 2 MiB before.
         assert!(layout.begins_load_by_name(b_w - 2 * MIB));
