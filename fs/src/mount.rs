@@ -140,11 +140,15 @@ pub fn mount(
     disk_cache: Option<Arc<DiskCache>>,
     runtime: Handle,
 ) -> Result<Session<ModelFs>, MountError> {
-    let namespace = Arc::new(Namespace::new(
-        store.clone(),
-        &config.location.prefix,
-        config.metadata_ttl,
-    ));
+    let namespace = Namespace::shared(store.clone(), &config.location.prefix, config.metadata_ttl);
+    // The root and its folders are listed now, in the background: the first lookups after
+    // mounting find them.
+    let root = namespace.clone();
+    runtime.spawn(async move {
+        if let Err(e) = root.listing(crate::namespace::ROOT_INO).await {
+            tracing::debug!("listing the root ahead failed: {e}");
+        }
+    });
     let reader = BlockReader::new(
         store,
         &config.location.bucket,

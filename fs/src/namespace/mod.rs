@@ -21,7 +21,7 @@ pub mod names;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::FsError;
@@ -46,6 +46,10 @@ pub enum NodeKind {
 /// entries), so a server that never stops handing out continuation tokens cannot keep a
 /// listing going forever.
 const MAX_LIST_PAGES: usize = 10_000;
+
+/// Most subdirectories whose listings are fetched in the background when their parent is
+/// listed on demand (see [`Namespace::shared`]).
+const LIST_AHEAD: usize = 32;
 
 /// What `stat` shows for a node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,6 +119,8 @@ pub struct Namespace {
     ttl: Duration,
     table: RwLock<InodeTable>,
     warned: Mutex<HashSet<String>>,
+    /// Set for a shared namespace, which lists subdirectories ahead.
+    this: Weak<Namespace>,
 }
 
 impl std::fmt::Debug for Namespace {
@@ -156,7 +162,20 @@ impl Namespace {
             ttl,
             table: RwLock::new(table),
             warned: Mutex::new(HashSet::new()),
+            this: Weak::new(),
         }
+    }
+
+    /// Like [`Namespace::new`], shared, and listing ahead: when a directory is listed on
+    /// demand, the listings of up to [`LIST_AHEAD`] of its subdirectories are fetched in the
+    /// background (one level), so a walk of the tree (ComfyUI's model folders at start-up, a
+    /// lookup of `checkpoints/x.safetensors` right after mounting) waits for one round trip
+    /// instead of one per folder. Nothing is listed ahead with a zero TTL.
+    pub fn shared(store: Arc<dyn ObjectStore>, prefix: &str, ttl: Duration) -> Arc<Namespace> {
+        Arc::new_cyclic(|this| Namespace {
+            this: this.clone(),
+            ..Namespace::new(store, prefix, ttl)
+        })
     }
 
     /// The metadata TTL this namespace was built with.
@@ -200,8 +219,34 @@ impl Namespace {
         self.attr(entry.ino)
     }
 
-    /// The listing of directory `ino`: the cached one while fresh, else a new one.
+    /// The listing of directory `ino`: the cached one while fresh, else a new one (and, for a
+    /// shared namespace, its subdirectories' in the background).
     pub async fn listing(&self, ino: u64) -> Result<Arc<DirListing>, FsError> {
+        let (listing, fetched) = self.listing_once(ino).await?;
+        if let Some(this) = self
+            .this
+            .upgrade()
+            .filter(|_| fetched && !self.ttl.is_zero())
+        {
+            let subdirs = listing
+                .entries
+                .iter()
+                .filter(|e| e.kind == NodeKind::Directory)
+                .take(LIST_AHEAD);
+            for dir in subdirs {
+                let (this, ino) = (this.clone(), dir.ino);
+                tokio::spawn(async move {
+                    if let Err(e) = this.listing_once(ino).await {
+                        tracing::debug!(ino, "listing ahead failed: {e}");
+                    }
+                });
+            }
+        }
+        Ok(listing)
+    }
+
+    /// The listing of directory `ino`, and whether it was fetched now.
+    async fn listing_once(&self, ino: u64) -> Result<(Arc<DirListing>, bool), FsError> {
         let dir = self.inode(ino)?;
         let slot = dir
             .listing
@@ -210,12 +255,12 @@ impl Namespace {
         let mut cached = slot.lock().await;
         if let Some(listing) = cached.as_ref() {
             if listing.fetched_at.elapsed() < self.ttl {
-                return Ok(listing.clone());
+                return Ok((listing.clone(), false));
             }
         }
         let listing = Arc::new(self.fetch_listing(&dir, cached.as_deref()).await?);
         *cached = Some(listing.clone());
-        Ok(listing)
+        Ok((listing, true))
     }
 
     /// The directory holding `ino`.

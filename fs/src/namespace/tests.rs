@@ -164,3 +164,37 @@ async fn a_listing_that_never_ends_is_given_up_after_a_bounded_number_of_pages()
         MAX_LIST_PAGES as u64
     );
 }
+
+#[tokio::test]
+async fn a_shared_namespace_lists_the_folders_of_a_listed_directory_ahead() {
+    let store = MemoryStore::new();
+    for key in ["checkpoints/a", "loras/b", "loras/deep/c", "vae/d", "top"] {
+        store.put(key, vec![1]);
+    }
+    let store = Arc::new(store);
+    let lists = || store.lists.load(std::sync::atomic::Ordering::Relaxed);
+    let ns = Namespace::shared(store.clone(), "", Duration::from_secs(60));
+    ns.listing(ROOT_INO).await.unwrap();
+    // The root, then its three folders in the background; not the folder inside loras/.
+    for _ in 0..200 {
+        if lists() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(lists(), 4, "one level ahead");
+    let loras = ns.lookup(ROOT_INO, "loras").await.unwrap();
+    assert!(ns.lookup(loras.ino, "b").await.is_ok());
+    ns.lookup(ROOT_INO, "vae").await.unwrap();
+    assert_eq!(
+        lists(),
+        4,
+        "lookups in listed-ahead folders make no request"
+    );
+    // A plain namespace lists nothing ahead.
+    let plain = Namespace::new(store.clone(), "", Duration::from_secs(60));
+    plain.listing(ROOT_INO).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(lists(), 5);
+}
