@@ -3,7 +3,8 @@
 //! A directory is listed lazily, on first lookup or readdir, with `ListObjectsV2` and the `/`
 //! delimiter (all pages), and the listing is kept for the metadata TTL; after that the next
 //! access lists again, so objects added to or removed from the bucket appear and disappear
-//! without any sync job. Concurrent accesses to one directory share one listing request.
+//! without any sync job. Concurrent accesses to one directory share one listing request. A
+//! shared namespace (a mount's) also lists one level ahead ([`Namespace::shared`]).
 //!
 //! Rules (documented in `docs/design.md`):
 //! - a key that is both an object and a prefix of other keys (`a` and `a/b`) is a directory;
