@@ -67,13 +67,41 @@ pub fn header_end(first_bytes: &[u8], file_size: u64) -> Option<u64> {
     ((2..=MAX_HEADER_LEN).contains(&n) && end <= file_size).then_some(end)
 }
 
+/// The sequential runs of a file's recent reads, `(start, end)`, at most [`MAX_RUNS`].
+#[derive(Debug, Default)]
+pub struct RecentRuns {
+    runs: Vec<(u64, u64)>,
+}
+
+impl RecentRuns {
+    /// Records a read of `offset..end`: it joins every run it touches or nearly touches,
+    /// before or after (the kernel's reads of one readahead window arrive in any order).
+    /// Returns the length of the run it is now part of, and whether it joined none (a jump).
+    pub fn observe(&mut self, offset: u64, end: u64) -> (u64, bool) {
+        let (mut start, mut stop) = (offset, end);
+        let before = self.runs.len();
+        self.runs.retain(|&(run_start, run_end)| {
+            let near = offset <= run_end + RUN_SLACK && end + RUN_SLACK >= run_start;
+            if near {
+                (start, stop) = (start.min(run_start), stop.max(run_end));
+            }
+            !near
+        });
+        let jumped = self.runs.len() == before;
+        if self.runs.len() == MAX_RUNS {
+            self.runs.remove(0);
+        }
+        self.runs.push((start, stop));
+        (stop - start, jumped)
+    }
+}
+
 /// Per open file: has the model started loading?
 #[derive(Debug)]
 pub struct LoadDetector {
     kind: FileKind,
     header_end: Option<u64>,
-    /// (start, end) of recent sequential runs.
-    runs: Vec<(u64, u64)>,
+    runs: RecentRuns,
     touched: BTreeSet<u64>,
     /// Bytes of large reads past the header.
     large: u64,
@@ -86,7 +114,7 @@ impl LoadDetector {
         LoadDetector {
             kind,
             header_end: None,
-            runs: Vec::new(),
+            runs: RecentRuns::default(),
             touched: BTreeSet::new(),
             large: 0,
             loading: false,
@@ -137,21 +165,7 @@ impl LoadDetector {
             return false;
         }
         let offset = offset.max(data_start);
-        // The read joins every run it touches or nearly touches, before or after: the
-        // kernel's reads of one readahead window arrive in any order.
-        let (mut start, mut stop) = (offset, end);
-        self.runs.retain(|&(run_start, run_end)| {
-            let near = offset <= run_end + RUN_SLACK && end + RUN_SLACK >= run_start;
-            if near {
-                (start, stop) = (start.min(run_start), stop.max(run_end));
-            }
-            !near
-        });
-        if self.runs.len() == MAX_RUNS {
-            self.runs.remove(0);
-        }
-        self.runs.push((start, stop));
-        let run = stop - start;
+        let (run, _) = self.runs.observe(offset, end);
         for b in offset / bs..=(end - 1) / bs {
             self.touched.insert(b);
         }

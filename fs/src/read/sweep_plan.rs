@@ -6,47 +6,30 @@
 //! up, so a change of order applies to the next span it starts. Every block is handed out
 //! at most once.
 
-use std::collections::VecDeque;
 use std::sync::Mutex;
 
+use super::model_file::RecentRuns;
 use super::sweep::SPAN_BLOCKS;
 use super::tensor_order::TensorLayout;
 
-/// Reads starting this close to where a recent read ended continue it (the kernel delivers
-/// asynchronous reads slightly out of order).
-const CONTINUE_SLACK: u64 = 256 << 10;
-/// Recent read ends remembered (several threads read different tensors at once).
-const RECENT_READS: usize = 16;
 /// Jumps remembered until the sweep knows the header's layout.
 const JUMPS_KEPT: usize = 32;
 
-/// Where a file's reads jump: reads that continue none of the last few.
+/// Where a file's reads jump: reads that join none of the recent runs (`RecentRuns`).
 #[derive(Debug, Default)]
 pub struct ReadJumps {
-    recent_ends: VecDeque<u64>,
+    runs: RecentRuns,
     jumps: Vec<u64>,
 }
 
 impl ReadJumps {
     /// Records a read of `offset..end`; true if it continues none of the recent reads.
     pub fn observe(&mut self, offset: u64, end: u64) -> bool {
-        let continued = self
-            .recent_ends
-            .iter()
-            .position(|&e| offset + CONTINUE_SLACK >= e && offset <= e + CONTINUE_SLACK);
-        match continued {
-            Some(i) => self.recent_ends[i] = self.recent_ends[i].max(end),
-            None => {
-                if self.recent_ends.len() == RECENT_READS {
-                    self.recent_ends.pop_front();
-                }
-                self.recent_ends.push_back(end);
-                if self.jumps.len() < JUMPS_KEPT {
-                    self.jumps.push(offset);
-                }
-            }
+        let (_, jumped) = self.runs.observe(offset, end);
+        if jumped && self.jumps.len() < JUMPS_KEPT {
+            self.jumps.push(offset);
         }
-        continued.is_none()
+        jumped
     }
 }
 
