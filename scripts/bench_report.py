@@ -76,7 +76,11 @@ def main():
     w(f"- **Date**: {meta['date']}; git `{meta['git']}`; {meta['modelfs']}")
     w(f"- **Machine**: {meta['cores']} cores ({meta['cpu'].strip()}), {meta['memory']}, kernel {meta['kernel']}")
     w(f"- **Endpoint**: the project's local S3 server (`s3local`) on 127.0.0.1, shaped: {meta['shaping']}."
-      " Server, daemon and reader share the same cores.")
+      " Server, daemon and reader share the same cores. The server sends object bytes from a mapping of"
+      " its files (no copy of its own), and before every measured run of every system the objects the"
+      " workload fetches are read back into the page cache after the drop below: S3's disks and CPU are"
+      " not on the client's machine, so no system pays the endpoint's disk reads (the link limit, which"
+      " drops no caches, never did; until 2026-12-02 the mounts did).")
     w(f"- **mountpoint-s3**: {meta['mountpoint']}, mount-s3 1.23 defaults (8 MiB parts, default prefetcher,"
       " 16 FUSE threads); `--cache` = its disk cache (1 MiB blocks).")
     w(f"- **Link limit**: {meta['limit']}.")
