@@ -226,6 +226,11 @@ impl Fetcher {
                 return Some(block.slice(from..from + (end - offset) as usize));
             }
         }
+        // Most reads of a file being loaded find its pages resident (written moments ago):
+        // served here, without the hop to a blocking thread.
+        if let Some(bytes) = cache.read_resident(&entry, offset, end - offset) {
+            return Some(bytes);
+        }
         tokio::task::spawn_blocking(move || cache.read_range(&entry, offset, end - offset))
             .await
             .ok()

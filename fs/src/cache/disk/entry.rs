@@ -287,26 +287,36 @@ impl Entry {
     }
 
     /// The data file's bytes `offset..offset + len` as a read-only mapping of its page cache,
-    /// if every page is resident once populated: a FUSE reply written from the mapping costs
-    /// one copy, where reading into a buffer first costs two. `None` (read into a buffer
-    /// instead) when a page is not resident, so a reply never waits on (or fails in) a disk
-    /// read it cannot report. Unchecked, like [`Entry::read_range`].
+    /// populated (pages not resident are read from disk: call it where blocking is fine).
+    /// `None` when a page is still not resident after that (read into a buffer instead), so
+    /// a reply never waits on (or fails in) a disk read it cannot report. Unchecked, like
+    /// [`Entry::read_range`].
     pub fn map_range(&self, offset: u64, len: u64) -> Option<bytes::Bytes> {
+        self.map(offset, len, true)
+    }
+
+    /// [`Entry::map_range`] without reading anything from disk: `Some` only when every page
+    /// is resident already, so a caller that must not block (an async task) can serve from
+    /// it. A FUSE reply written from the mapping costs one copy, where reading into a buffer
+    /// first costs two; the kernel maps the pages as it copies them.
+    pub fn map_resident(&self, offset: u64, len: u64) -> Option<bytes::Bytes> {
+        self.map(offset, len, false)
+    }
+
+    fn map(&self, offset: u64, len: u64, populate: bool) -> Option<bytes::Bytes> {
         let page = page_size();
         let start = offset - offset % page;
         let map_len = usize::try_from(offset + len - start).ok()?;
+        let mut options = memmap2::MmapOptions::new();
+        options.offset(start).len(map_len);
+        if populate {
+            options.populate();
+        }
         // SAFETY: a shared read-only mapping of the data file, whose size is fixed when the
         // entry is created (never truncated: eviction unlinks whole entries, which leaves the
         // open file and its pages valid); the bytes of present blocks are never rewritten
         // with other bytes (writers only fill blocks that are absent).
-        let map = unsafe {
-            memmap2::MmapOptions::new()
-                .offset(start)
-                .len(map_len)
-                .populate()
-                .map(&self.data)
-        }
-        .ok()?;
+        let map = unsafe { options.map(&self.data) }.ok()?;
         let pages = map_len.div_ceil(page as usize);
         let mut resident = vec![0u8; pages];
         // SAFETY: `map` is a live mapping of `map_len` bytes at a page-aligned address, and
@@ -540,6 +550,31 @@ mod tests {
         let meta = std::fs::metadata(entry.dir.join("data")).unwrap();
         assert_eq!(meta.mode() & 0o777, 0o600);
         assert_eq!(std::fs::metadata(&entry.dir).unwrap().mode() & 0o777, 0o700);
+    }
+
+    #[test]
+    fn resident_mappings_never_read_from_disk() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let mut id = id(3 * 4096);
+        id.block_size = 4096;
+        let entry = Entry::open_or_create(dir.path(), &id).unwrap();
+        let block: Vec<u8> = (0..4096).map(|i| (i % 251) as u8).collect();
+        entry.write_block(1, &block).unwrap();
+        let got = entry
+            .map_resident(4096 + 10, 100)
+            .expect("just written: resident");
+        assert_eq!(&got[..], &block[10..110]);
+        drop(got);
+        // Written back and dropped from the page cache: only the blocking path may serve it.
+        entry.data.sync_all().unwrap();
+        // SAFETY: a valid fd; the advice only drops clean cached pages.
+        let rc =
+            unsafe { libc::posix_fadvise(entry.data.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0);
+        assert!(entry.map_resident(4096, 4096).is_none(), "not resident");
+        let read = entry.map_range(4096, 4096).expect("populated from disk");
+        assert_eq!(&read[..], &block[..]);
     }
 
     #[test]

@@ -325,11 +325,7 @@ impl DiskCache {
     /// Served from a mapping of the page cache when it holds them all (one copy less on the
     /// way to a FUSE reply), read into a buffer otherwise.
     pub fn read_range(&self, entry: &CacheEntry, offset: u64, len: u64) -> Option<bytes::Bytes> {
-        let bs = entry.entry.id.block_size;
-        if len == 0 || offset + len > entry.entry.id.size {
-            return None;
-        }
-        if !entry.all_checked(offset / bs..=(offset + len - 1) / bs) {
+        if !Self::known_range(entry, offset, len) {
             return None;
         }
         if let Some(mapped) = entry.entry.map_range(offset, len) {
@@ -338,6 +334,26 @@ impl DiskCache {
         }
         self.read_checked(entry, offset, len)
             .map(bytes::Bytes::from)
+    }
+
+    /// [`DiskCache::read_range`] when it needs no disk read: `Some` only if every page of the
+    /// range is in the page cache already. Never blocks, so async tasks call it directly.
+    pub fn read_resident(&self, entry: &CacheEntry, offset: u64, len: u64) -> Option<bytes::Bytes> {
+        if !Self::known_range(entry, offset, len) {
+            return None;
+        }
+        let mapped = entry.entry.map_resident(offset, len)?;
+        TierStats::bump(&self.stats.hits);
+        Some(mapped)
+    }
+
+    /// Whether `offset..offset + len` is a non-empty range of `entry` whose blocks are all
+    /// known intact to this process.
+    fn known_range(entry: &CacheEntry, offset: u64, len: u64) -> bool {
+        let bs = entry.entry.id.block_size;
+        len > 0
+            && offset + len <= entry.entry.id.size
+            && entry.all_checked(offset / bs..=(offset + len - 1) / bs)
     }
 
     fn read_checked(&self, entry: &CacheEntry, offset: u64, len: u64) -> Option<Vec<u8>> {
