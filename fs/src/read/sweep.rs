@@ -33,6 +33,7 @@ pub fn spawn(
     let Some(entry) = file.disk.clone() else {
         return;
     };
+    tracing::trace!(key = %file.version.key, "model file loading: sweep planned");
     let weak: Weak<OpenObject> = Arc::downgrade(file);
     let size = file.version.size;
     tokio::spawn(async move {
