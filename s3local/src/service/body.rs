@@ -22,7 +22,7 @@ pub(crate) const CHUNK: u64 = 256 * 1024;
 
 /// Streams `remaining` bytes of a file from `offset`. The chunks are slices of one read-only
 /// mapping of the window, so the socket copies straight from the page cache: reading each
-/// chunk into a fresh buffer first cost this server a third of its CPU, which on a shared
+/// chunk into a fresh buffer first cost this server half its CPU, which on a shared
 /// benchmark machine is taken from the client being measured (S3's own CPU is not on the
 /// client's machine). The mapping pins the version being served: writes replace an object's
 /// file by renaming a new one over it, and nothing truncates a published file.
@@ -76,7 +76,7 @@ fn map_window(file: &File, offset: u64, len: u64) -> io::Result<Option<Arc<memma
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
     let len = usize::try_from(len).map_err(io::Error::other)?;
-    // SAFETY: a private read-only mapping of a file that is never truncated or rewritten in
+    // SAFETY: a shared read-only mapping of a file that is never truncated or rewritten in
     // place once published (see `FileBody`), checked above to cover the whole window.
     let map = unsafe {
         memmap2::MmapOptions::new()
