@@ -332,11 +332,7 @@ impl Entry {
             return None;
         }
         let from = (offset - start) as usize;
-        Some(bytes::Bytes::from_owner(MappedRange {
-            map,
-            from,
-            len: len as usize,
-        }))
+        Some(bytes::Bytes::from_owner(map).slice(from..from + len as usize))
     }
 
     /// Writes block `index`: bytes first, then the record that makes them visible.
@@ -446,19 +442,6 @@ impl Entry {
             }
         }
         Ok((present, corrupt))
-    }
-}
-
-/// Part of a mapping, as the bytes a [`bytes::Bytes`] hands out.
-struct MappedRange {
-    map: memmap2::Mmap,
-    from: usize,
-    len: usize,
-}
-
-impl AsRef<[u8]> for MappedRange {
-    fn as_ref(&self) -> &[u8] {
-        &self.map[self.from..self.from + self.len]
     }
 }
 
