@@ -920,10 +920,22 @@ struct Measured {
     runs: Vec<f64>,
 }
 
+/// Times one measured run. With `MODELFS_BENCH_MARKS` set, prints the run's start and end as
+/// Unix times to stderr, so a system-wide profile (`perf record -k CLOCK_REALTIME`) can be cut
+/// to the measured window.
 fn timed(f: impl FnOnce() -> Result<Outcome, String>) -> Result<(f64, Outcome), String> {
-    let started = Instant::now();
-    let outcome = f()?;
-    Ok((started.elapsed().as_secs_f64(), outcome))
+    let marks = std::env::var_os("MODELFS_BENCH_MARKS").is_some();
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
+    let (started, unix_start) = (Instant::now(), unix_now());
+    let outcome = f();
+    if marks {
+        eprintln!("measured window: {unix_start:.6} {:.6}", unix_now());
+    }
+    Ok((started.elapsed().as_secs_f64(), outcome?))
 }
 
 fn fresh_dir(fx: &Fixture, name: &str) -> PathBuf {

@@ -17,6 +17,7 @@
 #   MODELFS_BENCH_SYSTEMS=modelfs,"link limit"  only these systems (quick checks while tuning)
 #   MODELFS_BENCH_LOG=debug              modelfs log level (logs in the workdir)
 #   MODELFS_BENCH_HOLD_S=60              keep each modelfs mount that long after measuring it
+#   MODELFS_BENCH_MARKS=1                print each measured run's start and end (Unix time) to stderr
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export AWS_EC2_METADATA_DISABLED=true
