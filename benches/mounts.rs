@@ -932,10 +932,11 @@ fn timed(f: impl FnOnce() -> Result<Outcome, String>) -> Result<(f64, Outcome), 
     };
     let (started, unix_start) = (Instant::now(), unix_now());
     let outcome = f();
+    let seconds = started.elapsed().as_secs_f64();
     if marks {
         eprintln!("measured window: {unix_start:.6} {:.6}", unix_now());
     }
-    Ok((started.elapsed().as_secs_f64(), outcome?))
+    Ok((seconds, outcome?))
 }
 
 fn fresh_dir(fx: &Fixture, name: &str) -> PathBuf {
