@@ -1,6 +1,7 @@
 //! Mounting: pre-flight checks that turn the usual mistakes into clear messages before
 //! anything is mounted, and the FUSE session itself.
 
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use tokio::runtime::Handle;
 use crate::cache::DiskCache;
 use crate::fuse::{ModelFs, Ownership};
 use crate::namespace::Namespace;
-use crate::read::{BlockReader, ReadConfig};
+use crate::read::{BlockReader, ReadConfig, SharedTiers};
 use crate::store::{ObjectStore, StoreError};
 use crate::S3Location;
 
@@ -140,32 +141,10 @@ pub fn mount(
     disk_cache: Option<Arc<DiskCache>>,
     runtime: Handle,
 ) -> Result<Session<ModelFs>, MountError> {
-    let namespace = Namespace::shared(store.clone(), &config.location.prefix, config.metadata_ttl);
-    // The root and its folders are listed now, in the background: the first lookups after
-    // mounting find them.
-    let root = namespace.clone();
-    runtime.spawn(async move {
-        if let Err(e) = root.listing(crate::namespace::ROOT_INO).await {
-            tracing::debug!("listing the root ahead failed: {e}");
-        }
-    });
-    let reader = BlockReader::new(
-        store,
-        &config.location.bucket,
-        config.read.clone(),
-        disk_cache,
-    );
-    let block_size = u32::try_from(config.read.block_size).unwrap_or(1 << 20);
-    let fs = ModelFs::new(
-        namespace,
-        reader,
-        runtime,
-        config.ownership,
-        block_size,
-        config.passthrough,
-    );
-
-    let options = vec![
+    let tiers = SharedTiers::new(&config.read, disk_cache);
+    let fs = volume_fs(config, store, &tiers, runtime);
+    let mut fuse_config = session_config(config);
+    fuse_config.mount_options = vec![
         MountOption::FSName(config.location.to_string()),
         MountOption::Subtype("modelfs".to_string()),
         MountOption::RO,
@@ -173,16 +152,6 @@ pub fn mount(
         MountOption::NoSuid,
         MountOption::DefaultPermissions,
     ];
-    let acl = if config.allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
-    };
-    let mut fuse_config = Config::default();
-    fuse_config.mount_options = options;
-    fuse_config.acl = acl;
-    fuse_config.n_threads = Some(config.fuse_threads.max(1));
-    fuse_config.clone_fd = config.fuse_threads > 1;
     let session =
         Session::new(fs, &config.mountpoint, &fuse_config).map_err(|source| MountError::Mount {
             path: config.mountpoint.clone(),
@@ -194,6 +163,66 @@ pub fn mount(
         );
     }
     Ok(session)
+}
+
+/// Serves a FUSE connection that another process mounted (`fd` is its `/dev/fuse` file):
+/// completes the handshake and returns the session. The volume reads through `tiers`, shared
+/// with every other volume of this process.
+pub fn serve_fd(
+    config: &MountConfig,
+    store: Arc<dyn ObjectStore>,
+    tiers: &SharedTiers,
+    runtime: Handle,
+    fd: OwnedFd,
+) -> Result<Session<ModelFs>, MountError> {
+    let fs = volume_fs(config, store, tiers, runtime);
+    let fuse_config = session_config(config);
+    let acl = fuse_config.acl;
+    Session::from_fd(fs, fd, acl, fuse_config).map_err(|source| MountError::Mount {
+        path: config.mountpoint.clone(),
+        source,
+    })
+}
+
+/// The filesystem of one volume: its namespace (whose root is listed ahead, in the
+/// background) and its reader over `tiers`.
+fn volume_fs(
+    config: &MountConfig,
+    store: Arc<dyn ObjectStore>,
+    tiers: &SharedTiers,
+    runtime: Handle,
+) -> ModelFs {
+    let namespace = Namespace::shared(store.clone(), &config.location.prefix, config.metadata_ttl);
+    let root = namespace.clone();
+    runtime.spawn(async move {
+        if let Err(e) = root.listing(crate::namespace::ROOT_INO).await {
+            tracing::debug!("listing the root ahead failed: {e}");
+        }
+    });
+    let reader =
+        BlockReader::with_tiers(store, &config.location.bucket, config.read.clone(), tiers);
+    let block_size = u32::try_from(config.read.block_size).unwrap_or(1 << 20);
+    ModelFs::new(
+        namespace,
+        reader,
+        runtime,
+        config.ownership,
+        block_size,
+        config.passthrough,
+    )
+}
+
+/// The session settings shared by both ways of starting one.
+fn session_config(config: &MountConfig) -> Config {
+    let mut fuse_config = Config::default();
+    fuse_config.acl = if config.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    fuse_config.n_threads = Some(config.fuse_threads.max(1));
+    fuse_config.clone_fd = config.fuse_threads > 1;
+    fuse_config
 }
 
 /// Kernel readahead for the mount, in KiB: four 1 MiB FUSE requests in flight per sequential

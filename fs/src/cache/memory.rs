@@ -9,6 +9,8 @@ use super::TierStats;
 /// Identifies one block of one object version.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct BlockKey {
+    /// Where the object lives (endpoint and bucket).
+    pub origin: Arc<str>,
     /// Object key.
     pub key: Arc<str>,
     /// Object ETag.
@@ -17,7 +19,8 @@ pub struct BlockKey {
     pub index: u64,
 }
 
-/// Hot blocks in memory.
+/// Hot blocks in memory. Clones share the same blocks.
+#[derive(Clone)]
 pub struct MemoryTier {
     cache: moka::future::Cache<BlockKey, Bytes>,
     /// Counters of this tier.

@@ -56,9 +56,10 @@ async fn read_from_disk(
         .map(Bytes::from)
 }
 
-/// The cache key of block `index` of `version`.
-fn block_key(version: &ObjectVersion, index: u64) -> BlockKey {
+/// The cache key of block `index` of `version` from `origin`.
+fn block_key(origin: &Arc<str>, version: &ObjectVersion, index: u64) -> BlockKey {
     BlockKey {
+        origin: origin.clone(),
         key: version.key.clone(),
         etag: version.etag.clone(),
         index,
@@ -118,14 +119,82 @@ impl InFlight {
     }
 }
 
-/// The fetch engine shared by every open file of a mount.
-pub struct Fetcher {
-    store: Arc<dyn ObjectStore>,
+/// What every volume served by one process shares: one memory budget, one disk cache, one
+/// table of downloads in flight and one pool of background slots, so two volumes reading the
+/// same object version from the same origin share one download.
+#[derive(Clone)]
+pub struct SharedTiers {
     memory: MemoryTier,
     disk: Option<Arc<DiskCache>>,
     block_size: u64,
     background_slots: Arc<Semaphore>,
-    in_flight: Mutex<HashMap<BlockKey, InFlight>>,
+    in_flight: Arc<Mutex<HashMap<BlockKey, InFlight>>>,
+    verifications: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for SharedTiers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedTiers")
+            .field("block_size", &self.block_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedTiers {
+    /// Tiers sized by `config` (memory budget, block size, background slots) over an optional
+    /// disk cache; their counters are registered with the process's metrics.
+    pub fn new(config: &super::ReadConfig, disk: Option<Arc<DiskCache>>) -> SharedTiers {
+        let memory = MemoryTier::new(config.memory_tier_bytes());
+        let registry = crate::metrics::metrics();
+        registry.register_tier("memory", memory.stats.clone());
+        if let Some(disk) = &disk {
+            registry.register_tier("disk", disk.stats.clone());
+        }
+        SharedTiers {
+            memory,
+            disk,
+            block_size: config.block_size,
+            background_slots: Arc::new(Semaphore::new(config.prefetch_concurrency.max(1))),
+            in_flight: Arc::default(),
+            verifications: Arc::default(),
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_size(&self) -> u64 {
+        self.block_size
+    }
+
+    /// The memory tier.
+    pub fn memory(&self) -> &MemoryTier {
+        &self.memory
+    }
+
+    /// The disk tier.
+    pub fn disk(&self) -> Option<&Arc<DiskCache>> {
+        self.disk.as_ref()
+    }
+
+    /// Blocks being downloaded right now, over every volume.
+    pub fn blocks_in_flight(&self) -> usize {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+}
+
+/// The fetch engine of one volume: its own store over the process's [`SharedTiers`].
+pub struct Fetcher {
+    store: Arc<dyn ObjectStore>,
+    /// The store's endpoint and bucket: part of every block key, so volumes of different
+    /// origins never share blocks.
+    origin: Arc<str>,
+    memory: MemoryTier,
+    disk: Option<Arc<DiskCache>>,
+    block_size: u64,
+    background_slots: Arc<Semaphore>,
+    in_flight: Arc<Mutex<HashMap<BlockKey, InFlight>>>,
     verifications: Arc<AtomicUsize>,
 }
 
@@ -138,23 +207,25 @@ impl std::fmt::Debug for Fetcher {
 }
 
 impl Fetcher {
-    /// An engine over `store` with the given tiers; at most `background` background fetches
-    /// run at once.
-    pub fn new(
-        store: Arc<dyn ObjectStore>,
-        memory: MemoryTier,
-        disk: Option<Arc<DiskCache>>,
-        block_size: u64,
-        background: usize,
-    ) -> Fetcher {
+    /// An engine reading `store` through `tiers`.
+    pub fn new(store: Arc<dyn ObjectStore>, tiers: &SharedTiers) -> Fetcher {
+        let SharedTiers {
+            memory,
+            disk,
+            block_size,
+            background_slots,
+            in_flight,
+            verifications,
+        } = tiers.clone();
         Fetcher {
+            origin: store.describe().into(),
             store,
             memory,
             disk,
             block_size,
-            background_slots: Arc::new(Semaphore::new(background.max(1))),
-            in_flight: Mutex::new(HashMap::new()),
-            verifications: Arc::default(),
+            background_slots,
+            in_flight,
+            verifications,
         }
     }
 
@@ -221,7 +292,11 @@ impl Fetcher {
             return None;
         }
         if first == last {
-            if let Some(block) = self.memory.peek(&block_key(&file.version, first)).await {
+            if let Some(block) = self
+                .memory
+                .peek(&block_key(&self.origin, &file.version, first))
+                .await
+            {
                 let from = (offset - first * bs) as usize;
                 return Some(block.slice(from..from + (end - offset) as usize));
             }
@@ -260,7 +335,7 @@ impl Fetcher {
             let mut runs: Vec<(u64, u64)> = Vec::new();
             let mut waits = Vec::new();
             for index in first..last {
-                if let Some(existing) = in_flight.get(&block_key(version, index)) {
+                if let Some(existing) = in_flight.get(&block_key(&self.origin, version, index)) {
                     waits.push(existing.clone());
                     continue;
                 }
@@ -324,7 +399,9 @@ impl Fetcher {
             let mut runs: Vec<(u64, u64)> = Vec::new();
             for index in unrecorded {
                 let ahead = index > last;
-                if in_flight.contains_key(&block_key(version, index)) || entry.is_checked(index) {
+                if in_flight.contains_key(&block_key(&self.origin, version, index))
+                    || entry.is_checked(index)
+                {
                     if ahead {
                         break;
                     }
@@ -341,7 +418,11 @@ impl Fetcher {
                 drop(self.start_span(&mut in_flight, version, entry, a..b, Priority::Demand));
             }
             (first..=last)
-                .filter_map(|index| in_flight.get(&block_key(version, index)).cloned())
+                .filter_map(|index| {
+                    in_flight
+                        .get(&block_key(&self.origin, version, index))
+                        .cloned()
+                })
                 .collect()
         };
         futures::future::join_all(waits.into_iter().map(InFlight::landed)).await;
@@ -369,7 +450,7 @@ impl Fetcher {
                 .await;
             let mut in_flight = this.in_flight.lock().unwrap_or_else(|e| e.into_inner());
             for index in first..last {
-                in_flight.remove(&block_key(&version2, index));
+                in_flight.remove(&block_key(&this.origin, &version2, index));
             }
             result
         });
@@ -390,7 +471,10 @@ impl Fetcher {
             .boxed()
             .shared();
             let span = Some((progress, position));
-            in_flight.insert(block_key(version, index), InFlight { block, span });
+            in_flight.insert(
+                block_key(&self.origin, version, index),
+                InFlight { block, span },
+            );
         }
         span
     }
@@ -403,7 +487,7 @@ impl Fetcher {
         entry: &Arc<CacheEntry>,
         index: u64,
     ) -> Result<Bytes, FsError> {
-        let key = block_key(version, index);
+        let key = block_key(&self.origin, version, index);
         if let Some(block) = self.memory.get(&key).await {
             return Ok(block);
         }
@@ -461,7 +545,7 @@ impl Fetcher {
             .await?;
         for index in first..last {
             let from = ((index - first) * bs) as usize;
-            let key = block_key(version, index);
+            let key = block_key(&self.origin, version, index);
             let block = bytes.slice(from..(from + bs as usize).min(bytes.len()));
             self.memory.insert(key, block).await;
         }
@@ -484,7 +568,7 @@ impl Fetcher {
         let start = index * bs;
         let block_len = version.size.saturating_sub(start).min(bs);
         let prefix_len = prefix_len.min(block_len) as usize;
-        let key = block_key(version, index);
+        let key = block_key(&self.origin, version, index);
         if let Some(hit) = self.memory.get(&key).await {
             return Ok(hit.slice(..prefix_len.min(hit.len())));
         }
@@ -612,7 +696,7 @@ impl Fetcher {
         index: u64,
         priority: Priority,
     ) -> Result<Bytes, FsError> {
-        let key = block_key(version, index);
+        let key = block_key(&self.origin, version, index);
         if let Some(hit) = self.memory.get(&key).await {
             return Ok(hit);
         }

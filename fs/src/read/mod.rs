@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use futures::future::try_join_all;
 
-pub use fetch::{Fetcher, Priority};
+pub use fetch::{Fetcher, Priority, SharedTiers};
 pub use readahead::Readahead;
 
 use crate::cache::disk::{CacheEntry, EntryId};
@@ -139,26 +139,26 @@ impl std::fmt::Debug for BlockReader {
 }
 
 impl BlockReader {
-    /// A reader over `bucket` in `store`, with an optional disk tier.
+    /// A reader over `bucket` in `store` with tiers of its own (one volume per process).
     pub fn new(
         store: Arc<dyn ObjectStore>,
         bucket: &str,
         config: ReadConfig,
         disk: Option<Arc<DiskCache>>,
     ) -> Arc<BlockReader> {
-        let memory = MemoryTier::new(config.memory_tier_bytes());
-        let registry = crate::metrics::metrics();
-        registry.register_tier("memory", memory.stats.clone());
-        if let Some(disk) = &disk {
-            registry.register_tier("disk", disk.stats.clone());
-        }
-        let fetcher = Arc::new(Fetcher::new(
-            store,
-            memory,
-            disk,
-            config.block_size,
-            config.prefetch_concurrency,
-        ));
+        let tiers = SharedTiers::new(&config, disk);
+        BlockReader::with_tiers(store, bucket, config, &tiers)
+    }
+
+    /// A reader over `bucket` in `store` through tiers shared with the process's other
+    /// volumes.
+    pub fn with_tiers(
+        store: Arc<dyn ObjectStore>,
+        bucket: &str,
+        config: ReadConfig,
+        tiers: &SharedTiers,
+    ) -> Arc<BlockReader> {
+        let fetcher = Arc::new(Fetcher::new(store, tiers));
         let headers = moka::future::Cache::builder()
             .weigher(|_k: &(Arc<str>, Arc<str>), v: &FileStart| {
                 v.bytes.len().try_into().unwrap_or(u32::MAX)
