@@ -10,9 +10,11 @@ mod fstab;
 mod logging;
 mod metrics_server;
 mod mount_cmd;
+mod mounter_cmd;
 mod s3_args;
 mod sd_notify;
 mod unmount_cmd;
+mod volume_args;
 mod warm_cmd;
 
 use clap::{Parser, Subcommand};
@@ -39,6 +41,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run the Kubernetes CSI node plugin (serves kubelet on a Unix socket).
     Csi(modelfs_csi::CsiArgs),
+    /// Run the node's long-lived FUSE server, which serves every volume the CSI plugin
+    /// publishes from one memory budget and one disk cache.
+    Mounter(mounter_cmd::MounterArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -59,6 +64,7 @@ fn main() -> std::process::ExitCode {
         Command::Warm(args) => warm_cmd::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Csi(args) => modelfs_csi::run(args),
+        Command::Mounter(args) => mounter_cmd::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

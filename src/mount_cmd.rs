@@ -3,20 +3,17 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use modelfs_fs::cache::{CacheSize, DiskCache, DiskCacheConfig};
-use modelfs_fs::fuse::Ownership;
-use modelfs_fs::mount::{check_bucket, check_fuse_device, check_mountpoint, mount, MountConfig};
+use modelfs_fs::mount::{check_fuse_device, check_mountpoint, mount, MountConfig};
 use modelfs_fs::read::ReadConfig;
-use modelfs_fs::store::{ObjectStore, S3Store};
 use modelfs_fs::S3Location;
 
 use crate::daemon::{self, ReadyPipe};
-use crate::s3_args::S3Args;
-use modelfs_fs::units::{parse_duration, parse_mode, parse_size};
+use crate::volume_args::VolumeArgs;
+use modelfs_fs::units::parse_size;
 
 /// How long SIGTERM waits for open files to close before detaching the mount lazily.
 const UNMOUNT_GRACE: Duration = Duration::from_secs(30);
@@ -29,27 +26,7 @@ pub struct MountArgs {
     /// An existing empty directory to mount on.
     pub mountpoint: PathBuf,
     #[command(flatten)]
-    pub s3: S3Args,
-    /// How long listings and attributes are trusted before S3 is asked again (new uploads
-    /// appear, deleted objects disappear and new versions are opened after this).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    pub metadata_ttl: Duration,
-    /// A GetObject body that sends nothing for this long is abandoned and the read tried
-    /// again (raise it for very slow links).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub stall_timeout: Duration,
-    /// Owner uid of every file (default: the mounting user).
-    #[arg(long)]
-    pub uid: Option<u32>,
-    /// Owner gid of every file (default: the mounting user's group).
-    #[arg(long)]
-    pub gid: Option<u32>,
-    /// Permission bits of files.
-    #[arg(long, default_value = "0444", value_parser = parse_mode)]
-    pub file_mode: u16,
-    /// Permission bits of directories.
-    #[arg(long, default_value = "0555", value_parser = parse_mode)]
-    pub dir_mode: u16,
+    pub volume: VolumeArgs,
     /// Allow users other than the mounting user (needs user_allow_other in /etc/fuse.conf
     /// when not root).
     #[arg(long)]
@@ -129,25 +106,13 @@ fn serve(
         .thread_name("modelfs-io")
         .build()
         .context("cannot start the async runtime")?;
-    let s3_config = args.s3.config(&location.bucket);
-    let store: Arc<dyn ObjectStore> = Arc::new(
-        runtime
-            .block_on(S3Store::connect(&s3_config))
-            .with_stall_timeout(args.stall_timeout),
-    );
-    runtime.block_on(check_bucket(store.as_ref(), &location))?;
+    let store = runtime.block_on(args.volume.connect(&location))?;
 
     let config = MountConfig {
         location: location.clone(),
         mountpoint: mountpoint.clone(),
-        metadata_ttl: args.metadata_ttl,
-        ownership: Ownership {
-            // SAFETY: geteuid/getegid have no preconditions.
-            uid: args.uid.unwrap_or_else(|| unsafe { libc::geteuid() }),
-            gid: args.gid.unwrap_or_else(|| unsafe { libc::getegid() }),
-            file_mode: args.file_mode,
-            dir_mode: args.dir_mode,
-        },
+        metadata_ttl: args.volume.metadata_ttl,
+        ownership: args.volume.ownership(),
         allow_other: args.allow_other,
         read: ReadConfig {
             memory_cache_bytes: args.memory_cache_size,
@@ -171,7 +136,7 @@ fn serve(
         "mounted {location} at {} in {:.0} ms (metadata TTL {:?})",
         mountpoint.display(),
         started.elapsed().as_secs_f64() * 1000.0,
-        args.metadata_ttl
+        args.volume.metadata_ttl
     );
     if let Some(pipe) = ready.take() {
         pipe.ready();
@@ -197,7 +162,7 @@ fn serve(
 /// to the configured budgets. (A fixed `M_MMAP_THRESHOLD` of 2 MiB, which maps every 8 MiB
 /// sweep buffer, cut the peak RSS of a 2 GiB load from ~700 to ~430 MiB but made cold loads
 /// 15-25 % slower, the kernel zeroing every fresh buffer; not used.)
-fn limit_malloc_arenas() {
+pub(crate) fn limit_malloc_arenas() {
     // SAFETY: mallopt only changes allocator tuning; called before the runtime's threads start.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);

@@ -1,391 +1,23 @@
 //! The CSI node plugin end to end: a real `modelfs csi` process on a Unix socket, driven the
-//! way kubelet drives it (gRPC over the socket, the generated CSI client), mounting a real
-//! local S3 endpoint with real FUSE mounts at kubelet-style target paths.
-//!
-//! Every test owns its own S3 server, plugin process and directories; a guard kills the
-//! plugin and every FUSE daemon it started and unmounts everything below the test's directory,
-//! even when the test fails (lazy `umount -l` as the last resort).
+//! way kubelet drives it (gRPC over the socket, the generated CSI client), handing real FUSE
+//! mounts at kubelet-style target paths to a real `modelfs mounter` that serves them from a
+//! real local S3 endpoint (see `common::csi`).
 
 mod common;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
-use common::mount::{is_mounted, modelfs_bin, s3_env};
-use common::s3::LocalServer;
-use modelfs_csi::proto::identity_client::IdentityClient;
-use modelfs_csi::proto::node_client::NodeClient;
+use common::csi::{code, is_stale, modelfs_processes, mount_count, wait_for, Node, NODE_ID};
+use common::mount::is_mounted;
 use modelfs_csi::proto::volume_capability::{
     access_mode::Mode, AccessMode, AccessType, BlockVolume, MountVolume,
 };
 use modelfs_csi::proto::{self, node_service_capability};
-use tonic::transport::Channel;
 use tonic::Code;
 
-const BUCKET: &str = "models";
-const NODE_ID: &str = "test-node";
-/// Bound on every wait in these tests (mounts, stale detection, socket start-up).
-const WAIT: Duration = Duration::from_secs(30);
-
-/// The objects every test bucket holds: (key, seed, length).
-const OBJECTS: [(&str, u64, usize); 3] = [
-    ("checkpoints/sdxl.safetensors", 11, 3 * 1024 * 1024 + 17),
-    ("loras/detail.safetensors", 12, 200_000),
-    ("vae/readme.txt", 13, 42),
-];
-
-/// Waits until `check` holds, polling every 20 ms, for at most [`WAIT`].
-fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Pids of processes whose command line contains `needle` as one argument and `mount`.
-fn modelfs_daemons(needle: &Path) -> Vec<i32> {
-    let needle = needle.to_string_lossy().into_owned();
-    let mut pids = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.iter().any(|a| a == "mount") && args.iter().any(|a| a.contains(&needle)) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-/// Number of mount table entries at exactly `path`.
-fn mount_count(path: &Path) -> usize {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let wanted = path.to_string_lossy();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|mp| mp.replace("\\040", " ") == wanted)
-        .count()
-}
-
-/// Every mount point at or below `root`, deepest first.
-fn mounts_below(root: &Path) -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut found: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|mp| PathBuf::from(mp.replace("\\040", " ")))
-        .filter(|mp| mp.starts_with(root))
-        .collect();
-    found.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
-    found
-}
-
-fn kill(pid: i32) {
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-    }
-}
-
-/// Whether `path` answers `statfs` with ENOTCONN (a FUSE mount whose daemon died).
-fn is_stale(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: c_path is NUL-terminated and `buf` is a writable statfs struct.
-    let rc = unsafe {
-        let mut buf: libc::statfs = std::mem::zeroed();
-        libc::statfs(c_path.as_ptr(), &mut buf)
-    };
-    rc != 0
-        && matches!(
-            std::io::Error::last_os_error().raw_os_error(),
-            Some(libc::ENOTCONN | libc::ECONNABORTED)
-        )
-}
-
-/// One test's world: an S3 server with models, a plugin process, and kubelet's directories.
-struct Node {
-    s3: LocalServer,
-    root: tempfile::TempDir,
-    driver: Option<Child>,
-    driver_args: Vec<String>,
-    runtime: tokio::runtime::Runtime,
-    identity: Option<IdentityClient<Channel>>,
-    node: Option<NodeClient<Channel>>,
-}
-
-impl Node {
-    fn start() -> Node {
-        Node::start_with(&[])
-    }
-
-    /// Like [`Node::start`], with extra `modelfs csi` flags.
-    fn start_with(driver_args: &[&str]) -> Node {
-        let s3 = LocalServer::start(BUCKET);
-        for (key, seed, len) in OBJECTS {
-            s3.store()
-                .put_bytes(BUCKET, key, &common::pseudo_random(seed, len))
-                .expect("seed object");
-        }
-        let root = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir_all(root.path().join("pods")).expect("mkdir pods");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let mut node = Node {
-            s3,
-            root,
-            driver: None,
-            driver_args: driver_args.iter().map(|a| a.to_string()).collect(),
-            runtime,
-            identity: None,
-            node: None,
-        };
-        node.start_driver();
-        node
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.root.path().join("plugin/csi.sock")
-    }
-
-    fn pods(&self) -> PathBuf {
-        self.root.path().join("pods")
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.root.path().join("state")
-    }
-
-    /// A kubelet-style target path for `volume` in pod `pod`, with its parent created (kubelet
-    /// creates the parent; the plugin creates the target).
-    fn target(&self, pod: &str, volume: &str) -> PathBuf {
-        let dir = self
-            .pods()
-            .join(pod)
-            .join("volumes/kubernetes.io~csi")
-            .join(volume);
-        std::fs::create_dir_all(&dir).expect("mkdir target parent");
-        dir.join("mount")
-    }
-
-    /// Starts `modelfs csi` (again) and connects to it.
-    fn start_driver(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.root.path().join("driver.log"))
-            .expect("driver log");
-        let mut cmd = Command::new(modelfs_bin());
-        s3_env(&mut cmd, &self.s3.endpoint);
-        cmd.arg("csi")
-            .arg("--endpoint")
-            .arg(format!("unix://{}", self.socket().display()))
-            .args(["--node-id", NODE_ID, "--log-level", "debug"])
-            .arg("--kubelet-dir")
-            .arg(self.pods())
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .args(&self.driver_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        self.driver = Some(cmd.spawn().expect("spawn modelfs csi"));
-        let socket = self.socket();
-        let deadline = Instant::now() + WAIT;
-        let channel = loop {
-            if let Some(status) = self
-                .driver
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("modelfs csi exited ({status}):\n{}", self.driver_log());
-            }
-            if socket.exists() {
-                if let Ok(channel) = self.runtime.block_on(modelfs_csi::client::connect(&socket)) {
-                    break channel;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the plugin socket did not appear"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        self.identity = Some(IdentityClient::new(channel.clone()));
-        self.node = Some(NodeClient::new(channel));
-    }
-
-    /// Kills the plugin process (not its mounts).
-    fn kill_driver(&mut self) {
-        self.identity = None;
-        self.node = None;
-        if let Some(mut child) = self.driver.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn driver_log(&self) -> String {
-        std::fs::read_to_string(self.root.path().join("driver.log")).unwrap_or_default()
-    }
-
-    fn node(&self) -> NodeClient<Channel> {
-        self.node.clone().expect("connected")
-    }
-
-    fn identity(&self) -> IdentityClient<Channel> {
-        self.identity.clone().expect("connected")
-    }
-
-    /// The attributes of a PV for the test bucket at `prefix`.
-    fn attributes(&self, prefix: &str) -> HashMap<String, String> {
-        let e = &self.s3.endpoint;
-        [
-            ("bucket", BUCKET),
-            ("prefix", prefix),
-            ("endpointUrl", e.url.as_str()),
-            ("region", e.region.as_str()),
-            ("forcePathStyle", "true"),
-            ("metadataTtl", "5s"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-    }
-
-    /// A NodePublishVolume request as kubelet sends it for a ROX PV.
-    fn request(&self, volume: &str, target: &Path) -> proto::NodePublishVolumeRequest {
-        proto::NodePublishVolumeRequest {
-            volume_id: volume.to_string(),
-            target_path: target.to_string_lossy().into_owned(),
-            volume_capability: Some(proto::VolumeCapability {
-                access_type: Some(AccessType::Mount(MountVolume {
-                    fs_type: String::new(),
-                    mount_flags: vec!["uid=1000".into(), "gid=1000".into()],
-                    volume_mount_group: String::new(),
-                })),
-                access_mode: Some(AccessMode {
-                    mode: Mode::MultiNodeReaderOnly as i32,
-                }),
-            }),
-            readonly: true,
-            volume_context: self.attributes(""),
-            ..Default::default()
-        }
-    }
-
-    fn publish(&self, req: proto::NodePublishVolumeRequest) -> Result<(), tonic::Status> {
-        let mut node = self.node();
-        self.runtime
-            .block_on(node.node_publish_volume(req))
-            .map(drop)
-    }
-
-    fn unpublish(&self, volume: &str, target: &Path) -> Result<(), tonic::Status> {
-        let mut node = self.node();
-        self.runtime
-            .block_on(
-                node.node_unpublish_volume(proto::NodeUnpublishVolumeRequest {
-                    volume_id: volume.to_string(),
-                    target_path: target.to_string_lossy().into_owned(),
-                }),
-            )
-            .map(drop)
-    }
-
-    /// Publishes and panics with the plugin's log on failure.
-    fn publish_ok(&self, req: proto::NodePublishVolumeRequest) {
-        let target = req.target_path.clone();
-        if let Err(status) = self.publish(req) {
-            panic!(
-                "publish at {target} failed: {status:?}\nplugin log:\n{}",
-                self.driver_log()
-            );
-        }
-    }
-
-    /// Asserts that `target` serves every object below `prefix` byte for byte.
-    fn assert_serves(&self, target: &Path, prefix: &str) {
-        let mut checked = 0;
-        for (key, seed, len) in OBJECTS {
-            let Some(rel) = key.strip_prefix(prefix) else {
-                continue;
-            };
-            let data = std::fs::read(target.join(rel))
-                .unwrap_or_else(|e| panic!("read {rel} under {}: {e}", target.display()));
-            assert!(
-                data == common::pseudo_random(seed, len),
-                "{rel} differs from the object {key}"
-            );
-            checked += 1;
-        }
-        assert!(checked > 0, "no object below {prefix:?}");
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- plugin log ---\n{}", self.driver_log());
-            for entry in std::fs::read_dir(self.state_dir())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if entry.path().extension().is_some_and(|e| e == "log") {
-                    let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                    eprintln!("--- {} ---\n{text}", entry.path().display());
-                }
-            }
-        }
-        self.kill_driver();
-        let root = self.root.path().to_path_buf();
-        for mount in mounts_below(&root) {
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg(&mount)
-                .stderr(Stdio::null())
-                .status();
-            if is_mounted(&mount) {
-                let _ = Command::new("umount")
-                    .arg("-l")
-                    .arg(&mount)
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
-        for pid in modelfs_daemons(&root) {
-            kill(pid);
-        }
-    }
-}
-
-fn code(result: Result<(), tonic::Status>) -> Code {
-    match result {
-        Ok(()) => Code::Ok,
-        Err(status) => status.code(),
-    }
+/// Processes running `modelfs mount` below `dir`: the plugin must start none.
+fn mount_processes(dir: &Path) -> usize {
+    modelfs_processes("mount", dir).len()
 }
 
 #[test]
@@ -537,7 +169,7 @@ fn bad_attributes_mount_options_and_targets_are_rejected() {
         );
     }
     assert!(!target.exists());
-    assert!(modelfs_daemons(node.root.path()).is_empty());
+    assert!(node.mounter_log().matches("serving s3://").count() == 0);
 
     let outside = node.root.path().join("elsewhere/mount");
     assert_eq!(
@@ -552,11 +184,12 @@ fn publish_serves_s3_data_idempotently_at_each_target_and_unpublish_cleans_up() 
     let a = node.target("pod-a", "models");
     let b = node.target("pod-b", "models");
 
-    // Same volume, same target, twice: OK, one mount, one daemon.
+    // Same volume, same target, twice: OK, one mount, served by the node's mounter.
     node.publish_ok(node.request("vol-1", &a));
     node.publish_ok(node.request("vol-1", &a));
     assert_eq!(mount_count(&a), 1);
-    assert_eq!(modelfs_daemons(&a).len(), 1);
+    assert_eq!(node.mounter_log().matches("serving s3://").count(), 1);
+    assert_eq!(mount_processes(node.root.path()), 0);
     node.assert_serves(&a, "");
     let meta = std::fs::metadata(a.join("vae/readme.txt")).expect("stat");
     {
@@ -573,7 +206,7 @@ fn publish_serves_s3_data_idempotently_at_each_target_and_unpublish_cleans_up() 
         .insert("prefix".into(), "checkpoints".into());
     node.publish_ok(req);
     assert_eq!(mount_count(&b), 1);
-    assert_eq!(modelfs_daemons(&b).len(), 1);
+    assert_eq!(node.mounter_log().matches("serving s3://").count(), 2);
     node.assert_serves(&b, "checkpoints/");
     assert!(!b.join("loras").exists(), "the prefix is the volume's root");
 
@@ -588,14 +221,16 @@ fn publish_serves_s3_data_idempotently_at_each_target_and_unpublish_cleans_up() 
     assert_eq!(mount_count(&a), 1);
     node.assert_serves(&a, "");
 
-    // Unpublish twice: OK both times; the target is gone and its daemon exits.
+    // Unpublish twice: OK both times; the target is gone and the mounter ends its session.
     node.unpublish("vol-1", &a).expect("unpublish");
     assert!(!is_mounted(&a));
     assert!(!a.exists(), "the plugin removes the target directory");
     node.unpublish("vol-1", &a).expect("unpublish again");
-    wait_for("the daemon of the unpublished target to exit", || {
-        modelfs_daemons(&a).is_empty()
-    });
+    let ended = format!("unmounted {}", a.display());
+    wait_for(
+        "the mounter to end the unpublished volume's session",
+        || node.mounter_log().contains(&ended),
+    );
     // The other target is untouched.
     node.assert_serves(&b, "checkpoints/");
     node.unpublish("vol-1", &b).expect("unpublish b");
@@ -654,26 +289,22 @@ fn missing_bucket_fails_publish_with_the_reason_and_leaves_nothing() {
 
 #[test]
 fn stale_mount_is_replaced_on_publish_and_removed_on_unpublish() {
-    let node = Node::start();
+    let mut node = Node::start();
     let target = node.target("pod-a", "models");
     node.publish_ok(node.request("vol-1", &target));
     node.assert_serves(&target, "");
 
-    // The daemon dies (OOM kill, crash): the mount goes stale.
-    let pids = modelfs_daemons(&target);
-    assert_eq!(pids.len(), 1);
-    kill(pids[0]);
+    // The mounter dies (OOM kill, crash) and is restarted: the mount goes stale until
+    // kubelet's republish (or the plugin's own repair pass) replaces it.
+    node.kill_mounter();
     wait_for("the mount to go stale", || is_stale(&target));
-
-    // Kubelet publishes again: the plugin replaces the stale mount.
+    node.start_mounter();
     node.publish_ok(node.request("vol-1", &target));
     assert_eq!(mount_count(&target), 1);
     node.assert_serves(&target, "");
 
     // Stale again, then unpublished: cleaned up all the same.
-    let pids = modelfs_daemons(&target);
-    assert_eq!(pids.len(), 1);
-    kill(pids[0]);
+    node.kill_mounter();
     wait_for("the mount to go stale", || is_stale(&target));
     node.unpublish("vol-1", &target).expect("unpublish stale");
     assert!(!is_mounted(&target));
@@ -681,48 +312,7 @@ fn stale_mount_is_replaced_on_publish_and_removed_on_unpublish() {
 }
 
 #[test]
-fn mounts_outlive_the_plugin_and_a_restarted_plugin_heals_dead_ones() {
-    let mut node = Node::start();
-    let alive = node.target("pod-a", "models");
-    let dead = node.target("pod-b", "models");
-    node.publish_ok(node.request("vol-1", &alive));
-    node.publish_ok(node.request("vol-1", &dead));
-
-    // The plugin process dies: its mounts keep serving.
-    node.kill_driver();
-    node.assert_serves(&alive, "");
-
-    // One daemon dies too (as when the plugin's container is killed with its processes).
-    let pids = modelfs_daemons(&dead);
-    assert_eq!(pids.len(), 1);
-    kill(pids[0]);
-    wait_for("the mount to go stale", || is_stale(&dead));
-
-    // A new plugin remounts the dead target from its records, leaves the live one alone.
-    node.start_driver();
-    let mut identity = node.identity();
-    wait_for("Probe to report ready after recovery", || {
-        node.runtime
-            .block_on(identity.probe(proto::ProbeRequest {}))
-            .map(|r| r.into_inner().ready.unwrap_or(true))
-            .unwrap_or(false)
-    });
-    node.assert_serves(&dead, "");
-    node.assert_serves(&alive, "");
-    assert_eq!(mount_count(&dead), 1);
-    assert_eq!(mount_count(&alive), 1);
-    assert_eq!(modelfs_daemons(&alive).len(), 1);
-
-    // It still recognises both publications.
-    node.publish_ok(node.request("vol-1", &alive));
-    node.publish_ok(node.request("vol-1", &dead));
-    node.unpublish("vol-1", &alive).expect("unpublish");
-    node.unpublish("vol-1", &dead).expect("unpublish");
-    assert!(!alive.exists() && !dead.exists());
-}
-
-#[test]
-fn volumes_on_a_node_share_the_plugins_disk_cache() {
+fn volumes_on_a_node_share_the_mounters_disk_cache() {
     let cache = tempfile::tempdir().expect("cache dir");
     let cache_arg = format!("--cache-dir={}", cache.path().display());
     // An explicit limit: the default (keep 10% of the disk free) depends on the machine.
@@ -734,19 +324,9 @@ fn volumes_on_a_node_share_the_plugins_disk_cache() {
     req.volume_context
         .insert("prefix".into(), "checkpoints".into());
     node.publish_ok(req);
-    // Both mount daemons were given the node's one cache directory.
-    let wanted = cache.path().to_string_lossy().into_owned();
-    for target in [&a, &b] {
-        let pids = modelfs_daemons(target);
-        assert_eq!(pids.len(), 1);
-        let cmdline = std::fs::read(format!("/proc/{}/cmdline", pids[0])).expect("cmdline");
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let at = args.iter().position(|a| a == "--cache-dir");
-        assert_eq!(at.and_then(|i| args.get(i + 1)), Some(&wanted), "{args:?}");
-    }
+    // One process serves both.
+    assert_eq!(node.mounter_pids().len(), 1);
+    assert_eq!(mount_processes(node.root.path()), 0);
     // The same object read through both volumes, and the cache was filled.
     node.assert_serves(&a, "");
     node.assert_serves(&b, "checkpoints/");

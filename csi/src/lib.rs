@@ -12,22 +12,25 @@
 //!   idempotency, stale mounts, target directories) over a [`mounter::Mounter`].
 //! - [`volume_context`]: the volume attributes and mount flags a volume may carry, validated in
 //!   one place and turned into `modelfs mount` arguments.
-//! - [`mounter`]: the edge to the OS: runs `modelfs mount` in background mode, unmounts, and
+//! - [`mounter`]: the edge to the OS: mounts a FUSE connection at the target and hands it to
+//!   the node's `modelfs mounter` ([`handoff`] is that socket's protocol), unmounts, and
 //!   reads mountinfo; plus a fake for unit tests.
 //! - [`state`]: one record per published target, so publish stays idempotent across plugin
-//!   restarts and stale mounts can be remounted at start-up.
+//!   restarts and dead mounts can be repaired (at start-up and every few seconds).
 //! - [`server`]: the socket and the tonic server; [`client`]: a channel to it (tests, tools).
 //! - [`proto`]: the generated CSI types (`csi/proto/csi.proto`, a wire-compatible subset of the
 //!   CSI v1.12 spec).
 //!
-//! Every mount on a node shares one disk cache when the plugin is given `--cache-dir` (the
-//! instance store on GPU nodes), so pods on the same node benefit from each other's downloads.
-//! Credentials are those of the plugin process (its service account through IRSA or EKS Pod
-//! Identity); the mount processes inherit its environment.
+//! Every volume of a node is served by one long-lived `modelfs mounter` process, which holds
+//! the FUSE sessions, one memory budget and the disk cache: the plugin can be restarted or
+//! upgraded without touching a mount, and pods on the same node share each other's
+//! downloads. Credentials are those of the mounter process (its service account through IRSA
+//! or EKS Pod Identity).
 
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod handoff;
 pub mod identity;
 pub mod mounter;
 pub mod node;
@@ -53,20 +56,13 @@ pub struct CsiArgs {
     /// Kubelet's pods directory: target paths outside it are refused.
     #[arg(long, default_value = "/var/lib/kubelet/pods")]
     pub kubelet_dir: PathBuf,
-    /// Disk cache directory passed to every mount, so all volumes on the node share one cache
-    /// (default: no disk cache, memory only).
-    #[arg(long)]
-    pub cache_dir: Option<PathBuf>,
-    /// Disk cache limit passed to every mount with --cache-dir (default: modelfs's own).
-    #[arg(long, requires = "cache_dir")]
-    pub cache_size: Option<String>,
-    /// Where published volumes are recorded and mounts write their logs (default: a
-    /// `volumes` directory beside the socket).
+    /// The node mounter's socket (`modelfs mounter --socket`), which serves every volume.
+    #[arg(long, default_value = "unix:///var/lib/modelfs/mounter/mounter.sock")]
+    pub mounter_socket: String,
+    /// Where published volumes are recorded (default: a `volumes` directory beside the
+    /// socket).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// The modelfs binary that performs mounts (default: this executable).
-    #[arg(long)]
-    pub modelfs_bin: Option<PathBuf>,
     /// Log filter: error, warn, info, debug, trace, or per-module directives.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -97,16 +93,7 @@ pub fn run(args: CsiArgs) -> anyhow::Result<()> {
             .join("volumes"),
     };
     let state = state::StateStore::open(&state_dir)?;
-    let binary = match &args.modelfs_bin {
-        Some(bin) => bin.clone(),
-        None => std::env::current_exe().context("cannot find the modelfs executable")?,
-    };
-    let mounter = mounter::ModelfsMounter::new(
-        binary,
-        args.cache_dir.as_deref(),
-        args.cache_size.as_deref(),
-        Some(state_dir),
-    );
+    let mounter = mounter::HandoffMounter::new(server::socket_path(&args.mounter_socket)?);
     let node = Arc::new(node::NodeServer::new(
         node::NodeConfig {
             node_id: args.node_id.clone(),
@@ -131,18 +118,29 @@ pub fn run(args: CsiArgs) -> anyhow::Result<()> {
             socket.display(),
             args.node_id
         );
-        // Remount what the previous run published while already answering kubelet (Probe
-        // says "not ready" until this is done).
-        let recovering = node.clone();
-        tokio::task::spawn_blocking(move || {
-            let report = recovering.recover();
-            tracing::info!(
-                "start-up: {} mounts alive, {} remounted, {} forgotten, {} failed",
-                report.alive.len(),
-                report.remounted.len(),
-                report.forgotten.len(),
-                report.failed.len()
-            );
+        // Repair what the previous run published while already answering kubelet (Probe
+        // says "not ready" until the first pass is done), then keep checking.
+        let repairing = node.clone();
+        tokio::spawn(async move {
+            let mut first = true;
+            loop {
+                let node = repairing.clone();
+                let Ok(report) = tokio::task::spawn_blocking(move || node.repair()).await else {
+                    tracing::error!("the repair pass panicked");
+                    break;
+                };
+                if first || !report.remounted.is_empty() || !report.failed.is_empty() {
+                    tracing::info!(
+                        "repair pass: {} mounts alive, {} remounted, {} forgotten, {} failed",
+                        report.alive.len(),
+                        report.remounted.len(),
+                        report.forgotten.len(),
+                        report.failed.len()
+                    );
+                }
+                first = false;
+                tokio::time::sleep(node::REPAIR_INTERVAL).await;
+            }
         });
         let result = server::serve(listener, node, server::shutdown_signal()).await;
         let _ = std::fs::remove_file(&socket);

@@ -2,25 +2,25 @@
 //! target, unmount a target, and tell whether a target is mounted (and whether that mount
 //! still works).
 //!
-//! [`ModelfsMounter`] runs `modelfs mount` in its background mode: the command returns once
-//! the mount is ready and the FUSE daemon it leaves behind runs in its own session, so it
-//! does not depend on the plugin process staying alive (see `deploy/README.md` for what that
-//! does and does not buy inside a container). [`fake::FakeMounter`] is the double the node
-//! server's unit tests use.
+//! [`HandoffMounter`] mounts a FUSE connection at the target itself (the plugin has the
+//! privileges and kubelet's mount namespace) and hands the connection to the node's
+//! long-lived `modelfs mounter` over its socket ([`crate::handoff`]), so the mount lives as
+//! long as the mounter, whatever happens to the plugin. [`fake::FakeMounter`] is the double
+//! the node server's unit tests use.
 
 use std::ffi::CString;
-use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::state::target_key;
+use crate::handoff::{HandoffError, MounterClient, VolumeHandoff};
 use crate::volume_context::MountSpec;
 
-/// How long one `modelfs mount` may take to report ready before it is killed. Kubelet gives a
-/// publish call about two minutes and retries it; a mount that hangs longer would otherwise
-/// hold the target's lock forever.
+/// How long the mounter may take to serve a handed-over volume (it lists the bucket first).
+/// Kubelet gives a publish call about two minutes and retries it.
 pub const MOUNT_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// What is at a target path.
@@ -37,33 +37,28 @@ pub enum MountState {
 /// A mount operation that failed; the message carries the target and the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
-    /// The `modelfs` binary could not be started.
-    #[error("cannot run {binary}: {source}")]
-    Spawn {
-        /// The binary.
-        binary: PathBuf,
+    /// The node mounter cannot be reached: nothing was mounted.
+    #[error("the node's modelfs mounter is not available: {0}")]
+    MounterUnavailable(HandoffError),
+    /// The FUSE mount itself (open `/dev/fuse`, mount(2)) failed.
+    #[error("cannot mount {source_url} at {target}: {message}")]
+    Kernel {
+        /// The S3 source.
+        source_url: String,
+        /// The target.
+        target: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        message: String,
     },
-    /// `modelfs mount` reported an error.
-    #[error("mounting {source_url} at {target} failed: {message}")]
+    /// The mounter did not take the volume; the mount at the target is dead (`ENOTCONN`).
+    #[error("mounting {source_url} at {target} failed: {cause}")]
     MountFailed {
         /// The S3 source.
         source_url: String,
         /// The target.
         target: PathBuf,
-        /// What `modelfs mount` printed.
-        message: String,
-    },
-    /// `modelfs mount` did not report within [`MOUNT_TIMEOUT`].
-    #[error("mounting {source_url} at {target} did not finish within {timeout:?}")]
-    MountTimedOut {
-        /// The S3 source.
-        source_url: String,
-        /// The target.
-        target: PathBuf,
-        /// The limit.
-        timeout: Duration,
+        /// What the mounter said.
+        cause: HandoffError,
     },
     /// Unmounting failed.
     #[error("cannot unmount {target}: {message}")]
@@ -86,8 +81,13 @@ pub enum MountError {
 /// Mounts, unmounts and inspects targets. Implementations are blocking; the node server calls
 /// them from blocking threads.
 pub trait Mounter: Send + Sync + 'static {
-    /// Mounts `spec` read-only at `target`, an existing directory with nothing mounted on it.
-    fn mount(&self, spec: &MountSpec, target: &Path) -> Result<(), MountError>;
+    /// Whether mounts can be made now; checked before a dead mount is taken down, so a
+    /// target that cannot be repaired keeps failing reads instead of showing an empty
+    /// directory.
+    fn check_ready(&self) -> Result<(), MountError>;
+    /// Mounts `spec` (volume `volume_id`) read-only at `target`, an existing directory with
+    /// nothing mounted on it. On [`MountError::MountFailed`] a dead mount is left there.
+    fn mount(&self, volume_id: &str, spec: &MountSpec, target: &Path) -> Result<(), MountError>;
     /// Removes the topmost mount at `target` (lazily if it is busy or stale). Not being
     /// mounted is not an error.
     fn unmount(&self, target: &Path) -> Result<(), MountError>;
@@ -95,133 +95,80 @@ pub trait Mounter: Send + Sync + 'static {
     fn mount_state(&self, target: &Path) -> Result<MountState, MountError>;
 }
 
-/// Runs the `modelfs` binary: `modelfs mount SOURCE TARGET OPTIONS --allow-other` plus the
-/// node-wide options, in background mode.
+/// Mounts FUSE connections and hands them to the node mounter.
 #[derive(Debug, Clone)]
-pub struct ModelfsMounter {
-    binary: PathBuf,
-    node_options: Vec<String>,
-    log_dir: Option<PathBuf>,
+pub struct HandoffMounter {
+    client: MounterClient,
 }
 
-impl ModelfsMounter {
-    /// A mounter running `binary`. `cache_dir`/`cache_size` are passed to every mount when
-    /// set, so all volumes on the node share one disk cache; each mount logs to
-    /// `LOG_DIR/<target key>.log` when `log_dir` is set.
-    pub fn new(
-        binary: PathBuf,
-        cache_dir: Option<&Path>,
-        cache_size: Option<&str>,
-        log_dir: Option<PathBuf>,
-    ) -> ModelfsMounter {
-        let mut node_options = vec!["--allow-other".to_string()];
-        if let Some(dir) = cache_dir {
-            node_options.push("--cache-dir".to_string());
-            node_options.push(dir.to_string_lossy().into_owned());
-            if let Some(size) = cache_size {
-                node_options.push("--cache-size".to_string());
-                node_options.push(size.to_string());
-            }
+impl HandoffMounter {
+    /// A mounter handing volumes to the mounter listening at `socket`.
+    pub fn new(socket: PathBuf) -> HandoffMounter {
+        HandoffMounter {
+            client: MounterClient::new(socket, MOUNT_TIMEOUT),
         }
-        ModelfsMounter {
-            binary,
-            node_options,
-            log_dir,
-        }
-    }
-
-    /// The full `modelfs` command line (after the binary) for mounting `spec` at `target`.
-    pub fn command_args(&self, spec: &MountSpec, target: &Path) -> Vec<String> {
-        let mut args = vec![
-            "mount".to_string(),
-            spec.source.clone(),
-            target.to_string_lossy().into_owned(),
-        ];
-        args.extend(spec.options.iter().cloned());
-        args.extend(self.node_options.iter().cloned());
-        if let Some(log) = self.log_file(target) {
-            args.push("--log-file".to_string());
-            args.push(log.to_string_lossy().into_owned());
-        }
-        args
-    }
-
-    /// Where the mount at `target` logs, if mounts log to files.
-    pub fn log_file(&self, target: &Path) -> Option<PathBuf> {
-        self.log_dir
-            .as_ref()
-            .map(|dir| dir.join(format!("{}.log", target_key(target))))
     }
 }
 
-impl Mounter for ModelfsMounter {
-    fn mount(&self, spec: &MountSpec, target: &Path) -> Result<(), MountError> {
-        let mut child = Command::new(&self.binary)
-            .args(self.command_args(spec, target))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| MountError::Spawn {
-                binary: self.binary.clone(),
-                source,
-            })?;
-        // Read stderr on a thread so a chatty child can never block on a full pipe.
-        let stderr = child.stderr.take();
-        let reader = std::thread::spawn(move || {
-            let mut text = String::new();
-            if let Some(mut pipe) = stderr {
-                let _ = pipe.read_to_string(&mut text);
-            }
-            text
-        });
-        let deadline = Instant::now() + MOUNT_TIMEOUT;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Ok(None) | Err(_) => break None,
-            }
-        };
-        let Some(status) = status else {
-            let _ = child.kill();
-            let _ = child.wait();
-            // The detached daemon may have mounted and then hung: do not leave that mount
-            // behind, and do not ask it anything (that would hang too).
-            abort_and_detach(target);
-            return Err(MountError::MountTimedOut {
-                source_url: spec.source.clone(),
-                target: target.to_path_buf(),
-                timeout: MOUNT_TIMEOUT,
-            });
-        };
-        let stderr = reader.join().unwrap_or_default();
-        if status.success() {
-            return Ok(());
-        }
-        let message = stderr.trim();
-        let message = message.strip_prefix("modelfs: error: ").unwrap_or(message);
-        Err(MountError::MountFailed {
+/// The mount(2) data of a FUSE connection on `fd` owned by `uid`/`gid`: any user may enter
+/// (`allow_other`), and the kernel checks permission bits (`default_permissions`).
+fn fuse_mount_data(fd: i32, uid: u32, gid: u32) -> String {
+    format!("fd={fd},rootmode=40000,user_id={uid},group_id={gid},allow_other,default_permissions")
+}
+
+impl Mounter for HandoffMounter {
+    fn check_ready(&self) -> Result<(), MountError> {
+        self.client.ping().map_err(MountError::MounterUnavailable)
+    }
+
+    fn mount(&self, volume_id: &str, spec: &MountSpec, target: &Path) -> Result<(), MountError> {
+        use nix::mount::MsFlags;
+        self.check_ready()?;
+        let kernel = |message: String| MountError::Kernel {
             source_url: spec.source.clone(),
             target: target.to_path_buf(),
-            message: if message.is_empty() {
-                format!("modelfs mount exited with {status}")
-            } else {
-                message.to_string()
-            },
-        })
+            message,
+        };
+        let fuse = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open("/dev/fuse")
+            .map_err(|e| kernel(format!("cannot open /dev/fuse: {e}")))?;
+        // SAFETY: geteuid/getegid have no preconditions.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let data = fuse_mount_data(fuse.as_raw_fd(), uid, gid);
+        nix::mount::mount(
+            Some(spec.source.as_str()),
+            target,
+            Some("fuse.modelfs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(data.as_str()),
+        )
+        .map_err(|e| kernel(e.desc().to_string()))?;
+        if let Err(e) = modelfs_fs::mount::set_read_ahead(target, modelfs_fs::mount::READ_AHEAD_KIB)
+        {
+            tracing::info!(volume = %volume_id, "cannot raise read_ahead_kb of {}: {e}", target.display());
+        }
+        let handoff = VolumeHandoff {
+            volume_id: volume_id.to_string(),
+            target: target.to_path_buf(),
+            source: spec.source.clone(),
+            options: spec.options.clone(),
+        };
+        // On failure our descriptor closes here, the last one: the kernel aborts the
+        // connection and the target answers ENOTCONN.
+        self.client
+            .serve(handoff, fuse.as_fd())
+            .map_err(|cause| MountError::MountFailed {
+                source_url: spec.source.clone(),
+                target: target.to_path_buf(),
+                cause,
+            })
     }
 
     fn unmount(&self, target: &Path) -> Result<(), MountError> {
-        let result = umount(target);
-        if result.is_ok() {
-            if let Some(log) = self.log_file(target) {
-                let _ = std::fs::remove_file(log);
-            }
-        }
-        result
+        umount(target)
     }
 
     fn mount_state(&self, target: &Path) -> Result<MountState, MountError> {
@@ -427,6 +374,8 @@ pub mod fake {
         pub unmount_calls: usize,
         /// When set, the next `mount` fails with this message.
         pub fail_next_mount: Option<String>,
+        /// When set, the mounter is unreachable (`check_ready` and `mount` fail).
+        pub unavailable: Option<String>,
     }
 
     /// The fake mounter.
@@ -453,13 +402,29 @@ pub mod fake {
     }
 
     impl Mounter for FakeMounter {
-        fn mount(&self, spec: &MountSpec, target: &Path) -> Result<(), MountError> {
+        fn check_ready(&self) -> Result<(), MountError> {
+            let state = self.state.lock().unwrap();
+            match &state.unavailable {
+                Some(message) => Err(MountError::MounterUnavailable(
+                    crate::handoff::HandoffError::Refused(message.clone()),
+                )),
+                None => Ok(()),
+            }
+        }
+
+        fn mount(
+            &self,
+            _volume_id: &str,
+            spec: &MountSpec,
+            target: &Path,
+        ) -> Result<(), MountError> {
+            self.check_ready()?;
             let mut state = self.state.lock().unwrap();
             if let Some(message) = state.fail_next_mount.take() {
                 return Err(MountError::MountFailed {
                     source_url: spec.source.clone(),
                     target: target.to_path_buf(),
-                    message,
+                    cause: crate::handoff::HandoffError::Refused(message),
                 });
             }
             assert!(
@@ -545,39 +510,10 @@ mod tests {
     }
 
     #[test]
-    fn command_line_has_volume_then_node_options() {
-        let mounter = ModelfsMounter::new(
-            PathBuf::from("/bin/modelfs"),
-            Some(Path::new("/mnt/k8s-disks/0/modelfs-cache")),
-            None,
-            Some(PathBuf::from("/state")),
-        );
-        let spec = MountSpec {
-            source: "s3://models/".to_string(),
-            options: vec!["--region".to_string(), "us-east-1".to_string()],
-        };
-        let target = Path::new("/var/lib/kubelet/pods/p/volumes/v/mount");
-        let args = mounter.command_args(&spec, target);
-        let log = format!("/state/{}.log", target_key(target));
+    fn fuse_mount_data_lets_everyone_in_and_checks_modes_in_the_kernel() {
         assert_eq!(
-            args,
-            [
-                "mount",
-                "s3://models/",
-                "/var/lib/kubelet/pods/p/volumes/v/mount",
-                "--region",
-                "us-east-1",
-                "--allow-other",
-                "--cache-dir",
-                "/mnt/k8s-disks/0/modelfs-cache",
-                "--log-file",
-                log.as_str(),
-            ]
+            fuse_mount_data(7, 0, 0),
+            "fd=7,rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions"
         );
-        let no_cache = ModelfsMounter::new(PathBuf::from("modelfs"), None, Some("10GiB"), None);
-        assert!(!no_cache
-            .command_args(&spec, target)
-            .iter()
-            .any(|a| a.starts_with("--cache")));
     }
 }

@@ -35,6 +35,9 @@ use crate::volume_context::{MountSpec, VolumeContextError};
 /// has one; a crash loop could stack a few).
 const MAX_STACKED_MOUNTS: usize = 16;
 
+/// How often published targets are checked, and dead mounts repaired, after start-up.
+pub const REPAIR_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why a node operation failed. Each variant is one gRPC status code.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -77,6 +80,7 @@ impl NodeError {
             }
             NodeError::AlreadyExists(_) => tonic::Code::AlreadyExists,
             NodeError::Busy(_) => tonic::Code::Aborted,
+            NodeError::Mount(MountError::MounterUnavailable(_)) => tonic::Code::Unavailable,
             NodeError::Mount(_) | NodeError::TargetDir { .. } | NodeError::State(_) => {
                 tonic::Code::Internal
             }
@@ -110,7 +114,7 @@ pub struct PublishRequest {
     pub spec: MountSpec,
 }
 
-/// What [`NodeServer::recover`] found for each recorded target.
+/// What [`NodeServer::repair`] found for each recorded target.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RecoveryReport {
     /// Targets whose mount was alive.
@@ -167,7 +171,7 @@ impl<M: Mounter> NodeServer<M> {
         self.ready.load(Ordering::SeqCst)
     }
 
-    /// Marks the service ready (done by [`NodeServer::recover`]).
+    /// Marks the service ready (done by [`NodeServer::repair`]).
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::SeqCst);
     }
@@ -239,7 +243,10 @@ impl<M: Mounter> NodeServer<M> {
                 };
             }
             MountState::Stale => {
-                tracing::warn!("replacing the stale mount at {}", target.display());
+                // Taken down only when it can be replaced: a dead mount fails reads, an empty
+                // directory would look like a volume without models.
+                self.mounter.check_ready()?;
+                tracing::warn!(volume = %req.volume_id, "replacing the dead mount at {}", target.display());
                 self.unmount_all(target)?;
             }
             MountState::NotMounted => {}
@@ -249,7 +256,8 @@ impl<M: Mounter> NodeServer<M> {
             path: target.clone(),
             source,
         })?;
-        if let Err(e) = self.mounter.mount(&req.spec, target) {
+        if let Err(e) = self.mounter.mount(&req.volume_id, &req.spec, target) {
+            let _ = self.unmount_all(target);
             let _ = std::fs::remove_dir(target);
             return Err(e.into());
         }
@@ -296,6 +304,10 @@ impl<M: Mounter> NodeServer<M> {
     }
 
     fn unmount_all(&self, target: &Path) -> Result<(), NodeError> {
+        Ok(self.unmount_all_mounts(target)?)
+    }
+
+    fn unmount_all_mounts(&self, target: &Path) -> Result<(), MountError> {
         for _ in 0..MAX_STACKED_MOUNTS {
             if self.mounter.mount_state(target)? == MountState::NotMounted {
                 return Ok(());
@@ -305,16 +317,15 @@ impl<M: Mounter> NodeServer<M> {
         Err(MountError::UnmountFailed {
             target: target.to_path_buf(),
             message: format!("still mounted after {MAX_STACKED_MOUNTS} unmounts"),
-        }
-        .into())
+        })
     }
 
-    /// Start-up pass over the recorded targets: a live mount is kept; a stale one (its daemon
-    /// died, e.g. with the previous plugin container) is replaced by a fresh mount of the same
-    /// spec, so the volume works again for containers that start from now on; a target with
-    /// nothing mounted loses its record (kubelet publishes again if it still needs it).
-    /// Marks the service ready when done.
-    pub fn recover(&self) -> RecoveryReport {
+    /// Pass over the recorded targets, at start-up and then periodically (see
+    /// [`REPAIR_INTERVAL`]): a live mount is kept; a dead one (the mounter died or was
+    /// replaced) is replaced by a fresh mount of the same spec when the mounter answers, and
+    /// left dead (failing reads) when it does not; a target with nothing mounted loses its
+    /// record (kubelet publishes again if it still needs it). Marks the service ready.
+    pub fn repair(&self) -> RecoveryReport {
         let mut report = RecoveryReport::default();
         let records = match self.state.list() {
             Ok(records) => records,
@@ -342,12 +353,12 @@ impl<M: Mounter> NodeServer<M> {
                     report.forgotten.push(target);
                     continue;
                 }
-                Ok(MountState::Stale) => self.unmount_all(&target).and_then(|()| {
-                    self.mounter
-                        .mount(&record.spec, &target)
-                        .map_err(Into::into)
-                }),
-                Err(e) => Err(e.into()),
+                Ok(MountState::Stale) => self
+                    .mounter
+                    .check_ready()
+                    .and_then(|()| self.unmount_all_mounts(&target))
+                    .and_then(|()| self.mounter.mount(&record.volume_id, &record.spec, &target)),
+                Err(e) => Err(e),
             };
             match outcome {
                 Ok(()) => {
@@ -721,7 +732,7 @@ mod tests {
         f.mounter.make_stale(&stale);
         f.mounter.unmount(&gone).unwrap();
         assert!(!f.server.is_ready());
-        let report = f.server.recover();
+        let report = f.server.repair();
         assert!(f.server.is_ready());
         assert_eq!(report.alive, vec![alive.clone()]);
         assert_eq!(report.remounted, vec![stale.clone()]);
@@ -733,5 +744,32 @@ mod tests {
         // The remounted target is still recognised as this volume.
         publish(&f, &request("vol-1", &stale, "models")).unwrap();
         assert_eq!(f.mounter.depth(&stale), 1);
+    }
+
+    #[test]
+    fn a_dead_mount_is_left_dead_while_the_mounter_is_unreachable() {
+        let f = fixture();
+        let target = f.pods.join("pod-a/mount");
+        publish(&f, &request("vol-1", &target, "models")).unwrap();
+        f.mounter.make_stale(&target);
+        f.mounter.state.lock().unwrap().unavailable = Some("no mounter".into());
+
+        // Neither the periodic pass nor a republish takes the dead mount down.
+        let report = f.server.repair();
+        assert_eq!(report.failed.len(), 1, "{report:?}");
+        assert_eq!(f.mounter.mount_state(&target).unwrap(), MountState::Stale);
+        assert_eq!(
+            code(publish(&f, &request("vol-1", &target, "models"))),
+            tonic::Code::Unavailable
+        );
+        assert_eq!(f.mounter.mount_state(&target).unwrap(), MountState::Stale);
+        assert_eq!(f.mounter.depth(&target), 1);
+
+        // The mounter is back: the next pass repairs it.
+        f.mounter.state.lock().unwrap().unavailable = None;
+        let report = f.server.repair();
+        assert_eq!(report.remounted, vec![target.clone()]);
+        assert_eq!(f.mounter.mount_state(&target).unwrap(), MountState::Healthy);
+        assert_eq!(f.mounter.depth(&target), 1);
     }
 }

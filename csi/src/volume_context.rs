@@ -31,13 +31,13 @@
 //! | `gid=N`                    | `--gid N`               | group of every file (default root)    |
 //! | `file-mode=0444`           | `--file-mode`           | octal, write bits refused             |
 //! | `dir-mode=0555`            | `--dir-mode`            | octal, write bits refused             |
-//! | `memory-cache-size=512MiB` | `--memory-cache-size`   | per-mount memory budget               |
 //! | `ro`, `read-only`          | (none)                  | always read-only anyway               |
 //! | `allow-other`              | (none)                  | always set: any pod user may read     |
 //!
-//! Node-wide settings (the shared disk cache) are flags of `modelfs csi`, not per volume.
+//! Node-wide settings (the memory budget, the shared disk cache) are flags of
+//! `modelfs mounter`, not per volume: one process serves every volume of the node.
 
-use modelfs_fs::units::{parse_duration, parse_mode, parse_size};
+use modelfs_fs::units::{parse_duration, parse_mode};
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
@@ -80,8 +80,6 @@ pub const FLAG_GID: &str = "gid";
 pub const FLAG_FILE_MODE: &str = "file-mode";
 /// Mount flag: permission bits of directories.
 pub const FLAG_DIR_MODE: &str = "dir-mode";
-/// Mount flag: memory budget of the mount.
-pub const FLAG_MEMORY_CACHE_SIZE: &str = "memory-cache-size";
 /// Mount flags accepted as no-ops because every mount is read-only.
 pub const FLAGS_READ_ONLY: [&str; 2] = ["ro", "read-only"];
 /// Mount flag accepted as a no-op because every mount allows other users.
@@ -215,7 +213,6 @@ fn parse_mount_flags(flags: &[String]) -> Result<Vec<String>, VolumeContextError
             FLAG_GID,
             FLAG_FILE_MODE,
             FLAG_DIR_MODE,
-            FLAG_MEMORY_CACHE_SIZE,
             FLAG_ALLOW_OTHER,
         ];
         all.extend(FLAGS_READ_ONLY);
@@ -242,7 +239,6 @@ fn parse_mount_flags(flags: &[String]) -> Result<Vec<String>, VolumeContextError
             "gid" => FLAG_GID,
             "file-mode" => FLAG_FILE_MODE,
             "dir-mode" => FLAG_DIR_MODE,
-            "memory-cache-size" => FLAG_MEMORY_CACHE_SIZE,
             "allow-other" | "ro" | "read-only" => {
                 if value.is_some() {
                     return Err(invalid("takes no value".to_string()));
@@ -265,7 +261,7 @@ fn parse_mount_flags(flags: &[String]) -> Result<Vec<String>, VolumeContextError
                     .parse::<u32>()
                     .map_err(|_| invalid("expected a numeric id".to_string()))?;
             }
-            FLAG_FILE_MODE | FLAG_DIR_MODE => {
+            _ => {
                 let mode = parse_mode(value).map_err(invalid)?;
                 if mode & 0o222 != 0 {
                     return Err(invalid(
@@ -273,22 +269,13 @@ fn parse_mount_flags(flags: &[String]) -> Result<Vec<String>, VolumeContextError
                     ));
                 }
             }
-            _ => {
-                parse_size(value).map_err(invalid)?;
-            }
         }
         if values.iter().any(|(f, _)| *f == flag) {
             return Err(invalid("given more than once".to_string()));
         }
         values.push((flag, value.to_string()));
     }
-    let order = [
-        FLAG_UID,
-        FLAG_GID,
-        FLAG_FILE_MODE,
-        FLAG_DIR_MODE,
-        FLAG_MEMORY_CACHE_SIZE,
-    ];
+    let order = [FLAG_UID, FLAG_GID, FLAG_FILE_MODE, FLAG_DIR_MODE];
     let mut options = Vec::new();
     for flag in order {
         if let Some((_, value)) = values.iter().find(|(f, _)| *f == flag) {
@@ -427,7 +414,6 @@ mod tests {
                 "allow_other",
                 "file-mode=0440",
                 "dir_mode 0550",
-                "memory-cache-size=1GiB",
             ]),
         )
         .unwrap();
@@ -441,20 +427,12 @@ mod tests {
                 "--file-mode",
                 "0440",
                 "--dir-mode",
-                "0550",
-                "--memory-cache-size",
-                "1GiB"
+                "0550"
             ]
         );
         let b = MountSpec::parse(
             &context(&[(BUCKET, "models")]),
-            &flags(&[
-                "memory-cache-size=1GiB",
-                "dir-mode=0550",
-                "file-mode=0440",
-                "uid=1000",
-                "gid=100",
-            ]),
+            &flags(&["dir-mode=0550", "file-mode=0440", "uid=1000", "gid=100"]),
         )
         .unwrap();
         assert_eq!(a, b);
@@ -513,7 +491,7 @@ mod tests {
             ("uid=root", "numeric id"),
             ("file-mode=0644", "write bits"),
             ("dir-mode=9", "octal"),
-            ("memory-cache-size=lots", "size"),
+            ("memory-cache-size=1GiB", "not supported"),
             ("ro=1", "takes no value"),
         ];
         for (flag, expected) in cases {

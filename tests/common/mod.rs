@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod check;
+pub mod csi;
 pub mod moto;
 pub mod mount;
 pub mod s3;

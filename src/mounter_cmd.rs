@@ -1,0 +1,303 @@
+//! `modelfs mounter`: the node's long-lived FUSE server. The CSI plugin mounts each volume's
+//! FUSE connection at its target and hands the connection over this process's socket
+//! ([`modelfs_csi::handoff`]); every volume is then served from one memory budget, one disk
+//! cache handle and one table of downloads in flight, so the plugin can restart freely and
+//! two pods reading the same model share one download.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use modelfs_csi::handoff::{self, Listener, Reply, Request, VolumeHandoff};
+use modelfs_fs::cache::{CacheSize, DiskCache, DiskCacheConfig};
+use modelfs_fs::mount::{serve_fd, MountConfig};
+use modelfs_fs::read::{ReadConfig, SharedTiers};
+use modelfs_fs::units::parse_size;
+use modelfs_fs::S3Location;
+use tokio::runtime::Handle;
+
+use crate::volume_args::VolumeArgs;
+
+/// Arguments of `modelfs mounter`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MounterArgs {
+    /// The socket the CSI plugin hands volumes over (its directory must be owned by this
+    /// user and writable by no one else; it is created, mode 0700, when missing).
+    #[arg(long, default_value = "unix:///var/lib/modelfs/mounter/mounter.sock")]
+    pub socket: String,
+    /// Memory budget for block data of all volumes together: cached blocks plus downloads in
+    /// flight.
+    #[arg(long, default_value = "512MiB", value_parser = parse_size)]
+    pub memory_cache_size: u64,
+    /// Directory of the persistent disk cache shared by every volume (e.g. the instance
+    /// store). Without it, only the memory cache is used.
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Disk cache limit: bytes (`50GiB`), a share of the disk (`80%`), or `free:N%` to grow
+    /// while N% of the disk stays free.
+    #[arg(long, default_value = "free:10%")]
+    pub cache_size: CacheSize,
+    /// Never serve reads by FUSE passthrough.
+    #[arg(long)]
+    pub no_passthrough: bool,
+    /// Serve Prometheus metrics on this address (e.g. `0.0.0.0:9464`).
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
+    /// Log filter: error, warn, info, debug, trace, or per-module directives.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+/// A volume's options as the plugin sends them: the per-volume flags of `modelfs mount`
+/// and nothing else (node-wide flags are this process's).
+#[derive(Debug, Parser)]
+#[command(name = "volume options", no_binary_name = true)]
+struct VolumeOptions {
+    #[command(flatten)]
+    volume: VolumeArgs,
+}
+
+/// The volumes being served, by a number of our own (a volume id may be published twice).
+#[derive(Debug, Default)]
+struct Volumes {
+    next: u64,
+    serving: BTreeMap<u64, (String, PathBuf)>,
+}
+
+/// What every connection handler needs.
+struct Mounter {
+    args: MounterArgs,
+    tiers: SharedTiers,
+    read: ReadConfig,
+    runtime: Handle,
+    volumes: Mutex<Volumes>,
+}
+
+/// Runs the mounter until it is killed.
+pub fn run(args: MounterArgs) -> anyhow::Result<()> {
+    crate::mount_cmd::limit_malloc_arenas();
+    crate::logging::init(&args.log_level, None)?;
+    let socket = modelfs_csi::server::socket_path(&args.socket)?;
+    if let Some(dir) = socket.parent() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let listener = Listener::bind(&socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    let metrics = args
+        .metrics_addr
+        .as_deref()
+        .map(crate::metrics_server::bind)
+        .transpose()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("modelfs-io")
+        .build()
+        .context("cannot start the async runtime")?;
+    let disk = match &args.cache_dir {
+        Some(dir) => Some(
+            DiskCache::open(&DiskCacheConfig {
+                dir: dir.clone(),
+                size: args.cache_size,
+            })
+            .with_context(|| format!("cannot use cache directory {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let read = ReadConfig {
+        memory_cache_bytes: args.memory_cache_size,
+        ..ReadConfig::default()
+    };
+    let tiers = SharedTiers::new(&read, disk);
+    if let Some(listener) = metrics {
+        runtime.spawn(crate::metrics_server::serve(listener));
+    }
+    let mounter = Arc::new(Mounter {
+        args,
+        tiers,
+        read,
+        runtime: runtime.handle().clone(),
+        volumes: Mutex::default(),
+    });
+    tracing::info!(
+        "mounter ready on {} (memory budget {} MiB, disk cache {})",
+        socket.display(),
+        mounter.args.memory_cache_size >> 20,
+        mounter
+            .args
+            .cache_dir
+            .as_ref()
+            .map_or("none".to_string(), |d| d.display().to_string())
+    );
+    crate::sd_notify::notify("READY=1");
+    loop {
+        let conn = listener.accept().context("cannot accept a connection")?;
+        let mounter = mounter.clone();
+        std::thread::Builder::new()
+            .name("handoff".into())
+            .spawn(move || mounter.answer(conn))
+            .context("cannot start a connection thread")?;
+    }
+}
+
+impl Mounter {
+    /// Answers one connection: a ping, or a volume to serve.
+    fn answer(self: Arc<Self>, conn: OwnedFd) {
+        let (request, fd) = match handoff::read_request(conn.as_fd()) {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::warn!("unreadable request: {e}");
+                return;
+            }
+        };
+        let reply = match request {
+            Request::Ping => Reply::Ok,
+            Request::Serve(volume) => {
+                let id = volume.volume_id.clone();
+                match self.serve(volume, fd) {
+                    Ok(()) => Reply::Ok,
+                    Err(e) => {
+                        tracing::warn!(volume = %id, "not served: {e:#}");
+                        Reply::Failed(format!("{e:#}"))
+                    }
+                }
+            }
+        };
+        if let Err(e) = handoff::write_reply(conn.as_fd(), &reply) {
+            tracing::warn!("cannot answer the plugin: {e}");
+        }
+    }
+
+    /// Checks the volume, completes its FUSE handshake and serves it on threads of its own.
+    fn serve(self: &Arc<Self>, handoff: VolumeHandoff, fd: Option<OwnedFd>) -> anyhow::Result<()> {
+        let fd = fd.context("no FUSE connection came with the request")?;
+        check_is_fuse_device(&fd)?;
+        let location: S3Location = handoff.source.parse()?;
+        let options = VolumeOptions::try_parse_from(&handoff.options)
+            .map_err(|e| anyhow::anyhow!("bad volume options: {}", first_line(&e.to_string())))?;
+        let volume = options.volume;
+        let store = self.runtime.block_on(volume.connect(&location))?;
+        let config = MountConfig {
+            location: location.clone(),
+            mountpoint: handoff.target.clone(),
+            metadata_ttl: volume.metadata_ttl,
+            ownership: volume.ownership(),
+            allow_other: true,
+            read: self.read.clone(),
+            passthrough: !self.args.no_passthrough,
+            fuse_threads: 4,
+        };
+        let session = serve_fd(&config, store, &self.tiers, self.runtime.clone(), fd)?;
+        let number = {
+            let mut volumes = self.volumes.lock().unwrap_or_else(|e| e.into_inner());
+            volumes.next += 1;
+            let number = volumes.next;
+            volumes
+                .serving
+                .insert(number, (handoff.volume_id.clone(), handoff.target.clone()));
+            number
+        };
+        tracing::info!(
+            volume = %handoff.volume_id,
+            "serving {location} at {} ({} volumes)",
+            handoff.target.display(),
+            self.volume_count()
+        );
+        let this = self.clone();
+        std::thread::Builder::new()
+            .name(format!("volume-{number}"))
+            .spawn(move || {
+                let result = session.run();
+                this.volumes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .serving
+                    .remove(&number);
+                match result {
+                    Ok(()) => tracing::info!(
+                        volume = %handoff.volume_id,
+                        "unmounted {} ({} volumes)",
+                        handoff.target.display(),
+                        this.volume_count()
+                    ),
+                    Err(e) => tracing::error!(
+                        volume = %handoff.volume_id,
+                        "serving {} failed: {e}",
+                        handoff.target.display()
+                    ),
+                }
+            })
+            .context("cannot start the volume's thread")?;
+        Ok(())
+    }
+
+    fn volume_count(&self) -> usize {
+        self.volumes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .serving
+            .len()
+    }
+}
+
+/// Refuses a descriptor that is not the FUSE device (`/dev/fuse` is char 10:229).
+fn check_is_fuse_device(fd: &OwnedFd) -> anyhow::Result<()> {
+    let file = std::fs::File::from(fd.try_clone()?);
+    let meta = file.metadata()?;
+    use std::os::unix::fs::MetadataExt;
+    let rdev = meta.rdev();
+    if !meta.file_type().is_char_device() || libc::major(rdev) != 10 || libc::minor(rdev) != 229 {
+        bail!("the descriptor handed over is not a /dev/fuse connection");
+    }
+    Ok(())
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or(text).trim()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_options_take_the_volume_flags_and_refuse_node_wide_ones() {
+        let ok = VolumeOptions::try_parse_from([
+            "--region",
+            "us-east-1",
+            "--uid",
+            "1000",
+            "--metadata-ttl",
+            "5s",
+        ])
+        .unwrap();
+        assert_eq!(ok.volume.uid, Some(1000));
+        assert_eq!(ok.volume.metadata_ttl, std::time::Duration::from_secs(5));
+        for node_wide in [
+            ["--cache-dir", "/tmp"],
+            ["--memory-cache-size", "1GiB"],
+            ["--log-file", "/etc/passwd"],
+            ["--metrics-addr", "0.0.0.0:1"],
+        ] {
+            assert!(
+                VolumeOptions::try_parse_from(node_wide).is_err(),
+                "{node_wide:?} must be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn only_the_fuse_device_is_served() {
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let err = check_is_fuse_device(&OwnedFd::from(file)).unwrap_err();
+        assert!(err.to_string().contains("not a /dev/fuse"), "{err}");
+    }
+}
