@@ -31,12 +31,23 @@ pub enum StoreError {
         /// The server's message.
         message: String,
     },
-    /// The endpoint could not be reached or timed out.
+    /// The endpoint could not be reached: connection refused or reset, no such host, TLS.
     #[error("cannot reach {endpoint}: {message}")]
     Unreachable {
         /// The endpoint URL or description.
         endpoint: String,
         /// What went wrong.
+        message: String,
+    },
+    /// The endpoint did not answer in time: no connection within the connect timeout, or no
+    /// response headers within the first-byte timeout, on the last of the client's attempts.
+    #[error("no answer from {endpoint} to {operation}: {message}")]
+    NoAnswer {
+        /// The endpoint URL or description.
+        endpoint: String,
+        /// The operation (`GetObject key`, `ListObjectsV2 prefix`…).
+        operation: String,
+        /// Which timeout expired, after how long.
         message: String,
     },
     /// The response body was shorter or longer than the range asked for.
@@ -87,6 +98,7 @@ impl StoreError {
         matches!(
             self,
             StoreError::Unreachable { .. }
+                | StoreError::NoAnswer { .. }
                 | StoreError::ShortBody { .. }
                 | StoreError::Interrupted { .. }
                 | StoreError::ServerError { .. }
@@ -104,6 +116,11 @@ mod tests {
             StoreError::Unreachable {
                 endpoint: "http://x".into(),
                 message: "refused".into(),
+            },
+            StoreError::NoAnswer {
+                endpoint: "http://x".into(),
+                operation: "GetObject k".into(),
+                message: "no response headers within 5s".into(),
             },
             StoreError::ShortBody {
                 key: "k".into(),
@@ -139,7 +156,7 @@ mod tests {
         ];
         assert!(!lasting.iter().any(StoreError::is_transient));
         assert_eq!(
-            transient[3].to_string(),
+            transient[4].to_string(),
             "GetObject k: HTTP 503: SlowDown: Please reduce your request rate."
         );
     }

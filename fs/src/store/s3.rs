@@ -20,7 +20,7 @@ use super::{ListPage, ObjectInfo, ObjectStore, RangeSink, StoreError};
 use crate::metrics::metrics;
 
 /// How to reach the bucket.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct S3Config {
     /// The bucket name.
     pub bucket: String,
@@ -32,6 +32,38 @@ pub struct S3Config {
     pub force_path_style: bool,
     /// Send unsigned requests (public buckets); no credentials are looked up.
     pub no_sign_request: bool,
+    /// How long one attempt of a request waits for its response headers (connecting
+    /// included) before it is abandoned and tried again; see
+    /// [`S3Config::max_wait_without_answer`].
+    pub first_byte_timeout: Duration,
+}
+
+impl Default for S3Config {
+    fn default() -> S3Config {
+        S3Config {
+            bucket: String::new(),
+            endpoint_url: None,
+            region: None,
+            force_path_style: false,
+            no_sign_request: false,
+            first_byte_timeout: S3Config::DEFAULT_FIRST_BYTE_TIMEOUT,
+        }
+    }
+}
+
+impl S3Config {
+    /// Default of [`S3Config::first_byte_timeout`]. S3 answers in milliseconds; an endpoint
+    /// silent for 5 s is more likely gone than slow, and the bound below grows with it.
+    pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// The longest one operation (a ranged read, a HEAD, a listing page) waits on an endpoint
+    /// that accepts connections and never answers before it fails with
+    /// [`StoreError::NoAnswer`]: each of the SDK's three attempts waits the
+    /// first-byte timeout, with the SDK's backoff between them, and modelfs' own rounds do
+    /// not start again after an unanswered round. 3 × 5 s + (1 s + 2 s) = 18 s by default.
+    pub fn max_wait_without_answer(&self) -> Duration {
+        first_byte_timeout(self.first_byte_timeout) * MAX_ATTEMPTS + sdk_backoff_ceiling()
+    }
 }
 
 /// The real object store: one `aws-sdk-s3` client for one bucket.
@@ -41,13 +73,20 @@ pub struct S3Store {
     bucket: String,
     endpoint: String,
     stall_timeout: Duration,
+    /// As configured (for error messages; the SDK client enforces it).
+    first_byte_timeout: Duration,
 }
 
-/// Connect timeout: an unreachable endpoint must fail a mount quickly, not hang it.
+/// Connect timeout (or the first-byte timeout, if shorter: that one counts the connecting
+/// too): an unreachable endpoint must fail a mount quickly, not hang it.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time allowed for one attempt of one request up to its response headers (the SDK hands a
-/// GetObject body over unread; the stall timeout guards the body).
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time a ListObjectsV2 page's body may take after its headers: the SDK reads that body
+/// within the attempt, so one attempt may take the first-byte timeout plus this. (A
+/// GetObject body is handed over unread and guarded by the stall timeout; HEAD has none.)
+const LISTING_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// The SDK's backoff before its second attempt is at most this, doubling for each further
+/// one (standard mode, full jitter): ≤ 1 s, then ≤ 2 s.
+const SDK_INITIAL_BACKOFF: Duration = Duration::from_secs(1);
 /// Attempts per request inside the SDK, which backs off exponentially with full jitter
 /// between them (up to 1 s, then 2 s). Standard mode, not adaptive: adaptive mode's client-side
 /// rate limiter charges 5 tokens per retry and, after a few `SlowDown`s at the modest request
@@ -57,8 +96,8 @@ const MAX_ATTEMPTS: u32 = 3;
 /// Attempts of one operation around the SDK's own: a ranged read is tried again when its body
 /// fails after the response started (reset connection, truncated, stalled or mis-sized body),
 /// which the SDK does not retry, and every operation when the service still answers with an
-/// error worth retrying (5xx, throttling) after the SDK's attempts. At most
-/// `OUTER_ATTEMPTS × MAX_ATTEMPTS` requests per operation.
+/// error worth retrying (5xx, throttling) after the SDK's attempts; never after a round that
+/// got no answer at all. At most `OUTER_ATTEMPTS × MAX_ATTEMPTS` requests per operation.
 const OUTER_ATTEMPTS: u32 = 4;
 /// Default of [`S3Store::with_stall_timeout`]: a response body that sends nothing for this
 /// long is abandoned and retried.
@@ -73,12 +112,24 @@ fn record(op: &'static str, started: Instant, error: Option<&StoreError>) {
         Some(StoreError::PreconditionFailed { .. }) => "precondition_failed",
         Some(StoreError::AccessDenied { .. }) => "access_denied",
         Some(StoreError::Unreachable { .. }) => "unreachable",
+        Some(StoreError::NoAnswer { .. }) => "no_answer",
         Some(StoreError::ShortBody { .. }) => "short_body",
         Some(StoreError::Interrupted { .. }) => "interrupted",
         Some(StoreError::ServerError { .. }) => "server_error",
         Some(StoreError::Other { .. }) => "other",
     };
     metrics().s3_request(op, result, started.elapsed());
+}
+
+/// The first-byte timeout in force for `configured` (at least 1 ms; the SDK rejects zero).
+fn first_byte_timeout(configured: Duration) -> Duration {
+    configured.max(Duration::from_millis(1))
+}
+
+/// The most the SDK sleeps between its attempts of one request, all together:
+/// `SDK_INITIAL_BACKOFF × (1 + 2 + … + 2^(MAX_ATTEMPTS − 2))`.
+fn sdk_backoff_ceiling() -> Duration {
+    SDK_INITIAL_BACKOFF * ((1 << (MAX_ATTEMPTS - 1)) - 1)
 }
 
 /// Exponential backoff with full jitter: up to 200 ms, 400 ms, 800 ms… capped at 5 s.
@@ -102,15 +153,23 @@ impl S3Store {
             loader = loader.endpoint_url(url.clone());
         }
         let shared = loader.load().await;
+        let first_byte = first_byte_timeout(config.first_byte_timeout);
+        // The HTTP client's read timeout runs from sending the request (connecting included)
+        // to the response headers: our first-byte timeout, retried by the SDK as transient.
         let s3_config = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(config.force_path_style)
             .timeout_config(
                 TimeoutConfig::builder()
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                    .connect_timeout(CONNECT_TIMEOUT.min(first_byte))
+                    .read_timeout(first_byte)
+                    .operation_attempt_timeout(first_byte + LISTING_BODY_TIMEOUT)
                     .build(),
             )
-            .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(MAX_ATTEMPTS)
+                    .with_initial_backoff(SDK_INITIAL_BACKOFF),
+            )
             .build();
         let endpoint = config
             .endpoint_url
@@ -121,6 +180,7 @@ impl S3Store {
             bucket: config.bucket.clone(),
             endpoint,
             stall_timeout: DEFAULT_STALL_TIMEOUT,
+            first_byte_timeout: first_byte,
         }
     }
 
@@ -233,12 +293,26 @@ impl S3Store {
         match &err {
             SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
                 let message = error_chain(&err);
+                let timed_out = match &err {
+                    SdkError::DispatchFailure(failure) => failure.is_timeout(),
+                    _ => true,
+                };
                 if message.contains("credential") {
                     return StoreError::AccessDenied {
                         code: "NoCredentials".into(),
                         message: format!(
                             "no AWS credentials found (environment, profile, web identity, \
                              Pod Identity, instance metadata): {message}"
+                        ),
+                    };
+                }
+                if timed_out {
+                    return StoreError::NoAnswer {
+                        endpoint: self.endpoint.clone(),
+                        operation: request(operation, key),
+                        message: format!(
+                            "{message} (first-byte timeout {:?}, up to {MAX_ATTEMPTS} attempts)",
+                            self.first_byte_timeout
                         ),
                     };
                 }
@@ -280,7 +354,7 @@ impl S3Store {
                     }
                     (429 | 500..=599, _) | (_, "SlowDown" | "RequestTimeout") => {
                         return StoreError::ServerError {
-                            operation: format!("{operation} {key}"),
+                            operation: request(operation, key),
                             status,
                             message: format!("{code}: {message}"),
                         }
@@ -291,10 +365,26 @@ impl S3Store {
             _ => {}
         }
         StoreError::Other {
-            operation: format!("{operation} {key}"),
+            operation: request(operation, key),
             message: error_chain(&err),
         }
     }
+}
+
+/// The request an error concerns: `GetObject key`, `ListObjectsV2 prefix ""` (the root).
+fn request(operation: &str, key: &str) -> String {
+    if key.is_empty() {
+        format!("{operation} \"\"")
+    } else {
+        format!("{operation} {key}")
+    }
+}
+
+/// Whether a ranged read is worth another round: any transient failure but an endpoint that
+/// did not answer, which has had the SDK's attempts, each waiting the first-byte timeout;
+/// more rounds would multiply the bound of [`S3Config::max_wait_without_answer`].
+fn read_retryable(e: &StoreError) -> bool {
+    e.is_transient() && !matches!(e, StoreError::NoAnswer { .. })
 }
 
 /// Whether a listing or a HEAD is worth trying again: only when the service answered with a
@@ -424,7 +514,7 @@ impl ObjectStore for S3Store {
         }
         let len = range.end - range.start;
         let sink = Mutex::new(sink);
-        self.with_retries("GetObject", key, StoreError::is_transient, || {
+        self.with_retries("GetObject", key, read_retryable, || {
             self.get_range_once(key, range.clone(), if_match, &sink)
         })
         .await?;
@@ -434,5 +524,127 @@ impl ObjectStore for S3Store {
 
     fn describe(&self) -> String {
         format!("s3://{} at {}", self.bucket, self.endpoint)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    #[test]
+    fn the_wait_on_a_silent_endpoint_is_three_first_byte_timeouts_and_the_sdk_backoff() {
+        let default = S3Config::default();
+        assert_eq!(default.first_byte_timeout, Duration::from_secs(5));
+        assert_eq!(sdk_backoff_ceiling(), Duration::from_secs(3));
+        assert_eq!(default.max_wait_without_answer(), Duration::from_secs(18));
+        let two = S3Config {
+            first_byte_timeout: Duration::from_secs(2),
+            ..S3Config::default()
+        };
+        assert_eq!(two.max_wait_without_answer(), Duration::from_secs(9));
+        let zero = S3Config {
+            first_byte_timeout: Duration::ZERO,
+            ..S3Config::default()
+        };
+        assert_eq!(
+            zero.max_wait_without_answer(),
+            Duration::from_millis(3003),
+            "at least 1 ms per attempt"
+        );
+    }
+
+    #[test]
+    fn an_unanswered_read_is_transient_but_gets_no_round_of_our_own() {
+        let silent = StoreError::NoAnswer {
+            endpoint: "http://x".into(),
+            operation: "GetObject k".into(),
+            message: "HTTP read timeout occurred after 5s".into(),
+        };
+        assert!(silent.is_transient());
+        assert!(!read_retryable(&silent));
+        assert!(!answered_retryable(&silent));
+        let refused = StoreError::Unreachable {
+            endpoint: "http://x".into(),
+            message: "connection refused".into(),
+        };
+        assert!(read_retryable(&refused), "a refusal costs no wait");
+        let reset = StoreError::Interrupted {
+            key: "k".into(),
+            range: (0, 1),
+            message: "reset".into(),
+        };
+        assert!(read_retryable(&reset));
+    }
+
+    /// A TCP endpoint that accepts connections, reads what is sent and never answers; counts
+    /// the requests (request heads) it swallowed.
+    async fn silent_endpoint() -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counted = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 << 10];
+                    while let Ok(n) = conn.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let heads = buf[..n].windows(5).filter(|w| w == b"HTTP/").count();
+                        counted.fetch_add(heads, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        (url, requests)
+    }
+
+    #[tokio::test]
+    async fn a_silent_endpoint_fails_every_operation_within_the_bound() {
+        let (url, requests) = silent_endpoint().await;
+        let config = S3Config {
+            bucket: "models".into(),
+            endpoint_url: Some(url),
+            region: Some("us-east-1".into()),
+            force_path_style: true,
+            no_sign_request: true,
+            first_byte_timeout: Duration::from_millis(300),
+        };
+        let bound = config.max_wait_without_answer();
+        let store = S3Store::connect(&config).await;
+        let mut sent = 0;
+        for op in ["GetObject", "HeadObject", "ListObjectsV2"] {
+            let started = Instant::now();
+            let result = match op {
+                "GetObject" => store.get_range("k", 0..10, "\"e\"").await.map(drop),
+                "HeadObject" => store.head("k").await.map(drop),
+                _ => store.list_page("p/", None).await.map(drop),
+            };
+            let took = started.elapsed();
+            let err = result.expect_err("nobody answers");
+            eprintln!("{op}: failed after {took:.1?} (bound {bound:?}): {err}");
+            assert!(matches!(err, StoreError::NoAnswer { .. }), "{op}: {err}");
+            assert!(err.to_string().contains(op), "{op}: {err}");
+            assert!(
+                took >= config.first_byte_timeout * MAX_ATTEMPTS,
+                "{op}: waited for every attempt ({took:?})"
+            );
+            assert!(took <= bound, "{op}: {took:?} > {bound:?}");
+            let now = requests.load(Ordering::SeqCst);
+            assert_eq!(
+                now - sent,
+                MAX_ATTEMPTS as usize,
+                "{op}: the SDK's attempts, and no round of our own"
+            );
+            sent = now;
+        }
     }
 }
