@@ -18,6 +18,7 @@ Commands:
   schema-write SPEC_DIR   (re)write the committed schemas from the CRDs in SPEC_DIR
   csi-volumes             print, as JSON, every s3.modelfs.io volume (attributes, mount options)
   csi-args                print, as JSON, the modelfs container's args in the DaemonSet
+  objects                 print, as JSON, every object under deploy/ with its file
 
 Exit status: 0 fine, 1 invalid, 2 usage, 3 a required tool is missing.
 """
@@ -479,12 +480,23 @@ def csi_args():
     return 1
 
 
+def objects():
+    """Every object under deploy/, for the Rust tests' structural checks."""
+    found = []
+    for path in manifest_files():
+        for doc in load(path):
+            found.append({"file": str(path.relative_to(DEPLOY.parent)), "object": doc})
+    print(json.dumps(found, indent=1))
+    return 0
+
+
 def main(argv):
     commands = {
         "check": lambda: check(),
         "self-test": lambda: self_test(),
         "csi-volumes": lambda: csi_volumes(),
         "csi-args": lambda: csi_args(),
+        "objects": lambda: objects(),
     }
     if len(argv) == 2 and argv[1] in commands:
         return commands[argv[1]]()
