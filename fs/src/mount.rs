@@ -65,7 +65,7 @@ pub enum MountError {
     )]
     FuseUnavailable(std::io::Error),
     /// The bucket or prefix cannot be listed.
-    #[error("cannot list {location} at {endpoint}: {source}")]
+    #[error("cannot list {location} at {endpoint}")]
     Bucket {
         /// The location that was checked.
         location: String,
