@@ -80,7 +80,7 @@ struct Mounter {
 /// Runs the mounter until it is killed.
 pub fn run(args: MounterArgs) -> anyhow::Result<()> {
     crate::mount_cmd::limit_malloc_arenas();
-    crate::logging::init(&args.log_level, None)?;
+    crate::logging::init_stdout(&args.log_level)?;
     let socket = modelfs_csi::server::socket_path(&args.socket)?;
     if let Some(dir) = socket.parent() {
         use std::os::unix::fs::DirBuilderExt;
@@ -215,7 +215,8 @@ impl Mounter {
         std::thread::Builder::new()
             .name(format!("volume-{number}"))
             .spawn(move || {
-                let result = session.run();
+                let span = tracing::info_span!("volume", id = %handoff.volume_id);
+                let result = span.in_scope(|| session.run());
                 this.volumes
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
