@@ -20,6 +20,8 @@
 //!
 //! Modules:
 //! * [`store`]: [`FileStore`], the object store;
+//! * [`access`]: [`ReadOnlyUser`], identities besides the owner that may only list and read
+//!   keys under their prefixes;
 //! * [`service`]: [`LocalS3Service`], the [`s3s::S3`] implementation over a store;
 //! * [`stats`]: [`RequestStats`], request counters tests assert on;
 //! * [`server`]: [`LocalS3`], an HTTP server on its own runtime and thread;
@@ -32,6 +34,7 @@
 
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod faults;
 pub mod models;
 pub mod server;
@@ -42,6 +45,7 @@ pub mod store;
 
 mod encoding;
 
+pub use access::ReadOnlyUser;
 pub use faults::{Fault, FaultStats, Faults, Rule, Trigger};
 pub use models::{
     parse_safetensors_header, seed_comfy_tree, write_safetensors, ComfyTree, SafetensorsSpec,

@@ -16,6 +16,7 @@ use s3s::service::S3Service;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+use crate::access::ReadOnlyUser;
 use crate::faults::Faults;
 use crate::service::LocalS3Service;
 use crate::shaping::Shaping;
@@ -43,6 +44,8 @@ pub struct LocalS3Config {
     pub region: String,
     /// Response shaping (first-byte latency, bandwidth caps) for benchmarks; off by default.
     pub shaping: Shaping,
+    /// Users besides the owner, each limited to reading its prefixes (none by default).
+    pub readers: Vec<ReadOnlyUser>,
 }
 
 impl LocalS3Config {
@@ -63,6 +66,7 @@ impl LocalS3Config {
             secret_key: Self::DEFAULT_SECRET_KEY.to_string(),
             region: Self::DEFAULT_REGION.to_string(),
             shaping: Shaping::default(),
+            readers: Vec::new(),
         }
     }
 }
@@ -84,9 +88,11 @@ impl LocalS3 {
     pub fn start(config: LocalS3Config) -> io::Result<LocalS3> {
         let store = Arc::new(FileStore::open(&config.root)?);
         let service = LocalS3Service::new(store).with_shaping(config.shaping);
-        let http = service
-            .clone()
-            .into_http_service(&config.access_key, &config.secret_key);
+        let http = service.clone().into_http_service(
+            &config.access_key,
+            &config.secret_key,
+            &config.readers,
+        );
 
         let listener = std::net::TcpListener::bind(config.bind)?;
         listener.set_nonblocking(true)?;

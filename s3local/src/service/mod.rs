@@ -13,7 +13,6 @@ mod upload;
 use std::sync::Arc;
 
 use hyper::header::{self, HeaderMap, HeaderValue};
-use s3s::auth::SimpleAuth;
 use s3s::dto::{
     Bucket, CommonPrefix, CreateBucketInput, CreateBucketOutput, DeleteBucketInput,
     DeleteBucketOutput, DeleteObjectInput, DeleteObjectOutput, ETag, EncodingType, GetObjectInput,
@@ -24,6 +23,7 @@ use s3s::dto::{
 use s3s::service::{S3Service, S3ServiceBuilder};
 use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
 
+use crate::access::{ReadOnlyUser, SharedUsers, Users};
 use crate::encoding::url_encode;
 use crate::faults::{Fault, FaultBody, Faults, Op};
 use crate::shaping::{Pace, Shaper, Shaping};
@@ -113,10 +113,18 @@ impl LocalS3Service {
     }
 
     /// An HTTP service (for hyper) serving this S3 API to clients that sign their requests
-    /// (SigV4, or SigV2) with `access_key`/`secret_key`; path-style addressing.
-    pub fn into_http_service(self, access_key: &str, secret_key: &str) -> S3Service {
+    /// (SigV4, or SigV2) with the owner's `access_key`/`secret_key` (every operation) or a
+    /// reader's (listings and reads under its prefixes); path-style addressing.
+    pub fn into_http_service(
+        self,
+        access_key: &str,
+        secret_key: &str,
+        readers: &[ReadOnlyUser],
+    ) -> S3Service {
+        let users = SharedUsers(Arc::new(Users::new(access_key, secret_key, readers)));
         let mut builder = S3ServiceBuilder::new(self);
-        builder.set_auth(SimpleAuth::from_single(access_key, secret_key));
+        builder.set_auth(users.clone());
+        builder.set_access(users);
         builder.build()
     }
 
