@@ -5,11 +5,12 @@
 //!   `modelfs_s3_bytes_total`, `modelfs_s3_retries_total`;
 //! - `modelfs_cache_{hits,misses,writes,evictions,corrupt,errors}_total{tier}`;
 //! - `modelfs_fetch_blocks_total{priority}` (demand vs background: readahead and sweeps);
-//! - `modelfs_fuse_requests_total{op}`, `modelfs_fuse_request_seconds{op}` (histogram).
+//! - `modelfs_fuse_requests_total{op}`, `modelfs_fuse_request_seconds{op}` (histogram);
+//! - `modelfs_inodes` (gauge): inodes in memory, over every volume of the process.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -51,6 +52,7 @@ pub struct Metrics {
     fetch_blocks: Mutex<BTreeMap<&'static str, Arc<AtomicU64>>>,
     fuse_latency: Mutex<BTreeMap<&'static str, Arc<Histogram>>>,
     tiers: Mutex<Vec<(&'static str, Arc<TierStats>)>>,
+    inodes: AtomicI64,
 }
 
 fn slot<K: Ord + Copy, V: Default>(map: &Mutex<BTreeMap<K, Arc<V>>>, key: K) -> Arc<V> {
@@ -92,6 +94,16 @@ impl Metrics {
     /// Records one FUSE request's duration.
     pub fn fuse_request(&self, op: &'static str, elapsed: Duration) {
         slot(&self.fuse_latency, op).observe(elapsed);
+    }
+
+    /// Counts an inode created.
+    pub fn inode_created(&self) {
+        self.inodes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an inode freed.
+    pub fn inode_dropped(&self) {
+        self.inodes.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Exports a cache tier's counters under `tier`.
@@ -186,6 +198,11 @@ pub fn render() -> String {
             let _ = writeln!(out, "modelfs_cache_{name}_total{{tier=\"{tier}\"}} {value}");
         }
     }
+    let _ = writeln!(
+        out,
+        "# TYPE modelfs_inodes gauge\nmodelfs_inodes {}",
+        m.inodes.load(Ordering::Relaxed)
+    );
     out.push_str("# TYPE modelfs_fuse_request_seconds histogram\n");
     for (op, h) in m
         .fuse_latency
@@ -218,5 +235,6 @@ mod tests {
         assert!(text.contains("modelfs_s3_request_seconds_bucket{op=\"GetObject\",le=\"0.005\"}"));
         assert!(text.contains("modelfs_fuse_requests_total{op=\"read\"}"));
         assert!(text.contains("modelfs_s3_bytes_total"));
+        assert!(text.contains("\nmodelfs_inodes "));
     }
 }

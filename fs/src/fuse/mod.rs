@@ -21,7 +21,7 @@ use tokio::runtime::Handle;
 
 use crate::error::FsError;
 use crate::metrics::metrics;
-use crate::namespace::{DirListing, Namespace, NodeAttr, NodeKind};
+use crate::namespace::{DirListing, InodeHold, Namespace, NodeAttr, NodeKind};
 use crate::read::{BlockReader, OpenObject};
 pub use handles::HandleTable;
 use io_mode::{Choice, IoMode, IoModes};
@@ -35,6 +35,8 @@ struct OpenFile {
     /// Keeps the kernel's reference to the backing file alive until release (shared by
     /// every passthrough open of the inode).
     backing: Option<Arc<BackingId>>,
+    /// Keeps the inode in the namespace until release, whatever the kernel forgets.
+    _inode: Option<InodeHold>,
 }
 
 /// Ownership and permission bits shown for every node.
@@ -193,12 +195,22 @@ impl Filesystem for ModelFs {
             self.block_size,
             self.ttl(),
         );
+        let started = std::time::Instant::now();
         self.runtime.spawn(async move {
-            match ns.lookup(parent.0, &name).await {
+            let result = ns.lookup(parent.0, &name).await;
+            metrics().fuse_request("lookup", started.elapsed());
+            match result {
                 Ok(attr) => reply.entry(&ttl, &file_attr(&attr, &own, bs), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
+    }
+
+    // fuser's default `batch_forget` calls this per node (fuser 0.18 does not export
+    // `ForgetOne`, so it cannot be overridden).
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.namespace.forget(ino.0, nlookup);
+        metrics().fuse_request("forget", Duration::ZERO);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -279,6 +291,7 @@ impl Filesystem for ModelFs {
                 object,
                 mode,
                 backing,
+                _inode: ns.hold(ino.0).ok(),
             });
             let file = files.get(fh);
             metrics().fuse_request("open", started.elapsed());

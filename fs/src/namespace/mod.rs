@@ -16,11 +16,15 @@
 //!   the refresh that saw its contents change afterwards, so tools that watch directory mtimes
 //!   (ComfyUI's model list cache) notice uploads.
 //!
-//! Inode numbers are never reused while the filesystem is mounted.
+//! Inode numbers are never reused while the filesystem is mounted. An inode lives while the
+//! kernel, an open file or a cached listing holds it ([`table`]), and the listing of a
+//! directory the kernel forgets is dropped, so memory follows what is in use, not every name
+//! the bucket ever had.
 
 pub mod names;
+mod table;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
@@ -77,13 +81,27 @@ pub struct DirEntry {
 }
 
 /// A directory's contents as of one listing, sorted by name.
-#[derive(Debug)]
 pub struct DirListing {
     /// Entries, sorted by name.
     pub entries: Vec<DirEntry>,
+    /// The entries' inodes, in the same order: a listing keeps what it lists alive.
+    nodes: Vec<Arc<Inode>>,
     fetched_at: Instant,
-    fingerprint: u64,
 }
+
+impl std::fmt::Debug for DirListing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirListing")
+            .field("entries", &self.entries.len())
+            .field("fetched_at", &self.fetched_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Keeps an inode alive (and its number valid) while an open file uses it, even after the
+/// kernel forgets it; dropped at release.
+#[derive(Debug)]
+pub struct InodeHold(#[allow(dead_code)] Arc<Inode>);
 
 #[derive(Debug, Clone)]
 struct NodeMeta {
@@ -91,6 +109,9 @@ struct NodeMeta {
     etag: String,
     mtime: SystemTime,
     validated_at: Instant,
+    /// Directories: a hash of the last listing's contents, to notice changes (kept apart
+    /// from the listing, which is dropped when the kernel forgets the directory).
+    fingerprint: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -107,18 +128,51 @@ struct Inode {
     listing: Option<tokio::sync::Mutex<Option<Arc<DirListing>>>>,
 }
 
-#[derive(Debug, Default)]
-struct InodeTable {
-    by_ino: HashMap<u64, Arc<Inode>>,
-    by_name: HashMap<(u64, String), u64>,
-    next_ino: u64,
+impl Inode {
+    fn new(ino: u64, kind: NodeKind, parent: u64, key: String, meta: NodeMeta) -> Inode {
+        crate::metrics::metrics().inode_created();
+        Inode {
+            ino,
+            kind,
+            parent,
+            key,
+            meta: Mutex::new(meta),
+            listing: (kind == NodeKind::Directory).then(|| tokio::sync::Mutex::new(None)),
+        }
+    }
+
+    fn attr(&self) -> NodeAttr {
+        let meta = lock(&self.meta);
+        NodeAttr {
+            ino: self.ino,
+            kind: self.kind,
+            size: meta.size,
+            mtime: meta.mtime,
+        }
+    }
+
+    /// Drops the cached listing unless someone is using it right now (then it stays until
+    /// the directory itself goes).
+    fn drop_listing(&self) {
+        if let Some(Ok(mut cached)) = self.listing.as_ref().map(|slot| slot.try_lock()) {
+            cached.take();
+        }
+    }
+}
+
+impl Drop for Inode {
+    fn drop(&mut self) {
+        crate::metrics::metrics().inode_dropped();
+    }
 }
 
 /// The tree of inodes over one bucket prefix.
 pub struct Namespace {
     store: Arc<dyn ObjectStore>,
     ttl: Duration,
-    table: RwLock<InodeTable>,
+    /// The root inode, alive as long as the namespace.
+    root: Arc<Inode>,
+    table: RwLock<table::InodeTable>,
     warned: Mutex<HashSet<String>>,
     /// Set for a shared namespace, which lists subdirectories ahead.
     this: Weak<Namespace>,
@@ -140,28 +194,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Namespace {
     /// A namespace rooted at `prefix` (empty or ending in `/`), caching metadata for `ttl`.
     pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, ttl: Duration) -> Namespace {
-        let root = Arc::new(Inode {
-            ino: ROOT_INO,
-            kind: NodeKind::Directory,
-            parent: ROOT_INO,
-            key: prefix.to_string(),
-            meta: Mutex::new(NodeMeta {
+        let root = Arc::new(Inode::new(
+            ROOT_INO,
+            NodeKind::Directory,
+            ROOT_INO,
+            prefix.to_string(),
+            NodeMeta {
                 size: 0,
                 etag: String::new(),
                 mtime: SystemTime::now(),
                 validated_at: Instant::now(),
-            }),
-            listing: Some(tokio::sync::Mutex::new(None)),
-        });
-        let mut table = InodeTable {
-            next_ino: ROOT_INO + 1,
-            ..Default::default()
-        };
-        table.by_ino.insert(ROOT_INO, root);
+                fingerprint: None,
+            },
+        ));
         Namespace {
             store,
             ttl,
-            table: RwLock::new(table),
+            table: RwLock::new(table::InodeTable::new(&root)),
+            root,
             warned: Mutex::new(HashSet::new()),
             this: Weak::new(),
         }
@@ -184,40 +234,62 @@ impl Namespace {
         self.ttl
     }
 
+    fn table(&self) -> std::sync::RwLockWriteGuard<'_, table::InodeTable> {
+        self.table.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn inode(&self, ino: u64) -> Result<Arc<Inode>, FsError> {
+        if ino == ROOT_INO {
+            return Ok(self.root.clone());
+        }
         self.table
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .by_ino
-            .get(&ino)
-            .cloned()
+            .get(ino)
             .ok_or_else(|| FsError::NotFound(format!("inode {ino}")))
     }
 
     /// The attributes of `ino` as last seen (no request to the store).
     pub fn attr(&self, ino: u64) -> Result<NodeAttr, FsError> {
-        let node = self.inode(ino)?;
-        let meta = lock(&node.meta);
-        Ok(NodeAttr {
-            ino,
-            kind: node.kind,
-            size: meta.size,
-            mtime: meta.mtime,
-        })
+        Ok(self.inode(ino)?.attr())
     }
 
     /// Looks `name` up in directory `parent`, listing it if its listing is missing or expired.
+    /// A successful lookup hands the inode to the kernel: it counts one reference, which
+    /// [`Namespace::forget`] gives back.
     pub async fn lookup(&self, parent: u64, name: &str) -> Result<NodeAttr, FsError> {
         if names::check_segment(name).is_err() {
             return Err(FsError::NotFound(name.to_string()));
         }
         let listing = self.listing(parent).await?;
-        let entry = listing
+        let node = listing
             .entries
             .binary_search_by(|e| e.name.as_str().cmp(name))
-            .map(|i| &listing.entries[i])
+            .map(|i| &listing.nodes[i])
             .map_err(|_| FsError::NotFound(name.to_string()))?;
-        self.attr(entry.ino)
+        self.table().remember(node);
+        Ok(node.attr())
+    }
+
+    /// The kernel forgets `nlookup` references to `ino`. At none, the inode stays only while
+    /// an open file or its directory's cached listing holds it, and a directory's own
+    /// listing is dropped. The root is never forgotten.
+    pub fn forget(&self, ino: u64, nlookup: u64) {
+        let released = self.table().forget(ino, nlookup);
+        // Outside the table's lock: dropping a listing may free a whole subtree.
+        if let Some(node) = released.filter(|node| node.ino != ROOT_INO) {
+            node.drop_listing();
+        }
+    }
+
+    /// Keeps `ino` alive while an open file uses it (see [`InodeHold`]).
+    pub fn hold(&self, ino: u64) -> Result<InodeHold, FsError> {
+        self.inode(ino).map(InodeHold)
+    }
+
+    /// Inodes in memory now, the root included.
+    pub fn inode_count(&self) -> usize {
+        self.table().live()
     }
 
     /// The listing of directory `ino`: the cached one while fresh, else a new one (and, for a
@@ -259,7 +331,9 @@ impl Namespace {
                 return Ok((listing.clone(), false));
             }
         }
-        let listing = Arc::new(self.fetch_listing(&dir, cached.as_deref()).await?);
+        // The old listing stays in place while the new one is fetched: it keeps the inodes
+        // of names still there alive, so they keep their numbers.
+        let listing = Arc::new(self.fetch_listing(&dir).await?);
         *cached = Some(listing.clone());
         Ok((listing, true))
     }
@@ -284,19 +358,18 @@ impl Namespace {
             return Vec::new();
         };
         listing
-            .entries
+            .nodes
             .iter()
-            .skip_while(|e| e.ino != ino)
+            .skip_while(|node| node.ino != ino)
             .skip(1)
-            .filter(|e| e.kind == NodeKind::File)
-            .filter_map(|e| {
-                let node = self.inode(e.ino).ok()?;
+            .filter(|node| node.kind == NodeKind::File)
+            .map(|node| {
                 let meta = lock(&node.meta);
-                Some(ObjectVersion {
+                ObjectVersion {
                     key: node.key.as_str().into(),
                     etag: meta.etag.as_str().into(),
                     size: meta.size,
-                })
+                }
             })
             .collect()
     }
@@ -319,6 +392,7 @@ impl Namespace {
                 etag: info.etag,
                 mtime: info.last_modified,
                 validated_at: Instant::now(),
+                fingerprint: None,
             };
         }
         let meta = lock(&node.meta);
@@ -329,11 +403,7 @@ impl Namespace {
         })
     }
 
-    async fn fetch_listing(
-        &self,
-        dir: &Inode,
-        previous: Option<&DirListing>,
-    ) -> Result<DirListing, FsError> {
+    async fn fetch_listing(&self, dir: &Inode) -> Result<DirListing, FsError> {
         let mut subdirs = BTreeSet::new();
         let mut files: BTreeMap<String, ObjectInfo> = BTreeMap::new();
         let mut token = None;
@@ -390,79 +460,86 @@ impl Namespace {
         }
 
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        let mut entries = Vec::with_capacity(subdirs.len() + files.len());
-        for name in subdirs {
-            (name.as_str(), NodeKind::Directory).hash(&mut hasher);
-            let ino = self.intern(dir, &name, NodeKind::Directory, None);
-            entries.push(DirEntry {
-                name,
-                ino,
-                kind: NodeKind::Directory,
-            });
-        }
         let newest_file = files.values().map(|o| o.last_modified).max();
-        for (name, info) in files {
-            (name.as_str(), NodeKind::File, info.etag.as_str(), info.size).hash(&mut hasher);
-            let ino = self.intern(dir, &name, NodeKind::File, Some(&info));
-            entries.push(DirEntry {
-                name,
-                ino,
-                kind: NodeKind::File,
-            });
+        let found = subdirs
+            .into_iter()
+            .map(|name| (name, None))
+            .chain(files.into_iter().map(|(name, info)| (name, Some(info))));
+        let mut named = Vec::new();
+        {
+            // One lock for the whole listing: a big directory does not take it per entry.
+            let mut table = self.table();
+            for (name, info) in found {
+                let kind = match &info {
+                    None => NodeKind::Directory,
+                    Some(_) => NodeKind::File,
+                };
+                match &info {
+                    None => (name.as_str(), kind).hash(&mut hasher),
+                    Some(i) => (name.as_str(), kind, i.etag.as_str(), i.size).hash(&mut hasher),
+                }
+                let node = Self::intern(&mut table, dir, &name, kind, info.as_ref());
+                named.push((name, node));
+            }
         }
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        named.sort_by(|a, b| a.0.cmp(&b.0));
         let fingerprint = hasher.finish();
+        let (entries, nodes) = named
+            .into_iter()
+            .map(|(name, node)| {
+                let entry = DirEntry {
+                    name,
+                    ino: node.ino,
+                    kind: node.kind,
+                };
+                (entry, node)
+            })
+            .unzip();
 
         let mut meta = lock(&dir.meta);
-        meta.mtime = match previous {
+        meta.mtime = match meta.fingerprint {
             None => newest_file.unwrap_or(meta.mtime),
-            Some(prev) if prev.fingerprint != fingerprint => SystemTime::now(),
+            Some(previous) if previous != fingerprint => SystemTime::now(),
             Some(_) => meta.mtime,
         };
+        meta.fingerprint = Some(fingerprint);
         meta.validated_at = Instant::now();
         Ok(DirListing {
             entries,
+            nodes,
             fetched_at: Instant::now(),
-            fingerprint,
         })
     }
 
-    /// Returns the inode for `name` in `parent`, creating it if needed, and records the
-    /// object's latest metadata. A name that changed kind gets a new inode.
-    fn intern(&self, parent: &Inode, name: &str, kind: NodeKind, info: Option<&ObjectInfo>) -> u64 {
+    /// The inode for `name` in `parent`, created if no live one of `kind` has that name,
+    /// with the object's latest metadata. A name that changed kind gets a new inode.
+    fn intern(
+        table: &mut table::InodeTable,
+        parent: &Inode,
+        name: &str,
+        kind: NodeKind,
+        info: Option<&ObjectInfo>,
+    ) -> Arc<Inode> {
         let meta = NodeMeta {
             size: info.map_or(0, |i| i.size),
             etag: info.map_or_else(String::new, |i| i.etag.clone()),
             mtime: info.map_or_else(SystemTime::now, |i| i.last_modified),
             validated_at: Instant::now(),
+            fingerprint: None,
         };
-        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
-        let slot = (parent.ino, name.to_string());
-        if let Some(existing) = table.by_name.get(&slot).and_then(|i| table.by_ino.get(i)) {
-            if existing.kind == kind {
-                if kind == NodeKind::File {
-                    *lock(&existing.meta) = meta;
-                }
-                return existing.ino;
+        if let Some(existing) = table.child(parent.ino, name, kind) {
+            if kind == NodeKind::File {
+                *lock(&existing.meta) = meta;
             }
+            return existing;
         }
-        let ino = table.next_ino;
-        table.next_ino += 1;
         let key = match kind {
             NodeKind::Directory => format!("{}{name}/", parent.key),
             NodeKind::File => format!("{}{name}", parent.key),
         };
-        let node = Arc::new(Inode {
-            ino,
-            kind,
-            parent: parent.ino,
-            key,
-            meta: Mutex::new(meta),
-            listing: (kind == NodeKind::Directory).then(|| tokio::sync::Mutex::new(None)),
-        });
-        table.by_ino.insert(ino, node);
-        table.by_name.insert(slot, ino);
-        ino
+        let node = Arc::new(Inode::new(table.allocate(), kind, parent.ino, key, meta));
+        table.insert(name, &node);
+        node
     }
 
     fn warn_skipped(&self, key: &str, why: &str) {

@@ -198,3 +198,119 @@ async fn a_shared_namespace_lists_the_folders_of_a_listed_directory_ahead() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(lists(), 5);
 }
+
+/// Lists `ino` again (with a zero TTL every listing is fetched anew).
+async fn relist(ns: &Namespace, ino: u64) {
+    ns.listing(ino).await.unwrap();
+}
+
+#[tokio::test]
+async fn forget_drops_an_inode_the_bucket_no_longer_lists() {
+    let store = store_with(&["a", "b"]);
+    let ns = Namespace::new(store.clone(), "", Duration::ZERO);
+    let a = ns.lookup(ROOT_INO, "a").await.unwrap();
+    assert_eq!(ns.inode_count(), 3, "the root, a and b");
+    store.delete("a");
+    relist(&ns, ROOT_INO).await;
+    assert!(ns.attr(a.ino).is_ok(), "the kernel still holds a");
+    ns.forget(a.ino, 1);
+    assert!(matches!(ns.attr(a.ino), Err(FsError::NotFound(_))));
+    assert_eq!(ns.inode_count(), 2, "the root and b");
+}
+
+#[tokio::test]
+async fn an_inode_stays_until_every_lookup_is_forgotten() {
+    let store = store_with(&["a"]);
+    let ns = Namespace::new(store.clone(), "", Duration::ZERO);
+    let a = ns.lookup(ROOT_INO, "a").await.unwrap();
+    assert_eq!(ns.lookup(ROOT_INO, "a").await.unwrap().ino, a.ino);
+    store.delete("a");
+    relist(&ns, ROOT_INO).await;
+    ns.forget(a.ino, 1);
+    assert!(ns.attr(a.ino).is_ok(), "one lookup is still counted");
+    ns.forget(a.ino, 1);
+    assert!(ns.attr(a.ino).is_err());
+    // The root is never forgotten, and unknown numbers are ignored.
+    ns.forget(ROOT_INO, 1);
+    ns.forget(9999, 1);
+    assert!(ns.attr(ROOT_INO).is_ok());
+}
+
+#[tokio::test]
+async fn a_forgotten_name_looked_up_again_gets_a_number_no_live_inode_has() {
+    let store = store_with(&["a", "b"]);
+    let ns = Namespace::new(store.clone(), "", Duration::ZERO);
+    let a = ns.lookup(ROOT_INO, "a").await.unwrap();
+    let b = ns.lookup(ROOT_INO, "b").await.unwrap();
+    store.delete("a");
+    relist(&ns, ROOT_INO).await;
+    ns.forget(a.ino, 1);
+    store.put("a", b"back".to_vec());
+    let again = ns.lookup(ROOT_INO, "a").await.unwrap();
+    assert_eq!(again.size, 4);
+    assert_ne!(again.ino, a.ino);
+    assert_ne!(again.ino, b.ino);
+    assert_eq!(ns.attr(b.ino).unwrap().kind, NodeKind::File);
+    assert_eq!(ns.open(again.ino).await.unwrap().size, 4);
+}
+
+#[tokio::test]
+async fn forgetting_a_directory_drops_its_listing_and_the_inodes_only_it_held() {
+    let store = store_with(&["d/x", "d/y"]);
+    let ns = Namespace::new(store.clone(), "", Duration::from_secs(3600));
+    let d = ns.lookup(ROOT_INO, "d").await.unwrap();
+    let x = ns.lookup(d.ino, "x").await.unwrap();
+    assert_eq!(ns.inode_count(), 4, "the root, d, x and y");
+    ns.forget(x.ino, 1);
+    assert_eq!(ns.inode_count(), 4, "d's listing still holds x");
+    ns.forget(d.ino, 1);
+    assert_eq!(
+        ns.inode_count(),
+        2,
+        "the root's listing still holds d, not d's children"
+    );
+    let lists = store.lists.load(std::sync::atomic::Ordering::Relaxed);
+    let d_again = ns.lookup(ROOT_INO, "d").await.unwrap();
+    assert_eq!(d_again.ino, d.ino, "d never left the root's listing");
+    let x_again = ns.lookup(d.ino, "x").await.unwrap();
+    assert_ne!(x_again.ino, x.ino);
+    assert!(
+        store.lists.load(std::sync::atomic::Ordering::Relaxed) > lists,
+        "d is listed again"
+    );
+}
+
+#[tokio::test]
+async fn an_open_inode_survives_forget_until_release() {
+    let store = store_with(&["f"]);
+    let ns = Namespace::new(store.clone(), "", Duration::ZERO);
+    let f = ns.lookup(ROOT_INO, "f").await.unwrap();
+    let hold = ns.hold(f.ino).unwrap();
+    store.delete("f");
+    relist(&ns, ROOT_INO).await;
+    ns.forget(f.ino, 1);
+    assert_eq!(ns.attr(f.ino).unwrap().size, 1, "the open file keeps it");
+    assert_eq!(ns.parent(f.ino), Some(ROOT_INO));
+    drop(hold);
+    assert!(matches!(ns.attr(f.ino), Err(FsError::NotFound(_))));
+    assert_eq!(ns.inode_count(), 1);
+}
+
+#[tokio::test]
+async fn the_inode_count_stays_bounded_while_keys_churn() {
+    let store = Arc::new(MemoryStore::new());
+    let ns = Namespace::new(store.clone(), "", Duration::ZERO);
+    for round in 0..2_000u32 {
+        store.put(&format!("k{round}"), vec![1]);
+        if round > 0 {
+            store.delete(&format!("k{}", round - 1));
+        }
+        let node = ns.lookup(ROOT_INO, &format!("k{round}")).await.unwrap();
+        if round > 0 {
+            let gone = ns.lookup(ROOT_INO, &format!("k{}", round - 1)).await;
+            assert!(gone.is_err());
+        }
+        ns.forget(node.ino, 1);
+    }
+    assert!(ns.inode_count() <= 2, "{} inodes", ns.inode_count());
+}
