@@ -269,8 +269,11 @@ fn inline_ephemeral_volume_is_mounted_read_only() {
     assert!(!target.exists());
 }
 
+/// A mount that fails on the node's side is a summary for kubelet (the volume, its bucket,
+/// where to look), never what the endpoint or the network said; that goes to the plugin's
+/// log with the volume id.
 #[test]
-fn missing_bucket_fails_publish_with_the_reason_and_leaves_nothing() {
+fn missing_bucket_fails_publish_with_a_summary_and_leaves_nothing() {
     let node = Node::start();
     let target = node.target("pod-a", "models");
     let mut req = node.request("vol-1", &target);
@@ -278,13 +281,89 @@ fn missing_bucket_fails_publish_with_the_reason_and_leaves_nothing() {
         .insert("bucket".into(), "no-such-bucket".into());
     let status = node.publish(req).expect_err("publish of a missing bucket");
     assert_eq!(status.code(), Code::Internal, "{status:?}");
+    let message = status.message();
+    assert!(message.contains("vol-1"), "{message:?}");
+    assert!(message.contains("no-such-bucket"), "{message:?}");
+    assert!(message.contains("plugin log"), "{message:?}");
+    let endpoint = node.s3.endpoint.url.trim_start_matches("http://");
     assert!(
-        status.message().contains("no-such-bucket"),
-        "{:?}",
-        status.message()
+        !message.contains(endpoint),
+        "{message:?} names the endpoint"
+    );
+    assert!(
+        !message.contains("does not exist"),
+        "{message:?} has the details"
+    );
+    let log = node.driver_log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("vol-1") && l.contains("does not exist")),
+        "the plugin log has the details:\n{log}"
     );
     assert!(!is_mounted(&target));
     assert!(!target.exists());
+}
+
+/// Only the endpoint the plugin lists (`--allowed-endpoints`, the local S3 server here) may
+/// be named; the refusal comes before anything is mounted or any request is sent, and says
+/// nothing about the network. Loopback addresses only, so that even a wrong acceptance sends
+/// nothing off the machine (the metadata and link-local cases are `endpoint_policy` unit tests).
+#[test]
+fn endpoints_not_allowed_by_the_plugin_are_refused_and_nothing_is_mounted() {
+    let node = Node::start();
+    let target = node.target("pod-a", "models");
+    let listed = node.s3.endpoint.url.clone();
+    let port = listed.rsplit(':').next().expect("a port").to_string();
+    let cases = [
+        ("another loopback address", "http://127.0.0.2:9".to_string()),
+        (
+            "https to a host not listed",
+            "https://127.0.0.3".to_string(),
+        ),
+        (
+            "the listed host on another port",
+            "http://127.0.0.1:9".to_string(),
+        ),
+        (
+            "the listed endpoint over https",
+            format!("https://127.0.0.1:{port}"),
+        ),
+        (
+            "the listed address written in hex",
+            format!("http://0x7f.1:{port}"),
+        ),
+    ];
+    for (name, url) in cases {
+        let mut req = node.request("vol-1", &target);
+        req.volume_context.insert("endpointUrl".into(), url.clone());
+        let status = node.publish(req).expect_err(name);
+        assert_eq!(status.code(), Code::InvalidArgument, "{name}: {status:?}");
+        assert!(
+            status.message().contains("endpointUrl"),
+            "{name}: {:?} should name the attribute",
+            status.message()
+        );
+    }
+    let mut req = node.request("vol-1", &target);
+    req.volume_context
+        .insert("noSignRequest".into(), "true".into());
+    let status = node.publish(req).expect_err("unsigned");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("noSignRequest"), "{status:?}");
+
+    assert!(
+        !target.exists(),
+        "no target is created for a refused volume"
+    );
+    assert!(!is_mounted(&target));
+    assert_eq!(node.mounter_log().matches("serving s3://").count(), 0);
+    // The listed endpoint, as written in the fixture or with a trailing slash, works.
+    let mut req = node.request("vol-1", &target);
+    req.volume_context
+        .insert("endpointUrl".into(), format!("{listed}/"));
+    node.publish_ok(req);
+    node.assert_serves(&target, "");
+    node.unpublish("vol-1", &target).expect("unpublish");
 }
 
 #[test]

@@ -12,6 +12,8 @@
 //!   idempotency, stale mounts, target directories) over a [`mounter::Mounter`].
 //! - [`volume_context`]: the volume attributes and mount flags a volume may carry, validated in
 //!   one place and turned into `modelfs mount` arguments.
+//! - [`endpoint_policy`]: which S3 endpoints a volume may name (`--allowed-endpoints`) and
+//!   whether it may be unsigned (`--allow-unsigned`).
 //! - [`mounter`]: the edge to the OS: mounts a FUSE connection at the target and hands it to
 //!   the node's `modelfs mounter` ([`handoff`] is that socket's protocol), unmounts, and
 //!   reads mountinfo; plus a fake for unit tests.
@@ -30,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod endpoint_policy;
 pub mod handoff;
 pub mod identity;
 pub mod mounter;
@@ -63,6 +66,18 @@ pub struct CsiArgs {
     /// socket).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// S3 endpoints a volume's `endpointUrl` may name, comma-separated. Default: none, i.e.
+    /// AWS S3 only: a volume without `endpointUrl` uses AWS's regional endpoint and any
+    /// `endpointUrl` is refused. An entry matches when scheme, host and port are equal
+    /// (default ports implied, host case ignored) and the path too (a trailing `/` ignored);
+    /// plain `http://` only where an `http://` entry names it. Link-local, instance metadata
+    /// and unspecified addresses can never be listed.
+    #[arg(long, value_name = "URL,...", value_delimiter = ',')]
+    pub allowed_endpoints: Vec<String>,
+    /// Allow volumes with `noSignRequest: "true"` (unsigned requests, for public buckets).
+    /// Default: refused.
+    #[arg(long)]
+    pub allow_unsigned: bool,
     /// Log filter: error, warn, info, debug, trace, or per-module directives.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -84,6 +99,8 @@ pub fn run(args: CsiArgs) -> anyhow::Result<()> {
     if !args.kubelet_dir.is_absolute() {
         anyhow::bail!("--kubelet-dir must be an absolute path");
     }
+    let endpoints =
+        endpoint_policy::EndpointPolicy::new(&args.allowed_endpoints, args.allow_unsigned)?;
     let socket = server::socket_path(&args.endpoint)?;
     let state_dir = match &args.state_dir {
         Some(dir) => dir.clone(),
@@ -98,6 +115,7 @@ pub fn run(args: CsiArgs) -> anyhow::Result<()> {
         node::NodeConfig {
             node_id: args.node_id.clone(),
             kubelet_dir: args.kubelet_dir.clone(),
+            endpoints: endpoints.clone(),
         },
         Arc::new(mounter),
         state,
@@ -117,6 +135,20 @@ pub fn run(args: CsiArgs) -> anyhow::Result<()> {
             identity::DRIVER_VERSION,
             socket.display(),
             args.node_id
+        );
+        let allowed: Vec<String> = endpoints.allowed().iter().map(|e| e.to_string()).collect();
+        tracing::info!(
+            "allowed endpoints: {}; unsigned volumes {}",
+            if allowed.is_empty() {
+                "none (AWS S3 only)".to_string()
+            } else {
+                allowed.join(", ")
+            },
+            if endpoints.allows_unsigned() {
+                "allowed"
+            } else {
+                "refused"
+            }
         );
         // Repair what the previous run published while already answering kubelet (Probe
         // says "not ready" until the first pass is done), then keep checking.

@@ -7,8 +7,14 @@
 //! The rules (CSI spec v1.12, "NodePublishVolume" / "NodeUnpublishVolume"):
 //! - A request without `volume_id`, `target_path` or `volume_capability` (or with a block
 //!   capability, or node-publish secrets) is INVALID_ARGUMENT; so are bad volume attributes
-//!   or mount flags ([`crate::volume_context`]) and target paths outside the kubelet pods
-//!   directory.
+//!   or mount flags ([`crate::volume_context`]), endpoints or unsigned volumes the node does
+//!   not allow ([`crate::endpoint_policy`]) and target paths outside the kubelet pods
+//!   directory. These messages name the field or attribute and go back to kubelet as they are.
+//! - Failures on the node's side (mounting, the mounter, the target or state directories) go
+//!   back to kubelet as a summary naming the volume; the full error, which may carry what an
+//!   S3 endpoint or the network said, goes to the plugin's log with the volume id
+//!   ([`NodeError::status`]). A volume's author must not learn about the node's network from
+//!   a failed publish.
 //! - Publish is idempotent: the same volume with the same spec at a target where it is
 //!   already mounted is OK without a second mount. Anything else already mounted there is
 //!   ALREADY_EXISTS. A stale mount (its daemon died: `ENOTCONN`) is unmounted and replaced.
@@ -26,6 +32,7 @@ use std::sync::{Arc, Mutex};
 
 use tonic::{Request, Response, Status};
 
+use crate::endpoint_policy::EndpointPolicy;
 use crate::mounter::{MountError, MountState, Mounter};
 use crate::proto;
 use crate::state::{Record, StateError, StateStore};
@@ -86,11 +93,59 @@ impl NodeError {
             }
         }
     }
+
+    /// Whether the message is about the request itself (a field, an attribute, the target)
+    /// and so goes back to kubelet as it is.
+    fn is_about_the_request(&self) -> bool {
+        matches!(
+            self,
+            NodeError::InvalidArgument(_)
+                | NodeError::VolumeContext(_)
+                | NodeError::AlreadyExists(_)
+                | NodeError::Busy(_)
+        )
+    }
+
+    /// What kubelet is told when `operation` ("publishing", "unpublishing") of `volume_id`
+    /// (serving `source`, the request's own `s3://` source, when known) fails: errors about
+    /// the request as they are; node-side failures as a summary naming the volume and the
+    /// kind of failure, with the full error logged (at warn, with the volume id) for the
+    /// node's operator.
+    pub fn status(&self, operation: &str, volume_id: &str, source: Option<&str>) -> Status {
+        if self.is_about_the_request() {
+            return Status::new(self.code(), self.to_string());
+        }
+        tracing::warn!(volume = %volume_id, "{operation} failed: {self}");
+        let source = source.map(|s| format!(" ({s})")).unwrap_or_default();
+        let what = match self {
+            NodeError::Mount(MountError::MounterUnavailable(_)) => {
+                "the node's modelfs mounter is not available"
+            }
+            NodeError::Mount(MountError::MountFailed { .. }) => {
+                "the node's modelfs mounter could not serve it"
+            }
+            NodeError::Mount(MountError::Kernel { .. }) => "the FUSE mount failed",
+            NodeError::Mount(MountError::UnmountFailed { .. }) => "unmounting failed",
+            NodeError::Mount(MountError::Inspect { .. }) => "the target could not be inspected",
+            NodeError::TargetDir { .. } => "the target directory could not be set up",
+            NodeError::State(_) => "the plugin could not record the volume",
+            _ => "an internal error",
+        };
+        Status::new(
+            self.code(),
+            format!(
+                "{operation} volume {volume_id}{source} failed: {what}; see the modelfs-csi \
+                 plugin log on the node"
+            ),
+        )
+    }
 }
 
 impl From<NodeError> for Status {
+    /// Without a volume to name (a request too malformed to have one): see
+    /// [`NodeError::status`].
     fn from(err: NodeError) -> Status {
-        Status::new(err.code(), err.to_string())
+        err.status("handling", "(unnamed)", None)
     }
 }
 
@@ -101,6 +156,8 @@ pub struct NodeConfig {
     pub node_id: String,
     /// Target paths must lie below this directory (kubelet's pods directory).
     pub kubelet_dir: PathBuf,
+    /// The endpoints volumes may name, and whether they may be unsigned.
+    pub endpoints: EndpointPolicy,
 }
 
 /// A validated publish request.
@@ -353,11 +410,19 @@ impl<M: Mounter> NodeServer<M> {
                     report.forgotten.push(target);
                     continue;
                 }
-                Ok(MountState::Stale) => self
-                    .mounter
-                    .check_ready()
-                    .and_then(|()| self.unmount_all_mounts(&target))
-                    .and_then(|()| self.mounter.mount(&record.volume_id, &record.spec, &target)),
+                Ok(MountState::Stale) => {
+                    // The record was accepted under the policy of its day; the node's list
+                    // may have shrunk since.
+                    if let Err(e) = record.spec.check_policy(&self.config.endpoints) {
+                        tracing::warn!(volume = %record.volume_id, "not remounting {}: {e}", target.display());
+                        report.failed.push((target, e.to_string()));
+                        continue;
+                    }
+                    self.mounter
+                        .check_ready()
+                        .and_then(|()| self.unmount_all_mounts(&target))
+                        .and_then(|()| self.mounter.mount(&record.volume_id, &record.spec, &target))
+                }
                 Err(e) => Err(e),
             };
             match outcome {
@@ -428,7 +493,8 @@ pub fn publish_request<M: Mounter>(
         ));
     }
     let target = server.check_target(&req.target_path)?;
-    let spec = MountSpec::parse(&req.volume_context, mount_flags)?;
+    let spec =
+        MountSpec::parse_with_policy(&req.volume_context, mount_flags, &server.config.endpoints)?;
     Ok(PublishRequest {
         volume_id: req.volume_id.clone(),
         target,
@@ -436,13 +502,18 @@ pub fn publish_request<M: Mounter>(
     })
 }
 
+/// Runs `f` off the async threads; its error becomes the status for `operation` of
+/// `volume_id` ([`NodeError::status`]).
 async fn blocking<T: Send + 'static>(
+    operation: &str,
+    volume_id: &str,
+    source: Option<&str>,
     f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
 ) -> Result<T, Status> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Status::internal(format!("worker failed: {e}")))?
-        .map_err(Status::from)
+        .map_err(|e| e.status(operation, volume_id, source))
 }
 
 #[tonic::async_trait]
@@ -451,9 +522,15 @@ impl<M: Mounter> proto::node_server::Node for NodeService<M> {
         &self,
         request: Request<proto::NodePublishVolumeRequest>,
     ) -> Result<Response<proto::NodePublishVolumeResponse>, Status> {
-        let req = publish_request(&self.inner, request.get_ref())?;
+        let volume_id = request.get_ref().volume_id.clone();
+        let req = publish_request(&self.inner, request.get_ref())
+            .map_err(|e| e.status("publishing", &volume_id, None))?;
+        let source = req.spec.source.clone();
         let inner = self.inner.clone();
-        blocking(move || inner.publish(&req)).await?;
+        blocking("publishing", &volume_id, Some(&source), move || {
+            inner.publish(&req)
+        })
+        .await?;
         Ok(Response::new(proto::NodePublishVolumeResponse {}))
     }
 
@@ -470,7 +547,11 @@ impl<M: Mounter> proto::node_server::Node for NodeService<M> {
         }
         let target = self.inner.check_target(&req.target_path)?;
         let inner = self.inner.clone();
-        blocking(move || inner.unpublish(&req.volume_id, &target)).await?;
+        let volume_id = req.volume_id.clone();
+        blocking("unpublishing", &volume_id, None, move || {
+            inner.unpublish(&req.volume_id, &target)
+        })
+        .await?;
         Ok(Response::new(proto::NodeUnpublishVolumeResponse {}))
     }
 
@@ -500,7 +581,7 @@ impl<M: Mounter> proto::node_server::Node for NodeService<M> {
 mod tests {
     use super::*;
     use crate::mounter::fake::FakeMounter;
-    use crate::volume_context::{BUCKET, EPHEMERAL, PREFIX};
+    use crate::volume_context::{BUCKET, ENDPOINT_URL, EPHEMERAL, NO_SIGN_REQUEST, PREFIX};
     use proto::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
 
     struct Fixture {
@@ -509,6 +590,13 @@ mod tests {
         pods: PathBuf,
         state_dir: PathBuf,
         _dir: tempfile::TempDir,
+    }
+
+    /// The endpoint the unit tests' policy lists (never connected to: the mounter is fake).
+    const LISTED: &str = "https://s3.example.com";
+
+    fn policy() -> EndpointPolicy {
+        EndpointPolicy::new(&[LISTED.to_string()], false).unwrap()
     }
 
     fn fixture() -> Fixture {
@@ -521,6 +609,7 @@ mod tests {
             NodeConfig {
                 node_id: "node-1".into(),
                 kubelet_dir: pods.clone(),
+                endpoints: policy(),
             },
             mounter.clone(),
             StateStore::open(&state_dir).unwrap(),
@@ -632,6 +721,84 @@ mod tests {
         assert!(f.server.state.get(&target).is_none());
     }
 
+    /// Collects what the code under test logs, for the duration of `f`.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = buffer.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn kubelet_gets_a_summary_of_a_failed_mount_and_the_log_gets_the_details() {
+        let f = fixture();
+        let target = f.pods.join("pod-a/mount");
+        let detail = "connect error: Connection refused (os error 111) to 10.1.2.3:9000";
+        f.mounter.state.lock().unwrap().fail_next_mount = Some(detail.into());
+        let err = publish(&f, &request("vol-1", &target, "models")).unwrap_err();
+        let mut status = None;
+        let log = logged(|| status = Some(err.status("publishing", "vol-1", Some("s3://models/"))));
+        let status = status.unwrap();
+        assert_eq!(status.code(), tonic::Code::Internal);
+        let message = status.message();
+        assert!(message.contains("vol-1"), "{message}");
+        assert!(message.contains("s3://models/"), "{message}");
+        assert!(message.contains("plugin log"), "{message}");
+        assert!(!message.contains("10.1.2.3"), "{message}");
+        assert!(!message.contains("refused"), "{message}");
+        assert!(log.contains("WARN"), "{log}");
+        assert!(log.contains("vol-1"), "{log}");
+        assert!(log.contains(detail), "{log}");
+
+        // The mounter being down is UNAVAILABLE (kubelet retries), summarised the same way.
+        f.mounter.state.lock().unwrap().unavailable = Some("connect /run/m.sock".into());
+        let err = publish(&f, &request("vol-1", &target, "models")).unwrap_err();
+        let status = err.status("publishing", "vol-1", None);
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(!status.message().contains("m.sock"), "{}", status.message());
+        assert!(
+            status.message().contains("not available"),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[test]
+    fn errors_about_the_request_reach_kubelet_as_they_are() {
+        let f = fixture();
+        let target = f.pods.join("pod-a/mount");
+        let mut req = request("vol-1", &target, "models");
+        req.volume_context
+            .insert(ENDPOINT_URL.into(), "http://127.0.0.2:9".into());
+        let err = publish(&f, &req).unwrap_err();
+        let status = err.status("publishing", "vol-1", None);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(status.message(), err.to_string());
+        assert!(
+            status.message().contains("endpointUrl="),
+            "{}",
+            status.message()
+        );
+        let status = Status::from(NodeError::InvalidArgument("volume_id is required".into()));
+        assert_eq!(status.message(), "volume_id is required");
+    }
+
     #[test]
     fn required_fields_are_invalid_argument() {
         let f = fixture();
@@ -663,6 +830,19 @@ mod tests {
         let mut r = good.clone();
         r.volume_context.insert("colour".into(), "blue".into());
         cases.push(("unknown attribute", r));
+        for url in [
+            "http://127.0.0.2:9",
+            "https://other.example.com",
+            "http://2852039166/",
+        ] {
+            let mut r = good.clone();
+            r.volume_context.insert(ENDPOINT_URL.into(), url.into());
+            cases.push(("endpoint not allowed", r));
+        }
+        let mut r = good.clone();
+        r.volume_context
+            .insert(NO_SIGN_REQUEST.into(), "true".into());
+        cases.push(("unsigned not allowed", r));
         for target in ["relative/mount", "/etc/mount", "/"] {
             let mut r = good.clone();
             r.target_path = target.into();
@@ -744,6 +924,38 @@ mod tests {
         // The remounted target is still recognised as this volume.
         publish(&f, &request("vol-1", &stale, "models")).unwrap();
         assert_eq!(f.mounter.depth(&stale), 1);
+    }
+
+    #[test]
+    fn a_dead_mount_whose_endpoint_is_no_longer_allowed_is_not_remounted() {
+        let f = fixture();
+        let target = f.pods.join("pod-a/mount");
+        let mut req = request("vol-1", &target, "models");
+        req.volume_context
+            .insert(ENDPOINT_URL.into(), LISTED.into());
+        publish(&f, &req).unwrap();
+        f.mounter.make_stale(&target);
+
+        // The plugin restarts with the default policy, over the same records and mounts.
+        let restarted = NodeServer::new(
+            NodeConfig {
+                node_id: "node-1".into(),
+                kubelet_dir: f.pods.clone(),
+                endpoints: EndpointPolicy::aws_only(),
+            },
+            f.mounter.clone(),
+            StateStore::open(&f.state_dir).unwrap(),
+        );
+        let report = restarted.repair();
+        assert!(report.remounted.is_empty(), "{report:?}");
+        assert_eq!(report.failed.len(), 1, "{report:?}");
+        assert!(report.failed[0].1.contains("endpointUrl="), "{report:?}");
+        assert_eq!(f.mounter.state.lock().unwrap().mount_calls, 1);
+        assert_eq!(f.mounter.mount_state(&target).unwrap(), MountState::Stale);
+
+        // Under the policy it was published with, the same pass remounts it.
+        let report = f.server.repair();
+        assert_eq!(report.remounted, vec![target.clone()]);
     }
 
     #[test]

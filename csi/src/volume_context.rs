@@ -18,6 +18,10 @@
 //! | `noSignRequest`  | no       | `true` / `false`        | `--no-sign-request`           |
 //! | `metadataTtl`    | no       | `30s`, `5m`, `500ms`    | `--metadata-ttl`              |
 //!
+//! `endpointUrl` and `noSignRequest: "true"` must also be allowed by the plugin's
+//! [`EndpointPolicy`] (`--allowed-endpoints`, `--allow-unsigned`; by default neither is):
+//! [`MountSpec::parse_with_policy`] checks them, [`MountSpec::parse`] applies the default.
+//!
 //! Keys under `csi.storage.k8s.io/` are set by kubelet (`ephemeral`, and the pod-info keys
 //! when a CSIDriver has `podInfoOnMount: true`); they are accepted and ignored.
 //!
@@ -39,6 +43,8 @@
 
 use modelfs_fs::units::{parse_duration, parse_mode};
 use std::collections::HashMap;
+
+use crate::endpoint_policy::{EndpointPolicy, Refusal};
 
 use serde::{Deserialize, Serialize};
 
@@ -109,6 +115,17 @@ pub enum VolumeContextError {
         /// Why it is refused.
         reason: String,
     },
+    /// A well-formed attribute this node does not allow (an endpoint not on the plugin's
+    /// list, an unsigned volume without `--allow-unsigned`).
+    #[error("volume attribute {key}={value:?} is not allowed: {reason}")]
+    NotAllowed {
+        /// The key.
+        key: &'static str,
+        /// The value as given.
+        value: String,
+        /// Why it is refused.
+        reason: String,
+    },
     /// A mount flag outside the allow-list.
     #[error("mount option {flag:?} is not supported (allowed: {allowed})")]
     UnknownFlag {
@@ -140,10 +157,21 @@ pub struct MountSpec {
 }
 
 impl MountSpec {
-    /// Validates a volume context and mount flags and builds the spec.
+    /// [`MountSpec::parse_with_policy`] under the plugin's default policy
+    /// ([`EndpointPolicy::aws_only`]): what a node with the shipped flags accepts.
     pub fn parse(
         context: &HashMap<String, String>,
         mount_flags: &[String],
+    ) -> Result<MountSpec, VolumeContextError> {
+        MountSpec::parse_with_policy(context, mount_flags, &EndpointPolicy::aws_only())
+    }
+
+    /// Validates a volume context and mount flags, checks the endpoint and signing against
+    /// `policy`, and builds the spec.
+    pub fn parse_with_policy(
+        context: &HashMap<String, String>,
+        mount_flags: &[String],
+        policy: &EndpointPolicy,
     ) -> Result<MountSpec, VolumeContextError> {
         for key in context.keys() {
             if !ATTRIBUTES.contains(&key.as_str()) && !key.starts_with(KUBELET_KEY_PREFIX) {
@@ -169,7 +197,9 @@ impl MountSpec {
         };
         let mut options = Vec::new();
         if let Some(region) = get(REGION) {
+            // Starts with a letter: no value may look like a `modelfs mount` flag.
             let ok = region.len() <= 64
+                && region.starts_with(|c: char| c.is_ascii_lowercase())
                 && region
                     .chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
@@ -183,14 +213,15 @@ impl MountSpec {
             options.extend(["--region".to_string(), region.to_string()]);
         }
         if let Some(url) = get(ENDPOINT_URL) {
-            validate_url(url).map_err(|reason| invalid(ENDPOINT_URL, url, reason))?;
-            options.extend(["--endpoint-url".to_string(), url.to_string()]);
+            check_endpoint(policy, url)?;
+            options.extend([OPTION_ENDPOINT_URL.to_string(), url.to_string()]);
         }
         if parse_bool(FORCE_PATH_STYLE, get(FORCE_PATH_STYLE))? {
             options.push("--force-path-style".to_string());
         }
         if parse_bool(NO_SIGN_REQUEST, get(NO_SIGN_REQUEST))? {
-            options.push("--no-sign-request".to_string());
+            check_unsigned(policy)?;
+            options.push(OPTION_NO_SIGN_REQUEST.to_string());
         }
         if let Some(ttl) = get(METADATA_TTL) {
             parse_duration(ttl).map_err(|reason| invalid(METADATA_TTL, ttl, &reason))?;
@@ -202,6 +233,52 @@ impl MountSpec {
             options,
         })
     }
+
+    /// Checks an already built spec (a recorded one, about to be remounted) against
+    /// `policy`, as [`MountSpec::parse_with_policy`] checked the attributes it came from.
+    pub fn check_policy(&self, policy: &EndpointPolicy) -> Result<(), VolumeContextError> {
+        let mut options = self.options.iter();
+        while let Some(option) = options.next() {
+            match option.as_str() {
+                OPTION_ENDPOINT_URL => {
+                    check_endpoint(policy, options.next().map_or("", String::as_str))?
+                }
+                OPTION_NO_SIGN_REQUEST => check_unsigned(policy)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `modelfs mount` option an `endpointUrl` becomes.
+const OPTION_ENDPOINT_URL: &str = "--endpoint-url";
+/// The `modelfs mount` option `noSignRequest: "true"` becomes.
+const OPTION_NO_SIGN_REQUEST: &str = "--no-sign-request";
+
+fn check_endpoint(policy: &EndpointPolicy, url: &str) -> Result<(), VolumeContextError> {
+    policy.check_endpoint(url).map_err(|refusal| match refusal {
+        Refusal::Malformed(reason) => VolumeContextError::InvalidAttribute {
+            key: ENDPOINT_URL,
+            value: url.to_string(),
+            reason,
+        },
+        Refusal::NotAllowed(reason) => VolumeContextError::NotAllowed {
+            key: ENDPOINT_URL,
+            value: url.to_string(),
+            reason,
+        },
+    })
+}
+
+fn check_unsigned(policy: &EndpointPolicy) -> Result<(), VolumeContextError> {
+    policy
+        .check_unsigned()
+        .map_err(|refusal| VolumeContextError::NotAllowed {
+            key: NO_SIGN_REQUEST,
+            value: "true".to_string(),
+            reason: refusal.to_string(),
+        })
 }
 
 /// Maps mount flags onto `modelfs mount` options, in a canonical order (so the same set of
@@ -334,21 +411,6 @@ fn normalize_prefix(raw: &str) -> Result<String, &'static str> {
     Ok(format!("{trimmed}/"))
 }
 
-fn validate_url(url: &str) -> Result<(), &'static str> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or("must start with http:// or https://")?;
-    let host = rest.split('/').next().unwrap_or_default();
-    if host.is_empty() {
-        return Err("has no host");
-    }
-    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("may not contain spaces");
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,9 +433,14 @@ mod tests {
         assert!(spec.options.is_empty());
     }
 
+    /// A policy allowing the local test endpoint and unsigned volumes.
+    fn permissive() -> EndpointPolicy {
+        EndpointPolicy::new(&["http://127.0.0.1:9000".to_string()], true).unwrap()
+    }
+
     #[test]
     fn every_attribute_maps_to_its_option() {
-        let spec = MountSpec::parse(
+        let spec = MountSpec::parse_with_policy(
             &context(&[
                 (BUCKET, "my-models"),
                 (PREFIX, "/comfyui/models/"),
@@ -386,6 +453,7 @@ mod tests {
                 ("csi.storage.k8s.io/pod.name", "comfyui-0"),
             ]),
             &[],
+            &permissive(),
         )
         .unwrap();
         assert_eq!(spec.source, "s3://my-models/comfyui/models/");
@@ -448,6 +516,10 @@ mod tests {
             (&[(BUCKET, "ok-bucket"), (PREFIX, "a//b")], "prefix="),
             (&[(BUCKET, "ok-bucket"), (REGION, "US West")], "region="),
             (
+                &[(BUCKET, "ok-bucket"), (REGION, "--endpoint-url")],
+                "region=",
+            ),
+            (
                 &[(BUCKET, "ok-bucket"), (ENDPOINT_URL, "s3.local")],
                 "endpointUrl=",
             ),
@@ -479,6 +551,81 @@ mod tests {
                 "{pairs:?}: {err} should mention {expected}"
             );
         }
+    }
+
+    #[test]
+    fn endpoints_and_unsigned_volumes_need_the_plugins_allowance() {
+        let default = EndpointPolicy::aws_only();
+        let listed = permissive();
+        let refused = |policy: &EndpointPolicy, pairs: &[(&str, &str)], key: &str| {
+            let mut all = vec![(BUCKET, "models")];
+            all.extend_from_slice(pairs);
+            let err = MountSpec::parse_with_policy(&context(&all), &[], policy).unwrap_err();
+            assert!(
+                matches!(err, VolumeContextError::NotAllowed { .. }),
+                "{pairs:?}: {err}"
+            );
+            assert!(err.to_string().contains(&format!("{key}=")), "{err}");
+        };
+        // The default (what `parse` applies) allows neither.
+        refused(
+            &default,
+            &[(ENDPOINT_URL, "http://127.0.0.1:9000")],
+            ENDPOINT_URL,
+        );
+        refused(
+            &default,
+            &[(ENDPOINT_URL, "https://s3.example.com")],
+            ENDPOINT_URL,
+        );
+        refused(&default, &[(NO_SIGN_REQUEST, "true")], NO_SIGN_REQUEST);
+        let err = MountSpec::parse(
+            &context(&[(BUCKET, "models"), (NO_SIGN_REQUEST, "True")]),
+            &[],
+        );
+        assert!(
+            matches!(
+                err,
+                Err(VolumeContextError::NotAllowed {
+                    key: NO_SIGN_REQUEST,
+                    ..
+                })
+            ),
+            "parse applies the default policy: {err:?}"
+        );
+        // A listed endpoint is not a licence for others, nor for the metadata service.
+        refused(
+            &listed,
+            &[(ENDPOINT_URL, "http://127.0.0.2:9")],
+            ENDPOINT_URL,
+        );
+        refused(
+            &listed,
+            &[(ENDPOINT_URL, "http://169.254.169.254")],
+            ENDPOINT_URL,
+        );
+        // Allowed: no endpoint and signed, under any policy; the listed one when listed.
+        let plain = MountSpec::parse(&context(&[(BUCKET, "models")]), &[]).unwrap();
+        assert!(plain.check_policy(&default).is_ok());
+        let spec = MountSpec::parse_with_policy(
+            &context(&[
+                (BUCKET, "models"),
+                (ENDPOINT_URL, "http://127.0.0.1:9000/"),
+                (NO_SIGN_REQUEST, "true"),
+            ]),
+            &[],
+            &listed,
+        )
+        .unwrap();
+        // The mounter gets the endpoint as written.
+        assert!(spec.options.iter().any(|o| o == "http://127.0.0.1:9000/"));
+        // A recorded spec is checked against the policy of the day.
+        assert!(spec.check_policy(&listed).is_ok());
+        let err = spec.check_policy(&default).unwrap_err();
+        assert!(err.to_string().contains("endpointUrl="), "{err}");
+        let only_endpoint = EndpointPolicy::new(&["http://127.0.0.1:9000".into()], false).unwrap();
+        let err = spec.check_policy(&only_endpoint).unwrap_err();
+        assert!(err.to_string().contains("noSignRequest="), "{err}");
     }
 
     #[test]

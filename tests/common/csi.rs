@@ -293,7 +293,10 @@ impl Node {
             .arg("--state-dir")
             .arg(self.state_dir())
             .arg("--mounter-socket")
-            .arg(format!("unix://{}", self.mounter_socket().display()));
+            .arg(format!("unix://{}", self.mounter_socket().display()))
+            // The local S3 server is the only endpoint volumes may name.
+            .arg("--allowed-endpoints")
+            .arg(&self.s3.endpoint.url);
         let socket = self.socket();
         let _ = std::fs::remove_file(&socket);
         let mut driver = Container::start(cmd, &self.root.path().join("driver.log"));
