@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use modelfs_fs::cache::disk::{remove_if_unused, scan, Entry};
+use modelfs_fs::cache::disk::{open_objects, remove_if_unused, scan, Entry};
 
 /// Arguments of `modelfs cache`.
 #[derive(Debug, clap::Args)]
@@ -28,7 +28,9 @@ enum CacheAction {
 
 /// Runs `modelfs cache`.
 pub fn run(args: CacheArgs) -> anyhow::Result<()> {
-    let objects = args.cache_dir.join("v1").join("objects");
+    // The same checks as a mount's: this command runs as root too, and writes and removes.
+    let objects = open_objects(&args.cache_dir)
+        .with_context(|| format!("cannot use cache directory {}", args.cache_dir.display()))?;
     let started = std::time::Instant::now();
     let entries = scan(&objects)
         .with_context(|| format!("cannot read cache directory {}", args.cache_dir.display()))?;
@@ -38,7 +40,7 @@ pub fn run(args: CacheArgs) -> anyhow::Result<()> {
             let bytes: u64 = entries.iter().map(|e| e.bytes).sum();
             let mut complete = 0;
             for e in &entries {
-                if let Ok(Some(entry)) = Entry::open_dir(&e.dir) {
+                if let Ok(Some(entry)) = Entry::open_any(&e.shard, &e.name) {
                     if entry.is_complete().unwrap_or(false) {
                         complete += 1;
                     }
@@ -61,7 +63,7 @@ pub fn run(args: CacheArgs) -> anyhow::Result<()> {
         CacheAction::Verify => {
             let (mut blocks, mut corrupt, mut damaged) = (0, 0, 0);
             for e in &entries {
-                match Entry::open_dir(&e.dir) {
+                match Entry::open_any(&e.shard, &e.name) {
                     Ok(Some(entry)) => {
                         let (ok, bad) = entry
                             .verify()
@@ -82,7 +84,7 @@ pub fn run(args: CacheArgs) -> anyhow::Result<()> {
         CacheAction::Clear => {
             let (mut removed, mut in_use) = (0, 0);
             for e in &entries {
-                match remove_if_unused(&e.dir) {
+                match remove_if_unused(e) {
                     Ok(true) => removed += 1,
                     Ok(false) => in_use += 1,
                     Err(err) => eprintln!("cannot remove {}: {err}", e.dir.display()),

@@ -219,7 +219,7 @@ fn a_full_cache_filesystem_still_serves_correct_bytes() {
     let tiny = dir.path().join("tiny");
     std::fs::create_dir(&tiny).expect("mkdir");
     let status = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs"])
         .arg(&tiny)
         .status()
         .expect("mount tmpfs");

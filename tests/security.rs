@@ -1,12 +1,16 @@
 //! Security properties visible from outside: secrets never reach the logs (even at trace
-//! level), `allow_other` only when asked, cache files private to their owner.
+//! level), `allow_other` only when asked, cache files private to their owner, links planted
+//! in the cache directory or at the log file never followed, cache directories others own
+//! or may write refused.
 
 mod common;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use common::mount::Mount;
+use common::mount::{endpoint_args, is_mounted, modelfs_bin, s3_env, Mount};
 use common::s3::LocalServer;
 
 const BUCKET: &str = "models";
@@ -107,4 +111,205 @@ fn allow_other_only_when_asked_and_cache_files_are_private() {
         }
     }
     assert!(files >= 2, "the cache holds a data and a map file");
+}
+
+/// The entry directory in `cache_dir` whose map header names `key`.
+fn entry_dir_of(cache_dir: &Path, key: &str) -> PathBuf {
+    let objects = cache_dir.join("v1/objects");
+    for shard in std::fs::read_dir(&objects).expect("objects").flatten() {
+        for entry in std::fs::read_dir(shard.path()).expect("shard").flatten() {
+            let map = std::fs::read(entry.path().join("map")).unwrap_or_default();
+            let header = &map[..map.len().min(4096)];
+            if header.windows(key.len()).any(|w| w == key.as_bytes()) {
+                return entry.path();
+            }
+        }
+    }
+    panic!("no cache entry for {key}");
+}
+
+/// Replaces `at` with a link to `to`.
+fn plant(at: &Path, to: &Path) {
+    std::fs::remove_file(at).unwrap_or_else(|e| panic!("remove {}: {e}", at.display()));
+    symlink(to, at).expect("symlink");
+}
+
+#[test]
+fn links_planted_in_the_cache_are_never_followed() {
+    let server = LocalServer::start(BUCKET);
+    let files: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| {
+            let data = common::pseudo_random(40 + i, (2 << 20) + 777 * i as usize);
+            (format!("m/vae/f{i}.safetensors"), data)
+        })
+        .collect();
+    for (key, data) in &files {
+        server.store().put_bytes(BUCKET, key, data).expect("seed");
+    }
+    let cache = tempfile::tempdir().expect("cache");
+    let cache_dir = cache.path().join("c");
+    let args = [
+        "--cache-dir",
+        cache_dir.to_str().expect("utf-8"),
+        "--cache-size",
+        "1GiB",
+    ];
+    let mut first = Mount::new(&server.endpoint, "s3://models/m", &args);
+    for (key, data) in &files {
+        let got = std::fs::read(first.join(key.trim_start_matches("m/"))).expect("read");
+        assert!(&got == data, "{key}");
+    }
+    first.unmount();
+
+    // Files elsewhere that a privileged process must never write, truncate or remove. The
+    // map and data victims look like the entry's own files (a valid header, the right
+    // size, no block present), so a process that followed the links would fill them in.
+    let outside = tempfile::tempdir().expect("outside");
+    let victim = |name: &str, bytes: Vec<u8>| {
+        let path = outside.path().join(format!("victim-{name}"));
+        std::fs::write(&path, &bytes).expect("victim");
+        (path, bytes)
+    };
+    let no_blocks = |map: &Path| {
+        let mut bytes = std::fs::read(map).expect("map");
+        bytes[4096..].fill(0);
+        bytes
+    };
+    let entry0 = entry_dir_of(&cache_dir, &files[0].0);
+    let entry1 = entry_dir_of(&cache_dir, &files[1].0);
+    let entry2 = entry_dir_of(&cache_dir, &files[2].0);
+    let victims = [
+        victim("map", no_blocks(&entry0.join("map"))),
+        victim("data", vec![0u8; files[1].1.len()]),
+        victim("usage", b"12345".to_vec()),
+        victim("verified", b"precious".to_vec()),
+    ];
+    plant(&entry0.join("map"), &victims[0].0);
+    std::fs::write(entry1.join("map"), no_blocks(&entry1.join("map"))).expect("clear map");
+    plant(&entry1.join("data"), &victims[1].0);
+    plant(&cache_dir.join("v1/usage"), &victims[2].0);
+    let sealed = entry2.join("verified");
+    let _ = std::fs::remove_file(&sealed);
+    symlink(&victims[3].0, &sealed).expect("symlink");
+
+    let mut second = Mount::new(&server.endpoint, "s3://models/m", &args);
+    for (key, data) in &files {
+        let got = std::fs::read(second.join(key.trim_start_matches("m/"))).expect("read");
+        assert!(&got == data, "{key}: wrong bytes");
+    }
+    second.unmount();
+    for (path, bytes) in &victims {
+        let now = std::fs::read(path).expect("victim still there");
+        assert!(
+            &now == bytes,
+            "{} was written through a link",
+            path.display()
+        );
+    }
+}
+
+/// Runs `modelfs mount` with `args` to completion (killed after 60 s); (success, stderr).
+fn mount_expecting_failure(server: &LocalServer, args: &[&str]) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mountpoint = dir.path().join("mnt");
+    std::fs::create_dir(&mountpoint).expect("mkdir");
+    let mut cmd = Command::new(modelfs_bin());
+    s3_env(&mut cmd, &server.endpoint);
+    let mut child = cmd
+        .arg("mount")
+        .arg("s3://models/m")
+        .arg(&mountpoint)
+        .args(endpoint_args(&server.endpoint))
+        .arg("--foreground")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline || is_mounted(&mountpoint) {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&mountpoint)
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("modelfs mount {args:?} did not fail");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut stderr).expect("stderr");
+    }
+    assert!(!is_mounted(&mountpoint));
+    (status.success(), stderr)
+}
+
+#[test]
+fn cache_directories_others_own_or_may_write_are_refused_and_left_alone() {
+    let server = LocalServer::start(BUCKET);
+    let base = tempfile::tempdir().expect("base");
+    let mut cases = vec![
+        ("world-writable", 0o777, None),
+        ("group-writable", 0o770, None),
+    ];
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        cases.push(("owned by uid 65534", 0o755, Some(65534)));
+    } else {
+        eprintln!("not root: the foreign-owner case needs chown and is skipped");
+    }
+    for (what, mode, owner) in cases {
+        let dir = base.path().join(what.replace(' ', "-"));
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        if let Some(uid) = owner {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).expect("chown");
+        }
+        let (ok, stderr) =
+            mount_expecting_failure(&server, &["--cache-dir", dir.to_str().expect("utf-8")]);
+        assert!(!ok, "{what}: the mount should fail");
+        let expected = match owner {
+            Some(uid) => format!("owned by uid {uid}"),
+            None => "writable by group or others".to_string(),
+        };
+        assert!(stderr.contains(&expected), "{what}: {stderr}");
+        assert!(
+            stderr.contains(dir.to_str().expect("utf-8")),
+            "{what}: {stderr}"
+        );
+        let meta = std::fs::metadata(&dir).expect("meta");
+        assert_eq!(meta.mode() & 0o7777, mode, "{what}: mode changed");
+        assert_eq!(
+            meta.uid(),
+            owner.unwrap_or(meta.uid()),
+            "{what}: owner changed"
+        );
+        assert_eq!(
+            std::fs::read_dir(&dir).expect("readdir").count(),
+            0,
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn a_log_file_that_is_a_link_is_refused() {
+    let server = LocalServer::start(BUCKET);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"precious").expect("victim");
+    let link = dir.path().join("modelfs.log");
+    symlink(&victim, &link).expect("symlink");
+    let (ok, stderr) =
+        mount_expecting_failure(&server, &["--log-file", link.to_str().expect("utf-8")]);
+    assert!(!ok);
+    assert!(stderr.contains("symbolic link"), "{stderr}");
+    assert_eq!(std::fs::read(&victim).expect("victim"), b"precious");
 }

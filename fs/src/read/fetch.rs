@@ -218,7 +218,7 @@ impl Fetcher {
             verifications,
         } = tiers.clone();
         Fetcher {
-            origin: store.describe().into(),
+            origin: store.origin().to_string().into(),
             store,
             memory,
             disk,

@@ -127,6 +127,8 @@ pub struct BlockReader {
     headers: moka::future::Cache<(Arc<str>, Arc<str>), FileStart>,
     scans: header_scan::HeaderScans,
     bucket: String,
+    /// The store's endpoint and addressing style: part of every disk entry's identity.
+    origin: String,
     config: ReadConfig,
 }
 
@@ -158,6 +160,7 @@ impl BlockReader {
         config: ReadConfig,
         tiers: &SharedTiers,
     ) -> Arc<BlockReader> {
+        let origin = store.origin().address();
         let fetcher = Arc::new(Fetcher::new(store, tiers));
         let headers = moka::future::Cache::builder()
             .weigher(|_k: &(Arc<str>, Arc<str>), v: &FileStart| {
@@ -170,6 +173,7 @@ impl BlockReader {
             headers,
             scans: header_scan::HeaderScans::default(),
             bucket: bucket.to_string(),
+            origin,
             config,
         })
     }
@@ -208,6 +212,7 @@ impl BlockReader {
             Some(cache) if version.size > 0 => {
                 let cache = cache.clone();
                 let id = EntryId {
+                    origin: self.origin.clone(),
                     bucket: self.bucket.clone(),
                     key: version.key.to_string(),
                     etag: version.etag.to_string(),

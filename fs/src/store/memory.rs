@@ -150,6 +150,10 @@ impl ObjectStore for MemoryStore {
     fn describe(&self) -> String {
         "memory store".to_string()
     }
+
+    fn origin(&self) -> super::StoreOrigin {
+        super::StoreOrigin::new("memory://local", true, "memory")
+    }
 }
 
 #[cfg(test)]

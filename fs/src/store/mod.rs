@@ -6,6 +6,7 @@
 
 mod error;
 mod memory;
+mod origin;
 mod s3;
 
 use std::ops::Range;
@@ -17,6 +18,7 @@ use bytes::Bytes;
 
 pub use error::StoreError;
 pub use memory::MemoryStore;
+pub use origin::{normalize_endpoint, StoreOrigin};
 pub use s3::{S3Config, S3Store};
 
 /// What a listing or a HEAD says about one object.
@@ -99,4 +101,16 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// A short human description (`s3://bucket at https://endpoint`) for messages.
     fn describe(&self) -> String;
+
+    /// Where the bytes come from, normalized: caches key blocks by it, so stores reading
+    /// through different endpoints (or addressing styles) never share cached bytes. A store
+    /// that talks to a network endpoint must override this; the default, for stores in
+    /// tests, takes the description as the endpoint.
+    fn origin(&self) -> StoreOrigin {
+        StoreOrigin {
+            endpoint: self.describe(),
+            path_style: true,
+            bucket: String::new(),
+        }
+    }
 }

@@ -16,7 +16,7 @@ use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
 use futures::TryFutureExt;
 
-use super::{ListPage, ObjectInfo, ObjectStore, RangeSink, StoreError};
+use super::{ListPage, ObjectInfo, ObjectStore, RangeSink, StoreError, StoreOrigin};
 use crate::metrics::metrics;
 
 /// How to reach the bucket.
@@ -72,6 +72,8 @@ pub struct S3Store {
     client: Client,
     bucket: String,
     endpoint: String,
+    /// The endpoint actually addressed, normalized (caches key blocks by it).
+    origin: StoreOrigin,
     stall_timeout: Duration,
     /// As configured (for error messages; the SDK client enforces it).
     first_byte_timeout: Duration,
@@ -175,10 +177,19 @@ impl S3Store {
             .endpoint_url
             .clone()
             .unwrap_or_else(|| "AWS S3".to_string());
+        let origin = StoreOrigin::new(
+            &origin_endpoint(
+                config.endpoint_url.as_deref().or(shared.endpoint_url()),
+                s3_config.region().map(|r| r.as_ref()),
+            ),
+            config.force_path_style,
+            &config.bucket,
+        );
         S3Store {
             client: Client::from_conf(s3_config),
             bucket: config.bucket.clone(),
             endpoint,
+            origin,
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             first_byte_timeout: first_byte,
         }
@@ -413,6 +424,15 @@ fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
+/// The endpoint a client addresses: the one configured, or AWS S3's regional endpoint.
+fn origin_endpoint(configured: Option<&str>, region: Option<&str>) -> String {
+    match (configured, region) {
+        (Some(url), _) => url.to_string(),
+        (None, Some(region)) => format!("https://s3.{region}.amazonaws.com"),
+        (None, None) => "https://s3.amazonaws.com".to_string(),
+    }
+}
+
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn list_page(
@@ -525,6 +545,10 @@ impl ObjectStore for S3Store {
     fn describe(&self) -> String {
         format!("s3://{} at {}", self.bucket, self.endpoint)
     }
+
+    fn origin(&self) -> StoreOrigin {
+        self.origin.clone()
+    }
 }
 
 #[cfg(test)]
@@ -605,6 +629,31 @@ mod tests {
             }
         });
         (url, requests)
+    }
+
+    #[tokio::test]
+    async fn the_origin_names_the_endpoint_addressed() {
+        let config = |endpoint_url: Option<&str>, force_path_style| S3Config {
+            bucket: "models".into(),
+            endpoint_url: endpoint_url.map(str::to_string),
+            region: Some("us-west-2".into()),
+            force_path_style,
+            no_sign_request: true,
+            ..S3Config::default()
+        };
+        let local = S3Store::connect(&config(Some("http://LocalHost:9000/"), true)).await;
+        assert_eq!(
+            local.origin().to_string(),
+            "s3://models at http://localhost:9000 path-style"
+        );
+        // Without an endpoint (and none in the environment): the region's AWS endpoint.
+        if std::env::var_os("AWS_ENDPOINT_URL").is_none() {
+            let aws = S3Store::connect(&config(None, false)).await;
+            assert_eq!(
+                aws.origin().address(),
+                "https://s3.us-west-2.amazonaws.com:443 virtual-hosted"
+            );
+        }
     }
 
     #[tokio::test]

@@ -13,16 +13,21 @@
 //! Entries are created in a temporary directory and renamed into place, so another process
 //! sees either no entry or a whole one.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, ErrorKind};
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use super::safe_dir::{is_foreign, Dir, Open};
+
 const MAGIC: &[u8; 8] = b"MODELFS1";
-const FORMAT_VERSION: u32 = 1;
+/// 2: the identity names the origin (endpoint and addressing style); entries of format 1
+/// lie under other names, are never looked up again and age out by eviction.
+const FORMAT_VERSION: u32 = 2;
 /// Bytes before the first block record in `map`.
 pub const HEADER_LEN: u64 = 4096;
 /// Bytes per block record in `map`.
@@ -30,9 +35,14 @@ pub const RECORD_LEN: u64 = 8;
 /// Marks a present block (not 1, so stray bytes rarely read as present).
 const PRESENT: u32 = 0x5453_5250; // "PRST"
 
-/// Which object version an entry holds, and how it is cut into blocks.
+/// Which object version an entry holds, from where, and how it is cut into blocks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EntryId {
+    /// The normalized endpoint and addressing style the bytes come from
+    /// ([`crate::store::StoreOrigin::address`]): the same bucket, key and ETag served by
+    /// another endpoint are another entry, so an endpoint cannot place bytes under the name
+    /// another mount looks up.
+    pub origin: String,
     /// The bucket.
     pub bucket: String,
     /// The object key.
@@ -46,12 +56,18 @@ pub struct EntryId {
 }
 
 impl EntryId {
+    fn parts(&self) -> [&str; 4] {
+        [&self.origin, &self.bucket, &self.key, &self.etag]
+    }
+
     /// The entry's directory name: a hash of everything that identifies the version.
     pub fn stem(&self) -> String {
         let mut hash = Sha256::new();
-        for part in [&self.bucket, &self.key, &self.etag] {
+        hash.update(FORMAT_VERSION.to_le_bytes());
+        // Length-prefixed, so no two identities hash the same bytes.
+        for part in self.parts() {
+            hash.update((part.len() as u64).to_le_bytes());
             hash.update(part.as_bytes());
-            hash.update([0u8]);
         }
         hash.update(self.size.to_le_bytes());
         hash.update(self.block_size.to_le_bytes());
@@ -78,30 +94,37 @@ impl EntryId {
         h.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         h.extend_from_slice(&self.block_size.to_le_bytes());
         h.extend_from_slice(&self.size.to_le_bytes());
-        let ident = format!("{}\0{}\0{}", self.bucket, self.key, self.etag);
-        h.extend_from_slice(&(ident.len() as u32).to_le_bytes());
-        h.extend_from_slice(ident.as_bytes());
+        for part in self.parts() {
+            h.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            h.extend_from_slice(part.as_bytes());
+        }
         h
     }
 
     /// Reads the identity back from a map header.
     pub fn parse_header(bytes: &[u8]) -> Option<EntryId> {
-        if bytes.len() < 32 || &bytes[..8] != MAGIC {
+        if bytes.len() < 28 || &bytes[..8] != MAGIC {
             return None;
         }
-        let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap_or([0; 4]));
-        let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap_or([0; 8]));
-        if u32_at(8) != FORMAT_VERSION {
+        let u32_at = |o: usize| Some(u32::from_le_bytes(bytes.get(o..o + 4)?.try_into().ok()?));
+        let u64_at = |o: usize| Some(u64::from_le_bytes(bytes.get(o..o + 8)?.try_into().ok()?));
+        if u32_at(8)? != FORMAT_VERSION {
             return None;
         }
-        let (block_size, size, len) = (u64_at(12), u64_at(20), u32_at(28) as usize);
-        let ident = std::str::from_utf8(bytes.get(32..32 + len)?).ok()?;
-        let mut parts = ident.splitn(3, '\0');
-        let (bucket, key, etag) = (parts.next()?, parts.next()?, parts.next()?);
-        (block_size > 0).then(|| EntryId {
-            bucket: bucket.to_string(),
-            key: key.to_string(),
-            etag: etag.to_string(),
+        let (block_size, size) = (u64_at(12)?, u64_at(20)?);
+        let mut at = 28;
+        let mut part = || {
+            let len = u32_at(at)? as usize;
+            let text = std::str::from_utf8(bytes.get(at + 4..at + 4 + len)?).ok()?;
+            at += 4 + len;
+            Some(text.to_string())
+        };
+        let (origin, bucket, key, etag) = (part()?, part()?, part()?, part()?);
+        (block_size > 0).then_some(EntryId {
+            origin,
+            bucket,
+            key,
+            etag,
             size,
             block_size,
         })
@@ -113,8 +136,14 @@ impl EntryId {
 pub struct Entry {
     /// Identity of the version held.
     pub id: EntryId,
-    /// The entry's directory.
+    /// The entry's directory (for messages: files are reached through `dir_fd`).
     pub dir: PathBuf,
+    /// The entry's directory, open.
+    dir_fd: Dir,
+    /// The shard directory holding it, to tell whether the entry is still the one there.
+    shard: Arc<Dir>,
+    /// The entry's name in the shard.
+    stem: String,
     /// The data file (object bytes at object offsets).
     pub data: File,
     /// The map file (header + block records).
@@ -127,68 +156,84 @@ pub struct Entry {
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-fn options() -> OpenOptions {
-    let mut o = OpenOptions::new();
-    o.read(true).write(true).mode(0o600);
-    o
+/// Moves `name` out of the way and removes it (a link is removed, never followed).
+fn discard(shard: &Dir, name: &str) {
+    let trash = format!(".trash-{name}-{}", unique());
+    if shard.rename(name, &trash).is_ok() {
+        let _ = shard.remove_tree(&trash);
+    }
 }
 
 impl Entry {
     /// Opens the entry for `id` under `objects`, creating it if it does not exist. An entry
-    /// that is damaged (wrong header, wrong sizes) is replaced.
-    pub fn open_or_create(objects: &Path, id: &EntryId) -> io::Result<Entry> {
+    /// that is damaged (wrong header, wrong sizes, a link or other stranger in place of a
+    /// file) is replaced.
+    pub fn open_or_create(objects: &Dir, id: &EntryId) -> io::Result<Entry> {
         let stem = id.stem();
-        let shard = objects.join(&stem[..2]);
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&shard)?;
-        let dir = shard.join(&stem);
+        let shard = Arc::new(objects.ensure_dir(&stem[..2])?);
         for _ in 0..4 {
-            match Self::open_existing(&dir, id) {
+            match Self::open_existing(&shard, &stem, id) {
                 Ok(Some(entry)) => return Ok(entry),
-                Ok(None) => {
-                    // Damaged: move it away so a fresh one can take its place.
-                    let trash = shard.join(format!(".trash-{stem}-{}", unique()));
-                    if std::fs::rename(&dir, &trash).is_ok() {
-                        let _ = std::fs::remove_dir_all(&trash);
-                    }
-                }
+                // Damaged: move it away so a fresh one can take its place.
+                Ok(None) => discard(&shard, &stem),
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
-            Self::create(&shard, &dir, id)?;
+            Self::create(&shard, &stem, id)?;
         }
         Err(io::Error::other(format!(
             "cache entry {} keeps changing under us",
-            dir.display()
+            shard.path().join(&stem).display()
         )))
     }
 
-    /// Opens the entry in `dir` whatever version it holds (for `modelfs cache` commands);
-    /// `Ok(None)` if it is damaged.
-    pub fn open_dir(dir: &Path) -> io::Result<Option<Entry>> {
-        let map = options().open(dir.join("map"))?;
-        let mut header = vec![0u8; HEADER_LEN as usize];
-        let n = map.read_at(&mut header, 0)?;
-        match EntryId::parse_header(&header[..n]) {
-            Some(id) => Self::open_existing(dir, &id),
+    /// Opens the entry `stem` in `shard` whatever version it holds (for `modelfs cache`
+    /// commands); `Ok(None)` if it is damaged.
+    pub fn open_any(shard: &Arc<Dir>, stem: &str) -> io::Result<Option<Entry>> {
+        let header = match Self::read_header(shard, stem) {
+            Ok(header) => header,
+            Err(e) if is_foreign(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match EntryId::parse_header(&header) {
+            Some(id) => Self::open_existing(shard, stem, &id),
             None => Ok(None),
         }
     }
 
-    /// Opens an existing entry; `Ok(None)` when it exists but does not match `id`.
-    pub fn open_existing(dir: &Path, id: &EntryId) -> io::Result<Option<Entry>> {
-        let map = options().open(dir.join("map"))?;
+    fn read_header(shard: &Dir, stem: &str) -> io::Result<Vec<u8>> {
+        let map = shard.open_dir(stem)?.open_file("map", Open::Read)?;
+        let mut header = vec![0u8; HEADER_LEN as usize];
+        let n = map.read_at(&mut header, 0)?;
+        header.truncate(n);
+        Ok(header)
+    }
+
+    /// Opens the existing entry `stem` in `shard`; `Ok(None)` when it exists but does not
+    /// match `id` or is damaged; `NotFound` when there is none.
+    pub fn open_existing(shard: &Arc<Dir>, stem: &str, id: &EntryId) -> io::Result<Option<Entry>> {
+        let dir_fd = match shard.open_dir(stem) {
+            Ok(dir) => dir,
+            Err(e) if is_foreign(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // Once the directory is there its files are too (entries appear by rename, whole):
+        // any of them missing or not a regular file means damage, not absence.
+        let open = |name| match dir_fd.open_file(name, Open::ReadWrite) {
+            Ok(file) => Ok(Some(file)),
+            Err(e) if is_foreign(&e) || e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        };
+        let Some(map) = open("map")? else {
+            return Ok(None);
+        };
         let mut header = vec![0u8; HEADER_LEN as usize];
         let n = map.read_at(&mut header, 0)?;
         if EntryId::parse_header(&header[..n]).as_ref() != Some(id) {
             return Ok(None);
         }
-        let data = match options().open(dir.join("data")) {
-            Ok(d) => d,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+        let Some(data) = open("data")? else {
+            return Ok(None);
         };
         let map_len = HEADER_LEN + id.blocks() * RECORD_LEN;
         if data.metadata()?.len() != id.size || map.metadata()?.len() != map_len {
@@ -196,28 +241,42 @@ impl Entry {
         }
         Ok(Some(Entry {
             id: id.clone(),
-            dir: dir.to_path_buf(),
+            dir: dir_fd.path().to_path_buf(),
+            dir_fd,
+            shard: shard.clone(),
+            stem: stem.to_string(),
             data,
             map,
             writing: std::sync::Mutex::new(()),
         }))
     }
 
-    fn create(shard: &Path, dir: &Path, id: &EntryId) -> io::Result<()> {
-        let tmp = shard.join(format!(".tmp-{}-{}", id.stem(), unique()));
-        std::fs::DirBuilder::new().mode(0o700).create(&tmp)?;
+    fn create(shard: &Dir, stem: &str, id: &EntryId) -> io::Result<()> {
+        let header = id.header();
+        if header.len() as u64 > HEADER_LEN {
+            return Err(io::Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "object identity of {} bytes does not fit a cache entry header",
+                    header.len()
+                ),
+            ));
+        }
+        let tmp = format!(".tmp-{stem}-{}", unique());
+        shard.create_dir(&tmp)?;
         let result = (|| {
-            let data = options().create_new(true).open(tmp.join("data"))?;
+            let dir = shard.open_dir(&tmp)?;
+            let data = dir.open_file("data", Open::CreateNew)?;
             data.set_len(id.size)?;
-            let map = options().create_new(true).open(tmp.join("map"))?;
-            map.write_all_at(&id.header(), 0)?;
+            let map = dir.open_file("map", Open::CreateNew)?;
+            map.write_all_at(&header, 0)?;
             map.set_len(HEADER_LEN + id.blocks() * RECORD_LEN)?;
-            std::fs::rename(&tmp, dir)
+            shard.rename(&tmp, stem)
         })();
         match result {
             Ok(()) => Ok(()),
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&tmp);
+                let _ = shard.remove_tree(&tmp);
                 // Another process created it first: use theirs.
                 if matches!(e.raw_os_error(), Some(libc::EEXIST) | Some(libc::ENOTEMPTY)) {
                     Ok(())
@@ -230,8 +289,12 @@ impl Entry {
 
     /// Whether this open entry is still the one at its path (not evicted and replaced).
     pub fn is_current(&self) -> bool {
-        match (self.map.metadata(), std::fs::metadata(self.dir.join("map"))) {
-            (Ok(open), Ok(on_disk)) => open.ino() == on_disk.ino() && open.dev() == on_disk.dev(),
+        let on_disk = self
+            .shard
+            .open_dir(&self.stem)
+            .and_then(|dir| dir.stat("map"));
+        match (self.map.metadata(), on_disk) {
+            (Ok(open), Ok(on_disk)) => open.ino() == on_disk.ino && open.dev() == on_disk.dev,
             _ => false,
         }
     }
@@ -397,18 +460,23 @@ impl Entry {
 
     /// Records that every block passed its checksum, for the data file exactly as it is now.
     pub fn seal(&self) -> io::Result<()> {
-        let tmp = self.dir.join(format!(".verified-{}", unique()));
-        let mut file = options().create_new(true).open(&tmp)?;
-        std::io::Write::write_all(&mut file, self.data_identity()?.as_bytes())?;
-        std::fs::rename(&tmp, self.dir.join("verified"))
+        let tmp = format!(".verified-{}", unique());
+        let written = self
+            .dir_fd
+            .open_file(&tmp, Open::CreateNew)
+            .and_then(|mut file| {
+                std::io::Write::write_all(&mut file, self.data_identity()?.as_bytes())
+            })
+            .and_then(|()| self.dir_fd.rename(&tmp, "verified"));
+        if written.is_err() {
+            let _ = self.dir_fd.unlink(&tmp);
+        }
+        written
     }
 
     /// Whether a seal exists and the data file has not changed since it was written.
     pub fn is_sealed(&self) -> bool {
-        match (
-            std::fs::read_to_string(self.dir.join("verified")),
-            self.data_identity(),
-        ) {
+        match (self.dir_fd.read_to_string("verified"), self.data_identity()) {
             (Ok(sealed), Ok(now)) => sealed == now,
             _ => false,
         }
@@ -416,7 +484,7 @@ impl Entry {
 
     /// Removes the seal.
     pub fn unseal(&self) {
-        let _ = std::fs::remove_file(self.dir.join("verified"));
+        let _ = self.dir_fd.unlink("verified");
     }
 
     /// Checks every present block's CRC; drops bad ones. Returns (present, corrupt).
@@ -490,7 +558,8 @@ pub enum ReadBlockError {
     Io(#[from] io::Error),
 }
 
-fn unique() -> String {
+/// A name part no other process or thread uses at the same time.
+pub(super) fn unique() -> String {
     format!(
         "{}-{}",
         std::process::id(),
@@ -504,6 +573,7 @@ mod tests {
 
     fn id(size: u64) -> EntryId {
         EntryId {
+            origin: "http://h:80 path-style".into(),
             bucket: "b".into(),
             key: "models/x.safetensors".into(),
             etag: "\"abc\"".into(),
@@ -516,7 +586,7 @@ mod tests {
     fn blocks_round_trip_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let id = id(2500);
-        let entry = Entry::open_or_create(dir.path(), &id).unwrap();
+        let entry = Entry::open_or_create(&Dir::open_path(dir.path()).unwrap(), &id).unwrap();
         assert_eq!(entry.read_block(0).unwrap(), None);
         entry.write_block(2, &[7u8; 500]).unwrap();
         assert!(
@@ -524,7 +594,7 @@ mod tests {
             "wrong length refused"
         );
         drop(entry);
-        let entry = Entry::open_or_create(dir.path(), &id).unwrap();
+        let entry = Entry::open_or_create(&Dir::open_path(dir.path()).unwrap(), &id).unwrap();
         assert_eq!(entry.read_block(2).unwrap(), Some(vec![7u8; 500]));
         assert!(!entry.is_complete().unwrap());
         entry.write_block(0, &[0u8; 1000]).unwrap();
@@ -542,7 +612,7 @@ mod tests {
         let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         let mut id = id(3 * 4096);
         id.block_size = 4096;
-        let entry = Entry::open_or_create(dir.path(), &id).unwrap();
+        let entry = Entry::open_or_create(&Dir::open_path(dir.path()).unwrap(), &id).unwrap();
         let block: Vec<u8> = (0..4096).map(|i| (i % 251) as u8).collect();
         entry.write_block(1, &block).unwrap();
         let got = entry
@@ -564,7 +634,7 @@ mod tests {
     #[test]
     fn a_flipped_byte_is_detected_and_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let entry = Entry::open_or_create(dir.path(), &id(2000)).unwrap();
+        let entry = Entry::open_or_create(&Dir::open_path(dir.path()).unwrap(), &id(2000)).unwrap();
         entry.write_block(1, &[9u8; 1000]).unwrap();
         entry.seal().unwrap();
         assert!(entry.is_sealed());
@@ -585,15 +655,49 @@ mod tests {
     #[test]
     fn a_new_etag_is_a_different_entry_and_damage_is_replaced() {
         let dir = tempfile::tempdir().unwrap();
-        let a = Entry::open_or_create(dir.path(), &id(10)).unwrap();
+        let a = Entry::open_or_create(&Dir::open_path(dir.path()).unwrap(), &id(10)).unwrap();
         let mut other = id(10);
         other.etag = "\"def\"".into();
-        let b = Entry::open_or_create(dir.path(), &other).unwrap();
+        let b = Entry::open_or_create(&Dir::open_path(dir.path()).unwrap(), &other).unwrap();
         assert_ne!(a.dir, b.dir);
         a.write_block(0, &[1u8; 10]).unwrap();
         std::fs::write(a.dir.join("map"), b"garbage").unwrap();
-        let again = Entry::open_or_create(dir.path(), &id(10)).unwrap();
+        let again = Entry::open_or_create(&Dir::open_path(dir.path()).unwrap(), &id(10)).unwrap();
         assert_eq!(again.read_block(0).unwrap(), None);
         assert_eq!(EntryId::parse_header(&id(10).header()), Some(id(10)));
+    }
+
+    #[test]
+    fn links_planted_for_the_files_are_replaced_not_followed() {
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let objects = Dir::open_path(dir.path()).unwrap();
+        let first = Entry::open_or_create(&objects, &id(10)).unwrap();
+        first.write_block(0, &[1u8; 10]).unwrap();
+        let entry_dir = first.dir.clone();
+        drop(first);
+        for name in ["map", "data", "verified"] {
+            let path = entry_dir.join(name);
+            let _ = std::fs::remove_file(&path);
+            std::os::unix::fs::symlink(&victim, &path).unwrap();
+            let entry = Entry::open_or_create(&objects, &id(10)).unwrap();
+            assert!(!entry.is_sealed(), "{name}");
+            entry.write_block(0, &[2u8; 10]).unwrap();
+            entry.seal().unwrap();
+            entry.unseal();
+            assert_eq!(entry.read_block(0).unwrap(), Some(vec![2u8; 10]), "{name}");
+        }
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn an_identity_too_long_for_the_header_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut long = id(10);
+        long.origin = format!("http://{}", "h".repeat(5000));
+        let e = Entry::open_or_create(&Dir::open_path(dir.path()).unwrap(), &long).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     }
 }

@@ -1,8 +1,18 @@
 //! The persistent block cache on local disk (on EKS: the Karpenter RAID0 instance store).
 //!
 //! Layout under `--cache-dir`: `v1/objects/<2 hex>/<40 hex>/{data,map}`, one directory per
-//! object version (see [`entry`]). Directory 0700, files 0600.
+//! object version from one origin (see [`entry`]). Directories 0700, files 0600.
 //!
+//! - **Scoped by origin**: an entry's name and header include the normalized endpoint and
+//!   addressing style as well as bucket, key, ETag, size and block size, so bytes served by
+//!   one endpoint are never read back for a mount of another. (Entries written before the
+//!   origin was part of the identity are never looked up again; they age out by eviction, or
+//!   `modelfs cache clear` removes them.)
+//! - **Safe as root**: the cache directory must be owned by this process's user and writable
+//!   by no one else (it is refused otherwise, never chmodded; a directory modelfs creates is
+//!   created 0700). Everything inside is reached through directory descriptors with
+//!   `O_NOFOLLOW` ([`safe_dir`]): a link planted in the cache is never followed, written
+//!   through or deleted through; new files are created with `O_EXCL`.
 //! - **Persistent and shared**: nothing is wiped at start or exit; any number of modelfs
 //!   processes use one directory at once. Entries appear atomically (rename of a complete
 //!   directory); block downloads are coordinated by byte-range locks ([`lock`]), so two
@@ -22,6 +32,7 @@
 mod block_set;
 pub mod entry;
 pub mod lock;
+pub mod safe_dir;
 mod span_writer;
 
 use std::collections::HashMap;
@@ -31,10 +42,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 
 use block_set::BlockSet;
 pub use entry::{Entry, EntryId, ReadBlockError};
+pub use safe_dir::Dir;
 pub use span_writer::SpanWriter;
 
 use super::TierStats;
@@ -79,7 +91,8 @@ impl std::str::FromStr for CacheSize {
 /// Where and how big the disk cache is.
 #[derive(Clone, Debug)]
 pub struct DiskCacheConfig {
-    /// The cache directory (created 0700 if missing).
+    /// The cache directory (created 0700 if missing; refused if another user owns it or
+    /// others may write in it).
     pub dir: PathBuf,
     /// The size limit.
     pub size: CacheSize,
@@ -131,7 +144,10 @@ impl CacheEntry {
 #[derive(Debug)]
 pub struct DiskCache {
     root: PathBuf,
-    objects: PathBuf,
+    /// `v1`, holding the usage record.
+    v1: Dir,
+    /// `v1/objects`, holding the entries.
+    objects: Dir,
     size: CacheSize,
     usage: AtomicU64,
     limit: AtomicU64,
@@ -148,8 +164,12 @@ pub struct DiskCache {
 /// One entry as found by a scan.
 #[derive(Clone, Debug)]
 pub struct ScannedEntry {
-    /// The entry directory.
+    /// The entry directory (for messages).
     pub dir: PathBuf,
+    /// The shard directory holding it.
+    pub shard: Arc<Dir>,
+    /// Its name in the shard.
+    pub name: String,
     /// Bytes allocated on disk (data + map).
     pub bytes: u64,
     /// Last time a process opened it.
@@ -160,16 +180,12 @@ impl DiskCache {
     /// Opens (creating if needed) the cache at `config.dir`. Never scans data; usage is
     /// measured in the background.
     pub fn open(config: &DiskCacheConfig) -> io::Result<Arc<DiskCache>> {
-        let objects = config.dir.join("v1").join("objects");
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&objects)?;
-        for dir in [&config.dir, &config.dir.join("v1"), &objects] {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        }
+        let root = Dir::open_cache_root(&config.dir)?;
+        let v1 = private_subdir(&root, "v1", true)?;
+        let objects = private_subdir(&v1, "objects", true)?;
         let cache = Arc::new(DiskCache {
             root: config.dir.clone(),
+            v1,
             objects,
             size: config.size,
             usage: AtomicU64::new(0),
@@ -183,7 +199,7 @@ impl DiskCache {
         });
         // Start from the usage the last scan recorded, and re-measure in the background; with
         // no record (a new cache directory) measure now: there is little to measure.
-        match read_usage_record(&cache.root) {
+        match read_usage_record(&cache.v1) {
             Some(recorded) => {
                 cache.usage.store(recorded, Ordering::Relaxed);
                 let limit = cache.compute_limit(recorded)?;
@@ -565,7 +581,7 @@ impl DiskCache {
     }
 
     fn compute_limit(&self, usage: u64) -> io::Result<u64> {
-        let (total, free) = fs_space(&self.root)?;
+        let (total, free) = self.objects.fs_space()?;
         Ok(match self.size {
             CacheSize::Bytes(n) => n,
             CacheSize::PercentOfDisk(p) => (total as f64 * p / 100.0) as u64,
@@ -594,7 +610,7 @@ impl DiskCache {
                 if usage <= target {
                     break;
                 }
-                match remove_if_unused(&candidate.dir) {
+                match remove_if_unused(&candidate) {
                     Ok(true) => {
                         usage = usage.saturating_sub(candidate.bytes);
                         TierStats::bump(&self.stats.evictions);
@@ -611,7 +627,7 @@ impl DiskCache {
         let usage = usage + during + unwritten;
         self.usage.store(usage, Ordering::Relaxed);
         self.limit.store(limit, Ordering::Relaxed);
-        write_usage_record(&self.root, usage);
+        write_usage_record(&self.v1, usage);
         Ok(())
     }
 }
@@ -646,100 +662,137 @@ impl Drop for BlockLock {
     }
 }
 
-const USAGE_RECORD: &str = "v1/usage";
+/// The usage record's name in `v1`.
+const USAGE_RECORD: &str = "usage";
+
+/// Opens (with `create`: creating 0700) the subdirectory `name` of a verified cache
+/// directory and checks it the same way.
+fn private_subdir(parent: &Dir, name: &str, create: bool) -> io::Result<Dir> {
+    let dir = if create {
+        parent.ensure_dir(name)?
+    } else {
+        parent.open_dir(name)?
+    };
+    dir.check_private()?;
+    Ok(dir)
+}
+
+/// The entries directory of the existing cache at `root`, checked like
+/// [`DiskCache::open`] checks it (for `modelfs cache` commands, which create nothing).
+pub fn open_objects(root: &Path) -> io::Result<Dir> {
+    let root_dir = Dir::open_path(root)?;
+    root_dir.check_private()?;
+    let v1 = private_subdir(&root_dir, "v1", false)?;
+    private_subdir(&v1, "objects", false)
+}
 
 /// The usage measured by the last scan of any process, so start-up needs no scan.
-fn read_usage_record(root: &Path) -> Option<u64> {
-    std::fs::read_to_string(root.join(USAGE_RECORD))
-        .ok()?
-        .trim()
-        .parse()
+fn read_usage_record(v1: &Dir) -> Option<u64> {
+    v1.read_to_string(USAGE_RECORD).ok()?.trim().parse().ok()
+}
+
+fn write_usage_record(v1: &Dir, usage: u64) {
+    let tmp = format!("{USAGE_RECORD}.{}", entry::unique());
+    if write_usage_file(v1, &tmp, usage).is_ok() {
+        let _ = v1.rename(&tmp, USAGE_RECORD);
+    }
+    // Leftovers of processes that died between creating and renaming theirs.
+    if let Ok(names) = v1.names() {
+        for name in names.iter().filter(|n| n.starts_with("usage.")) {
+            if is_stale(v1, name) {
+                let _ = v1.unlink(name);
+            }
+        }
+    }
+}
+
+/// Writes `usage` to a new file `name` in `v1`. A file of that name left by a dead process
+/// (or planted, as a link) is removed first, never opened: the new one is created with
+/// `O_EXCL`, so no link is followed.
+fn write_usage_file(v1: &Dir, name: &str, usage: u64) -> io::Result<()> {
+    match v1.unlink(name) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let written = v1
+        .open_file(name, safe_dir::Open::CreateNew)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, usage.to_string().as_bytes()));
+    if written.is_err() {
+        let _ = v1.unlink(name);
+    }
+    written
+}
+
+/// Whether `name` in `dir` was last changed over an hour ago (a leftover, not work in
+/// progress).
+fn is_stale(dir: &Dir, name: &str) -> bool {
+    dir.stat(name)
         .ok()
-}
-
-fn write_usage_record(root: &Path, usage: u64) {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = root.join(format!("{USAGE_RECORD}.{}", std::process::id()));
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(usage.to_string().as_bytes()));
-    if written.is_ok() {
-        let _ = std::fs::rename(&tmp, root.join(USAGE_RECORD));
-    }
-}
-
-/// (total, available) bytes of the filesystem holding `path`.
-fn fs_space(path: &Path) -> io::Result<(u64, u64)> {
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: statvfs is plain old data; zeroed is valid; the path pointer is valid.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let frsize = st.f_frsize as u64;
-    Ok((st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize))
+        .and_then(|st| st.mtime.elapsed().ok())
+        .is_some_and(|age| age > Duration::from_secs(3600))
 }
 
 /// Lists every entry under `objects` with its size and last use; removes leftovers of
-/// interrupted creations and evictions older than an hour.
-pub fn scan(objects: &Path) -> io::Result<Vec<ScannedEntry>> {
+/// interrupted creations and evictions older than an hour. Nothing is followed: a shard or
+/// entry that is a link, or an entry whose files are not regular files, is skipped.
+pub fn scan(objects: &Dir) -> io::Result<Vec<ScannedEntry>> {
     let mut found = Vec::new();
-    for shard in std::fs::read_dir(objects)? {
-        let shard = shard?.path();
-        let Ok(dirs) = std::fs::read_dir(&shard) else {
+    for shard_name in objects.names()? {
+        let Ok(shard) = objects.open_dir(&shard_name) else {
             continue;
         };
-        for dir in dirs.flatten() {
-            let path = dir.path();
-            let name = dir.file_name();
-            if name.to_string_lossy().starts_with('.') {
-                let stale = dir
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age > Duration::from_secs(3600));
-                if stale {
-                    let _ = std::fs::remove_dir_all(&path);
+        let shard = Arc::new(shard);
+        let Ok(names) = shard.names() else {
+            continue;
+        };
+        for name in names {
+            if name.starts_with('.') {
+                if is_stale(&shard, &name) {
+                    let _ = shard.remove_tree(&name);
                 }
                 continue;
             }
-            let (Ok(map), Ok(data)) = (
-                std::fs::metadata(path.join("map")),
-                std::fs::metadata(path.join("data")),
-            ) else {
+            let Ok(dir) = shard.open_dir(&name) else {
                 continue;
             };
-            let seal = std::fs::metadata(path.join("verified")).map_or(0, |m| m.blocks());
+            let (Ok(map), Ok(data)) = (dir.stat("map"), dir.stat("data")) else {
+                continue;
+            };
+            if !map.is_file() || !data.is_file() {
+                continue;
+            }
+            let seal = dir
+                .stat("verified")
+                .ok()
+                .filter(|s| s.is_file())
+                .map_or(0, |s| s.blocks);
             found.push(ScannedEntry {
-                bytes: (map.blocks() + data.blocks() + seal) * 512,
-                last_used: map.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                dir: path,
+                bytes: (map.blocks + data.blocks + seal) * 512,
+                last_used: map.mtime,
+                dir: dir.path().to_path_buf(),
+                shard: shard.clone(),
+                name,
             });
         }
     }
     Ok(found)
 }
 
-/// Removes the entry at `dir` unless a process holds it; true if removed.
-pub fn remove_if_unused(dir: &Path) -> io::Result<bool> {
-    let map = std::fs::File::open(dir.join("map"))?;
+/// Removes the entry found by a scan unless a process holds it; true if removed.
+pub fn remove_if_unused(entry: &ScannedEntry) -> io::Result<bool> {
+    let dir = entry.shard.open_dir(&entry.name)?;
+    let map = dir.open_file("map", safe_dir::Open::Read)?;
     if !lock::try_flock(&map, true)? {
         return Ok(false);
     }
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let trash = dir.with_file_name(format!(".trash-{name}-{}", std::process::id()));
-    std::fs::rename(dir, &trash)?;
-    std::fs::remove_dir_all(&trash)?;
+    // Still the directory that was locked (not replaced since)?
+    let (now, locked) = (entry.shard.stat(&entry.name)?, dir.metadata()?);
+    if (now.dev, now.ino) != (locked.dev, locked.ino) {
+        return Ok(false);
+    }
+    let trash = format!(".trash-{}-{}", entry.name, entry::unique());
+    entry.shard.rename(&entry.name, &trash)?;
+    entry.shard.remove_tree(&trash)?;
     Ok(true)
 }
 

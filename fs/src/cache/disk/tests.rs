@@ -2,6 +2,7 @@ use super::*;
 
 fn id(key: &str, size: u64) -> EntryId {
     EntryId {
+        origin: "http://h:80 path-style".into(),
         bucket: "b".into(),
         key: key.into(),
         etag: "\"e\"".into(),
@@ -95,7 +96,7 @@ fn an_unwritable_cache_degrades_to_no_cache() {
     let cache = open(dir.path(), CacheSize::Bytes(1 << 30));
     // A file where the shard directory should be: every entry creation fails.
     let stem = id("x", 10).stem();
-    std::fs::write(cache.objects.join(&stem[..2]), b"not a dir").unwrap();
+    std::fs::write(cache.objects.path().join(&stem[..2]), b"not a dir").unwrap();
     assert!(cache.entry(&id("x", 10)).is_none());
     assert_eq!(cache.stats.snapshot().errors, 1);
 }
@@ -207,4 +208,121 @@ fn a_scan_while_a_span_is_being_written_still_counts_the_span() {
     // Once written, the next pass counts the span once.
     cache.evict_pass().unwrap();
     assert!(cache.usage() < on_disk + (1 << 20), "{}", cache.usage());
+}
+
+fn id_from(endpoint: &str, path_style: bool) -> EntryId {
+    let origin = crate::store::StoreOrigin::new(endpoint, path_style, "b");
+    EntryId {
+        origin: origin.address(),
+        ..id("models/x.safetensors", 3 << 20)
+    }
+}
+
+#[test]
+fn entries_are_scoped_by_normalized_origin() {
+    let base = id_from("http://host", true);
+    for other in [
+        id_from("http://evil", true),
+        id_from("http://host:8080", true),
+        id_from("https://host", true),
+        id_from("http://host", false),
+    ] {
+        assert_ne!(base.stem(), other.stem(), "{other:?}");
+    }
+    assert_eq!(base.stem(), id_from("http://Host:80", true).stem());
+    assert_eq!(base.stem(), id_from("HTTP://HOST:80/", true).stem());
+
+    // Bytes one endpoint served are not found for a mount of another.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), CacheSize::Bytes(1 << 30));
+    let poisoned = cache.entry(&id_from("http://evil", true)).unwrap();
+    fill(&cache, &poisoned);
+    let real = cache.entry(&base).unwrap();
+    assert_eq!(cache.read_block(&real, 0), None);
+    assert_ne!(poisoned.entry.dir, real.entry.dir);
+    let same = cache.entry(&id_from("http://Host:80", true)).unwrap();
+    assert!(Arc::ptr_eq(&real, &same));
+}
+
+#[test]
+fn the_header_names_the_origin_so_a_mismatch_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = Dir::open_path(dir.path()).unwrap();
+    let real = id_from("http://host", true);
+    let entry = Entry::open_or_create(&objects, &real).unwrap();
+    // An entry under the real name whose header names another origin (a collision, or one
+    // moved there by hand) is replaced, not served.
+    let mut evil = id_from("http://evil", true);
+    evil.size = real.size;
+    let stem = real.stem();
+    let shard = Arc::new(objects.open_dir(&stem[..2]).unwrap());
+    assert!(Entry::open_existing(&shard, &stem, &evil)
+        .unwrap()
+        .is_none());
+    let found = Entry::open_any(&shard, &stem).unwrap().expect("intact");
+    assert_eq!(found.id, real);
+    drop(entry);
+}
+
+fn plant_link(at: &Path, to: &Path) {
+    let _ = std::fs::remove_file(at);
+    std::os::unix::fs::symlink(to, at).unwrap();
+}
+
+#[test]
+fn usage_files_that_are_links_are_replaced_not_followed() {
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), CacheSize::Bytes(1 << 30));
+    // A stale temporary record of a dead process with our name, and the record itself.
+    let tmp = format!("{USAGE_RECORD}.{}-0", std::process::id());
+    plant_link(&cache.v1.path().join(&tmp), &victim);
+    write_usage_file(&cache.v1, &tmp, 42).unwrap();
+    assert_eq!(cache.v1.read_to_string(&tmp).unwrap(), "42");
+    plant_link(&cache.v1.path().join(USAGE_RECORD), &victim);
+    assert_eq!(read_usage_record(&cache.v1), None, "a link is not read");
+    cache.evict_pass().unwrap();
+    assert!(
+        read_usage_record(&cache.v1).is_some(),
+        "a real record again"
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+}
+
+#[test]
+fn scans_and_eviction_never_follow_or_delete_through_links() {
+    let outside = tempfile::tempdir().unwrap();
+    let tree = outside.path().join("tree");
+    std::fs::create_dir_all(tree.join("ab")).unwrap();
+    std::fs::write(tree.join("ab/map"), vec![1u8; 1 << 20]).unwrap();
+    std::fs::write(tree.join("ab/data"), vec![1u8; 1 << 20]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), CacheSize::Bytes(20 << 20));
+    let e = cache.entry(&id("real", 4 << 20)).unwrap();
+    fill(&cache, &e);
+    let shard = e.entry.dir.parent().unwrap().to_path_buf();
+    drop(e);
+    // A shard, an entry and a stale-looking leftover that are links to the outside.
+    std::os::unix::fs::symlink(&tree, cache.objects.path().join("zz")).unwrap();
+    std::os::unix::fs::symlink(tree.join("ab"), shard.join("f".repeat(40))).unwrap();
+    std::os::unix::fs::symlink(&tree, shard.join(".trash-old")).unwrap();
+    let found = scan(&cache.objects).unwrap();
+    assert_eq!(found.len(), 1, "only the real entry: {found:?}");
+    for n in 0..8 {
+        let e = cache.entry(&id(&format!("k{n}"), 4 << 20)).unwrap();
+        fill(&cache, &e);
+        drop(e);
+        cache.evict_pass().unwrap();
+    }
+    assert!(cache.stats.snapshot().evictions > 0);
+    assert_eq!(
+        std::fs::read(tree.join("ab/map")).unwrap(),
+        vec![1u8; 1 << 20]
+    );
+    assert_eq!(
+        std::fs::read(tree.join("ab/data")).unwrap(),
+        vec![1u8; 1 << 20]
+    );
 }
