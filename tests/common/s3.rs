@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-use modelfs_s3local::{FileStore, LocalS3, LocalS3Config};
+use modelfs_s3local::{FileStore, LocalS3, LocalS3Config, ReadOnlyUser};
 
 /// How to reach an S3 endpoint.
 #[derive(Clone, Debug)]
@@ -31,8 +31,16 @@ pub struct LocalServer {
 impl LocalServer {
     /// Starts a server with one empty bucket, `bucket`.
     pub fn start(bucket: &str) -> LocalServer {
+        LocalServer::start_with_readers(bucket, Vec::new())
+    }
+
+    /// Starts a server with one empty bucket and, besides its owner, `readers` who may list
+    /// and read only keys under their prefixes.
+    pub fn start_with_readers(bucket: &str, readers: Vec<ReadOnlyUser>) -> LocalServer {
         let root = tempfile::tempdir().expect("tempdir");
-        let server = LocalS3::start(LocalS3Config::new(root.path())).expect("start local S3");
+        let mut config = LocalS3Config::new(root.path());
+        config.readers = readers;
+        let server = LocalS3::start(config).expect("start local S3");
         server.store().create_bucket(bucket).expect("create bucket");
         let endpoint = Endpoint {
             url: server.endpoint_url(),
@@ -44,6 +52,15 @@ impl LocalServer {
             server,
             endpoint,
             _root: root,
+        }
+    }
+
+    /// How to reach the server as `reader` (one of its read-only users).
+    pub fn endpoint_as(&self, reader: &ReadOnlyUser) -> Endpoint {
+        Endpoint {
+            access_key: reader.access_key.clone(),
+            secret_key: reader.secret_key.clone(),
+            ..self.endpoint.clone()
         }
     }
 

@@ -381,8 +381,13 @@ impl Namespace {
         if node.kind == NodeKind::Directory {
             return Err(FsError::IsADirectory(node.key.clone()));
         }
-        let fresh = lock(&node.meta).validated_at.elapsed() < self.ttl;
-        if !fresh {
+        // A listing says the version exists, not that these credentials may read it: bytes
+        // of the shared tiers reach this volume only for versions its store has proven.
+        let proven = {
+            let meta = lock(&node.meta);
+            meta.validated_at.elapsed() < self.ttl && self.store.proves_read(&node.key, &meta.etag)
+        };
+        if !proven {
             let info = self.store.head(&node.key).await.map_err(|e| match e {
                 crate::store::StoreError::NotFound { key } => FsError::NotFound(key),
                 other => FsError::Store(other),

@@ -7,6 +7,7 @@
 mod error;
 mod memory;
 mod origin;
+mod proof;
 mod s3;
 
 use std::ops::Range;
@@ -19,6 +20,7 @@ use bytes::Bytes;
 pub use error::StoreError;
 pub use memory::MemoryStore;
 pub use origin::{normalize_endpoint, StoreOrigin};
+pub use proof::ProvingStore;
 pub use s3::{S3Config, S3Store};
 
 /// What a listing or a HEAD says about one object.
@@ -106,6 +108,13 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// through different endpoints (or addressing styles) never share cached bytes. A store
     /// that talks to a network endpoint must override this; the default, for stores in
     /// tests, takes the description as the endpoint.
+    /// Whether this store's own credentials were allowed to read version `etag` of `key`
+    /// recently (see [`ProvingStore`]); stores that keep no record say no, and an open then
+    /// asks S3 with a HeadObject.
+    fn proves_read(&self, _key: &str, _etag: &str) -> bool {
+        false
+    }
+
     fn origin(&self) -> StoreOrigin {
         StoreOrigin {
             endpoint: self.describe(),
