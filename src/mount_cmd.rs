@@ -3,6 +3,7 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -121,16 +122,7 @@ fn serve(
         passthrough: !args.no_passthrough,
         fuse_threads: 4,
     };
-    let disk_cache = match &args.cache_dir {
-        Some(dir) => Some(
-            DiskCache::open(&DiskCacheConfig {
-                dir: dir.clone(),
-                size: args.cache_size,
-            })
-            .with_context(|| format!("cannot use cache directory {}", dir.display()))?,
-        ),
-        None => None,
-    };
+    let disk_cache = open_disk_cache(args.cache_dir.as_deref(), args.cache_size)?;
     let session = mount(&config, store, disk_cache.clone(), runtime.handle().clone())?;
     tracing::info!(
         "mounted {location} at {} in {:.0} ms (metadata TTL {:?})",
@@ -154,6 +146,22 @@ fn serve(
 
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// The disk cache at `dir`, if one is configured.
+pub(crate) fn open_disk_cache(
+    dir: Option<&Path>,
+    size: CacheSize,
+) -> anyhow::Result<Option<Arc<DiskCache>>> {
+    let Some(dir) = dir else {
+        return Ok(None);
+    };
+    let cache = DiskCache::open(&DiskCacheConfig {
+        dir: dir.to_path_buf(),
+        size,
+    })
+    .with_context(|| format!("cannot use cache directory {}", dir.display()))?;
+    Ok(Some(cache))
 }
 
 /// glibc gives every thread that allocates its own arena (up to 8 per core); with 1 MiB blocks

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context};
 use clap::Parser;
 use modelfs_csi::handoff::{self, Listener, Reply, Request, VolumeHandoff};
-use modelfs_fs::cache::{CacheSize, DiskCache, DiskCacheConfig};
+use modelfs_fs::cache::CacheSize;
 use modelfs_fs::mount::{serve_fd, MountConfig};
 use modelfs_fs::read::{ReadConfig, SharedTiers};
 use modelfs_fs::units::parse_size;
@@ -102,16 +102,7 @@ pub fn run(args: MounterArgs) -> anyhow::Result<()> {
         .thread_name("modelfs-io")
         .build()
         .context("cannot start the async runtime")?;
-    let disk = match &args.cache_dir {
-        Some(dir) => Some(
-            DiskCache::open(&DiskCacheConfig {
-                dir: dir.clone(),
-                size: args.cache_size,
-            })
-            .with_context(|| format!("cannot use cache directory {}", dir.display()))?,
-        ),
-        None => None,
-    };
+    let disk = crate::mount_cmd::open_disk_cache(args.cache_dir.as_deref(), args.cache_size)?;
     let read = ReadConfig {
         memory_cache_bytes: args.memory_cache_size,
         ..ReadConfig::default()

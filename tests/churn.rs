@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use futures::stream::{self, StreamExt};
 
 use common::mount::Mount;
@@ -51,28 +50,14 @@ struct Writer<'a> {
 
 impl Writer<'_> {
     fn new(server: &LocalServer) -> Writer<'_> {
-        let endpoint = &server.endpoint;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("runtime");
-        let config = aws_sdk_s3::config::Builder::new()
-            .behavior_version(BehaviorVersion::latest())
-            .endpoint_url(&endpoint.url)
-            .region(Region::new(endpoint.region.clone()))
-            .credentials_provider(Credentials::new(
-                &endpoint.access_key,
-                &endpoint.secret_key,
-                None,
-                None,
-                "tests",
-            ))
-            .force_path_style(true)
-            .build();
         Writer {
             server,
-            client: aws_sdk_s3::Client::from_conf(config),
+            client: common::s3::client(&server.endpoint),
             runtime,
         }
     }

@@ -70,6 +70,24 @@ impl LocalServer {
     }
 }
 
+/// An S3 client for `endpoint` (path-style, its static credentials).
+pub fn client(endpoint: &Endpoint) -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(&endpoint.url)
+        .region(Region::new(endpoint.region.clone()))
+        .credentials_provider(Credentials::new(
+            &endpoint.access_key,
+            &endpoint.secret_key,
+            None,
+            None,
+            "tests",
+        ))
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
 /// A blocking S3 client for changing buckets from tests.
 pub struct Admin {
     client: aws_sdk_s3::Client,
@@ -83,21 +101,8 @@ impl Admin {
             .enable_all()
             .build()
             .expect("runtime");
-        let config = aws_sdk_s3::config::Builder::new()
-            .behavior_version(BehaviorVersion::latest())
-            .endpoint_url(&endpoint.url)
-            .region(Region::new(endpoint.region.clone()))
-            .credentials_provider(Credentials::new(
-                &endpoint.access_key,
-                &endpoint.secret_key,
-                None,
-                None,
-                "tests",
-            ))
-            .force_path_style(true)
-            .build();
         Admin {
-            client: aws_sdk_s3::Client::from_conf(config),
+            client: client(endpoint),
             runtime,
         }
     }

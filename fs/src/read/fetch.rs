@@ -174,34 +174,21 @@ impl SharedTiers {
     pub fn disk(&self) -> Option<&Arc<DiskCache>> {
         self.disk.as_ref()
     }
-
-    /// Blocks being downloaded right now, over every volume.
-    pub fn blocks_in_flight(&self) -> usize {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
-    }
 }
 
 /// The fetch engine of one volume: its own store over the process's [`SharedTiers`].
 pub struct Fetcher {
     store: Arc<dyn ObjectStore>,
-    /// The store's endpoint and bucket: part of every block key, so volumes of different
+    /// The store's normalized origin: part of every block key, so volumes of different
     /// origins never share blocks.
     origin: Arc<str>,
-    memory: MemoryTier,
-    disk: Option<Arc<DiskCache>>,
-    block_size: u64,
-    background_slots: Arc<Semaphore>,
-    in_flight: Arc<Mutex<HashMap<BlockKey, InFlight>>>,
-    verifications: Arc<AtomicUsize>,
+    tiers: SharedTiers,
 }
 
 impl std::fmt::Debug for Fetcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Fetcher")
-            .field("block_size", &self.block_size)
+            .field("origin", &self.origin)
             .finish_non_exhaustive()
     }
 }
@@ -209,52 +196,29 @@ impl std::fmt::Debug for Fetcher {
 impl Fetcher {
     /// An engine reading `store` through `tiers`.
     pub fn new(store: Arc<dyn ObjectStore>, tiers: &SharedTiers) -> Fetcher {
-        let SharedTiers {
-            memory,
-            disk,
-            block_size,
-            background_slots,
-            in_flight,
-            verifications,
-        } = tiers.clone();
         Fetcher {
             origin: store.origin().to_string().into(),
             store,
-            memory,
-            disk,
-            block_size,
-            background_slots,
-            in_flight,
-            verifications,
+            tiers: tiers.clone(),
         }
     }
 
-    /// Bytes per block.
-    pub fn block_size(&self) -> u64 {
-        self.block_size
-    }
-
-    /// The memory tier.
-    pub fn memory(&self) -> &MemoryTier {
-        &self.memory
-    }
-
-    /// The disk tier.
-    pub fn disk(&self) -> Option<&Arc<DiskCache>> {
-        self.disk.as_ref()
+    /// The tiers this engine reads through.
+    pub fn tiers(&self) -> &SharedTiers {
+        &self.tiers
     }
 
     /// If `entry` is complete but not verified, checks every block's CRC on a blocking thread
     /// and seals it (see [`DiskCache::verify_complete`]); one verification at a time.
     pub fn verify_in_background(&self, entry: &Arc<CacheEntry>) {
-        let Some(disk) = self.disk.clone() else {
+        let Some(disk) = self.tiers.disk.clone() else {
             return;
         };
         if entry.is_verified() || !entry.start_verification() {
             return;
         }
         let entry = entry.clone();
-        let running = self.verifications.clone();
+        let running = self.tiers.verifications.clone();
         running.fetch_add(1, Ordering::AcqRel);
         tokio::task::spawn_blocking(move || {
             let complete = entry.entry.is_complete().unwrap_or(false);
@@ -269,7 +233,8 @@ impl Fetcher {
     /// completed just before an unmount are sealed for the next mount.
     pub fn wait_for_verifications(&self, limit: Duration) {
         let deadline = std::time::Instant::now() + limit;
-        while self.verifications.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline
+        while self.tiers.verifications.load(Ordering::Acquire) > 0
+            && std::time::Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -285,14 +250,15 @@ impl Fetcher {
         offset: u64,
         end: u64,
     ) -> Option<Bytes> {
-        let (cache, entry) = (self.disk.clone()?, file.disk.clone()?);
-        let bs = self.block_size;
+        let (cache, entry) = (self.tiers.disk.clone()?, file.disk.clone()?);
+        let bs = self.tiers.block_size;
         let (first, last) = (offset / bs, (end - 1) / bs);
         if !entry.all_checked(first..=last) {
             return None;
         }
         if first == last {
             if let Some(block) = self
+                .tiers
                 .memory
                 .peek(&block_key(&self.origin, &file.version, first))
                 .await
@@ -322,7 +288,7 @@ impl Fetcher {
         first: u64,
         count: u64,
     ) -> Result<(), FsError> {
-        let bs = self.block_size;
+        let bs = self.tiers.block_size;
         let last = (first + count).min(version.size.div_ceil(bs));
         // Blocks that readers fetched since the sweep planned this span are not fetched again.
         let Some((first, last)) = missing_range(entry, first, last).await else {
@@ -331,7 +297,11 @@ impl Fetcher {
         // Blocks already in flight (a reader's, another sweep's) are waited for, not fetched
         // again, nor are blocks stored meanwhile; the runs between are spans of their own.
         let (spans, waits) = {
-            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            let mut in_flight = self
+                .tiers
+                .in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             let mut runs: Vec<(u64, u64)> = Vec::new();
             let mut waits = Vec::new();
             for index in first..last {
@@ -381,7 +351,7 @@ impl Fetcher {
     ) {
         let until = until
             .max(last + 1)
-            .min(version.size.div_ceil(self.block_size));
+            .min(version.size.div_ceil(self.tiers.block_size));
         // Blocks on disk but not checked by this process are left to the block path, which
         // reads and checks them; only blocks without a record are fetched.
         let unrecorded = {
@@ -395,7 +365,11 @@ impl Fetcher {
             .unwrap_or_default()
         };
         let waits: Vec<InFlight> = {
-            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            let mut in_flight = self
+                .tiers
+                .in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             let mut runs: Vec<(u64, u64)> = Vec::new();
             for index in unrecorded {
                 let ahead = index > last;
@@ -448,7 +422,11 @@ impl Fetcher {
             let result = this
                 .load_span(&version2, &entry2, first..last, priority, &progress)
                 .await;
-            let mut in_flight = this.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            let mut in_flight = this
+                .tiers
+                .in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             for index in first..last {
                 in_flight.remove(&block_key(&this.origin, &version2, index));
             }
@@ -488,13 +466,13 @@ impl Fetcher {
         index: u64,
     ) -> Result<Bytes, FsError> {
         let key = block_key(&self.origin, version, index);
-        if let Some(block) = self.memory.get(&key).await {
+        if let Some(block) = self.tiers.memory.get(&key).await {
             return Ok(block);
         }
         let (bytes, _) = self
             .load(version, Some(entry), index, Priority::Demand)
             .await?;
-        self.memory.insert(key, bytes.clone()).await;
+        self.tiers.memory.insert(key, bytes.clone()).await;
         Ok(bytes)
     }
 
@@ -513,6 +491,7 @@ impl Fetcher {
             crate::metrics::metrics().fetched_block(priority.label());
         }
         let writer = self
+            .tiers
             .disk
             .as_ref()
             .and_then(|cache| cache.span_writer(entry, blocks));
@@ -537,7 +516,7 @@ impl Fetcher {
             return Ok(());
         }
         // No room on disk: one GET, kept in memory rather than fetched again per block.
-        let bs = self.block_size;
+        let bs = self.tiers.block_size;
         let range = first * bs..(last * bs).min(version.size);
         let bytes = self
             .store
@@ -547,7 +526,7 @@ impl Fetcher {
             let from = ((index - first) * bs) as usize;
             let key = block_key(&self.origin, version, index);
             let block = bytes.slice(from..(from + bs as usize).min(bytes.len()));
-            self.memory.insert(key, block).await;
+            self.tiers.memory.insert(key, block).await;
         }
         Ok(())
     }
@@ -564,17 +543,17 @@ impl Fetcher {
         index: u64,
         prefix_len: u64,
     ) -> Result<Bytes, FsError> {
-        let bs = self.block_size;
+        let bs = self.tiers.block_size;
         let start = index * bs;
         let block_len = version.size.saturating_sub(start).min(bs);
         let prefix_len = prefix_len.min(block_len) as usize;
         let key = block_key(&self.origin, version, index);
-        if let Some(hit) = self.memory.get(&key).await {
+        if let Some(hit) = self.tiers.memory.get(&key).await {
             return Ok(hit.slice(..prefix_len.min(hit.len())));
         }
-        if let (Some(cache), Some(entry)) = (&self.disk, entry) {
+        if let (Some(cache), Some(entry)) = (&self.tiers.disk, entry) {
             if let Some(block) = read_from_disk(cache, entry, index).await {
-                self.memory.insert(key, block.clone()).await;
+                self.tiers.memory.insert(key, block.clone()).await;
                 return Ok(block.slice(..prefix_len.min(block.len())));
             }
         }
@@ -583,7 +562,11 @@ impl Fetcher {
         }
         let (prefix_tx, prefix_rx) = tokio::sync::oneshot::channel();
         let existing = {
-            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            let mut in_flight = self
+                .tiers
+                .in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             match in_flight.get(&key) {
                 Some(existing) => Some(existing.block.clone()),
                 None => {
@@ -594,7 +577,7 @@ impl Fetcher {
                             .load_in_two(&version, entry, index, prefix_len as u64, prefix_tx)
                             .await;
                         if let Ok(block) = &result {
-                            this.memory.insert(key2, block.clone()).await;
+                            this.tiers.memory.insert(key2, block.clone()).await;
                         }
                         result
                     });
@@ -627,7 +610,7 @@ impl Fetcher {
         prefix_len: u64,
         prefix_tx: tokio::sync::oneshot::Sender<Result<Bytes, FsError>>,
     ) -> Result<Bytes, FsError> {
-        let bs = self.block_size;
+        let bs = self.tiers.block_size;
         let start = index * bs;
         let end = ((index + 1) * bs).min(version.size);
         crate::metrics::metrics().fetched_block("demand");
@@ -650,7 +633,7 @@ impl Fetcher {
         block.extend_from_slice(&prefix);
         block.extend_from_slice(&rest);
         let block = block.freeze();
-        if let (Some(cache), Some(entry)) = (self.disk.clone(), entry) {
+        if let (Some(cache), Some(entry)) = (self.tiers.disk.clone(), entry) {
             let stored = block.clone();
             let _ = tokio::task::spawn_blocking(move || cache.write_block(&entry, index, &stored))
                 .await;
@@ -669,7 +652,8 @@ impl Fetcher {
         let this = self.clone();
         let task = tokio::spawn(async move {
             let result = fetch.await;
-            this.in_flight
+            this.tiers
+                .in_flight
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&key);
@@ -683,7 +667,13 @@ impl Fetcher {
     /// A background slot for a background fetch; demand fetches never wait for one.
     async fn slot(&self, priority: Priority) -> Option<tokio::sync::OwnedSemaphorePermit> {
         match priority {
-            Priority::Background => self.background_slots.clone().acquire_owned().await.ok(),
+            Priority::Background => self
+                .tiers
+                .background_slots
+                .clone()
+                .acquire_owned()
+                .await
+                .ok(),
             Priority::Demand => None,
         }
     }
@@ -697,11 +687,15 @@ impl Fetcher {
         priority: Priority,
     ) -> Result<Bytes, FsError> {
         let key = block_key(&self.origin, version, index);
-        if let Some(hit) = self.memory.get(&key).await {
+        if let Some(hit) = self.tiers.memory.get(&key).await {
             return Ok(hit);
         }
         let shared = {
-            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            let mut in_flight = self
+                .tiers
+                .in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             match in_flight.get(&key) {
                 Some(existing) => existing.block.clone(),
                 None => {
@@ -713,7 +707,7 @@ impl Fetcher {
                             // Background blocks on disk are read from there later; blocks a
                             // reader asked for, or that the disk could not take, stay in memory.
                             if priority == Priority::Demand || !on_disk {
-                                this.memory.insert(key2, bytes.clone()).await;
+                                this.tiers.memory.insert(key2, bytes.clone()).await;
                             }
                         }
                         result.map(|(bytes, _)| bytes)
@@ -734,7 +728,7 @@ impl Fetcher {
         priority: Priority,
     ) -> Result<(Bytes, bool), FsError> {
         let _slot = self.slot(priority).await;
-        let (Some(cache), Some(entry)) = (&self.disk, entry) else {
+        let (Some(cache), Some(entry)) = (&self.tiers.disk, entry) else {
             return Ok((self.fetch(version, index, priority).await?, false));
         };
         if let Some(bytes) = read_from_disk(cache, entry, index).await {
@@ -760,7 +754,7 @@ impl Fetcher {
         priority: Priority,
     ) -> Result<Bytes, FsError> {
         crate::metrics::metrics().fetched_block(priority.label());
-        let bs = self.block_size;
+        let bs = self.tiers.block_size;
         let range = index * bs..((index + 1) * bs).min(version.size);
         Ok(self
             .store

@@ -193,12 +193,12 @@ impl BlockReader {
 
     /// The memory tier (for its counters).
     pub fn memory(&self) -> &MemoryTier {
-        self.fetcher.memory()
+        self.fetcher.tiers().memory()
     }
 
     /// The disk tier, if configured.
     pub fn disk(&self) -> Option<&Arc<DiskCache>> {
-        self.fetcher.disk()
+        self.fetcher.tiers().disk()
     }
 
     /// The block size in bytes.
@@ -208,7 +208,7 @@ impl BlockReader {
 
     /// Starts reading `version`: opens (or creates) its disk cache entry.
     pub async fn open(&self, version: ObjectVersion) -> OpenObject {
-        let disk = match self.fetcher.disk() {
+        let disk = match self.fetcher.tiers().disk() {
             Some(cache) if version.size > 0 => {
                 let cache = cache.clone();
                 let id = EntryId {

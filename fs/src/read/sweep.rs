@@ -38,7 +38,7 @@ pub fn spawn(
     let size = file.version.size;
     tokio::spawn(async move {
         let present = {
-            let (entry, disk) = (entry.clone(), fetcher.disk().cloned());
+            let (entry, disk) = (entry.clone(), fetcher.tiers().disk().cloned());
             tokio::task::spawn_blocking(move || {
                 if let Some(disk) = disk {
                     disk.preallocate(&entry);
