@@ -102,11 +102,7 @@ fn serve(
         .as_deref()
         .map(crate::metrics_server::bind)
         .transpose()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("modelfs-io")
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = io_runtime()?;
     let store = runtime.block_on(args.volume.connect(&location))?;
 
     let config = MountConfig {
@@ -146,6 +142,15 @@ fn serve(
 
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// The runtime S3 work and background fetches run on.
+pub(crate) fn io_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("modelfs-io")
+        .build()
+        .context("cannot start the async runtime")
 }
 
 /// The disk cache at `dir`, if one is configured.

@@ -97,11 +97,7 @@ pub fn run(args: MounterArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(crate::metrics_server::bind)
         .transpose()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("modelfs-io")
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::mount_cmd::io_runtime()?;
     let disk = crate::mount_cmd::open_disk_cache(args.cache_dir.as_deref(), args.cache_size)?;
     let read = ReadConfig {
         memory_cache_bytes: args.memory_cache_size,

@@ -12,7 +12,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -107,16 +106,6 @@ impl Writer<'_> {
             .collect::<Vec<()>>();
         self.runtime.block_on(requests);
     }
-}
-
-fn scrape(addr: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect metrics");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .expect("request");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).expect("response");
-    text
 }
 
 fn value(text: &str, series: &str) -> u64 {
@@ -224,7 +213,7 @@ fn churning_keys_and_200k_lookups_keep_the_inode_table_and_rss_bounded() {
         });
         lookups += stat_generations(&mount, round);
         if round + 1 == WARM_UP_ROUNDS {
-            let text = scrape(&addr);
+            let text = common::scrape_metrics(&addr);
             warm = Some((
                 rss_kib(pid),
                 value(&text, "modelfs_inodes"),
@@ -241,7 +230,7 @@ fn churning_keys_and_200k_lookups_keep_the_inode_table_and_rss_bounded() {
     let (rss_before, inodes_before, daemon_lookups_before, warm_lookups) = warm.expect("warmed up");
     // Forgets are queued by the kernel and may trail the last stats a little.
     std::thread::sleep(Duration::from_millis(200));
-    let text = scrape(&addr);
+    let text = common::scrape_metrics(&addr);
     let rss_after = rss_kib(pid);
     let inodes_after = value(&text, "modelfs_inodes");
     let daemon_lookups = value(&text, "modelfs_fuse_requests_total{op=\"lookup\"}");

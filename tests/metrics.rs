@@ -2,20 +2,8 @@
 
 mod common;
 
-use std::io::{Read, Write};
-
 use common::mount::Mount;
 use common::s3::LocalServer;
-
-fn scrape(addr: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect metrics");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .expect("request");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).expect("response");
-    text
-}
 
 fn value(text: &str, series: &str) -> f64 {
     text.lines()
@@ -52,7 +40,7 @@ fn metrics_count_s3_requests_cache_tiers_and_fuse_reads() {
         ],
     );
     assert!(std::fs::read(m.join("loras/a.safetensors")).expect("read") == data);
-    let text = scrape(&addr);
+    let text = common::scrape_metrics(&addr);
     m.unmount();
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     let gets = value(

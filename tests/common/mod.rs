@@ -86,3 +86,15 @@ pub fn pread(path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
     buf.truncate(done);
     Ok(buf)
 }
+
+/// The text of `GET /metrics` from a mount's `--metrics-addr`.
+pub fn scrape_metrics(addr: &str) -> String {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect metrics");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("response");
+    text
+}
