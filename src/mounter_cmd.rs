@@ -4,11 +4,11 @@
 //! cache handle and one table of downloads in flight, so the plugin can restart freely and
 //! two pods reading the same model share one download.
 
-use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -61,20 +61,16 @@ struct VolumeOptions {
     volume: VolumeArgs,
 }
 
-/// The volumes being served, by a number of our own (a volume id may be published twice).
-#[derive(Debug, Default)]
-struct Volumes {
-    next: u64,
-    serving: BTreeMap<u64, (String, PathBuf)>,
-}
-
 /// What every connection handler needs.
 struct Mounter {
     args: MounterArgs,
     tiers: SharedTiers,
     read: ReadConfig,
     runtime: Handle,
-    volumes: Mutex<Volumes>,
+    /// Sessions started so far (names their threads).
+    started: AtomicU64,
+    /// Sessions running now.
+    serving: AtomicUsize,
 }
 
 /// Runs the mounter until it is killed.
@@ -112,7 +108,8 @@ pub fn run(args: MounterArgs) -> anyhow::Result<()> {
         tiers,
         read,
         runtime: runtime.handle().clone(),
-        volumes: Mutex::default(),
+        started: AtomicU64::new(0),
+        serving: AtomicUsize::new(0),
     });
     tracing::info!(
         "mounter ready on {} (memory budget {} MiB, disk cache {})",
@@ -183,20 +180,12 @@ impl Mounter {
             fuse_threads: 4,
         };
         let session = serve_fd(&config, store, &self.tiers, self.runtime.clone(), fd)?;
-        let number = {
-            let mut volumes = self.volumes.lock().unwrap_or_else(|e| e.into_inner());
-            volumes.next += 1;
-            let number = volumes.next;
-            volumes
-                .serving
-                .insert(number, (handoff.volume_id.clone(), handoff.target.clone()));
-            number
-        };
+        let number = self.started.fetch_add(1, Ordering::Relaxed) + 1;
+        let serving = self.serving.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::info!(
             volume = %handoff.volume_id,
-            "serving {location} at {} ({} volumes)",
-            handoff.target.display(),
-            self.volume_count()
+            "serving {location} at {} ({serving} volumes)",
+            handoff.target.display()
         );
         let this = self.clone();
         std::thread::Builder::new()
@@ -204,17 +193,12 @@ impl Mounter {
             .spawn(move || {
                 let span = tracing::info_span!("volume", id = %handoff.volume_id);
                 let result = span.in_scope(|| session.run());
-                this.volumes
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .serving
-                    .remove(&number);
+                let serving = this.serving.fetch_sub(1, Ordering::Relaxed) - 1;
                 match result {
                     Ok(()) => tracing::info!(
                         volume = %handoff.volume_id,
-                        "unmounted {} ({} volumes)",
-                        handoff.target.display(),
-                        this.volume_count()
+                        "unmounted {} ({serving} volumes)",
+                        handoff.target.display()
                     ),
                     Err(e) => tracing::error!(
                         volume = %handoff.volume_id,
@@ -225,14 +209,6 @@ impl Mounter {
             })
             .context("cannot start the volume's thread")?;
         Ok(())
-    }
-
-    fn volume_count(&self) -> usize {
-        self.volumes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .serving
-            .len()
     }
 }
 

@@ -277,32 +277,6 @@ fn statfs_within(path: &Path, timeout: Duration) -> std::io::Result<()> {
     })
 }
 
-/// Aborts the FUSE connection behind `target` (through fusectl, when it is mounted at
-/// `/sys/fs/fuse/connections`) and detaches the mount lazily; both best effort, and neither
-/// sends a request to the daemon.
-pub fn abort_and_detach(target: &Path) {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let wanted = target.as_os_str().as_bytes();
-    for line in info.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        if fields.len() < 5 || unescape_mountinfo(fields[4]) != wanted {
-            continue;
-        }
-        if let Some(("0", minor)) = fields[2].split_once(':') {
-            let abort = format!("/sys/fs/fuse/connections/{minor}/abort");
-            let _ = std::fs::write(abort, b"1");
-        }
-    }
-    if let Ok(c_path) = CString::new(wanted) {
-        // SAFETY: c_path is a valid NUL-terminated string that outlives the call.
-        unsafe {
-            libc::umount2(c_path.as_ptr(), libc::MNT_DETACH);
-        }
-    }
-}
-
 fn statfs(path: &Path) -> std::io::Result<()> {
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
@@ -488,10 +462,9 @@ mod tests {
     }
 
     #[test]
-    fn probing_and_detaching_plain_directories_is_harmless() {
+    fn probing_and_unmounting_plain_directories_is_harmless() {
         let dir = tempfile::tempdir().unwrap();
         statfs_within(dir.path(), Duration::from_secs(5)).unwrap();
-        abort_and_detach(dir.path());
         assert!(dir.path().is_dir());
         umount(dir.path()).unwrap();
     }

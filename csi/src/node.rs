@@ -360,11 +360,7 @@ impl<M: Mounter> NodeServer<M> {
         Ok(())
     }
 
-    fn unmount_all(&self, target: &Path) -> Result<(), NodeError> {
-        Ok(self.unmount_all_mounts(target)?)
-    }
-
-    fn unmount_all_mounts(&self, target: &Path) -> Result<(), MountError> {
+    fn unmount_all(&self, target: &Path) -> Result<(), MountError> {
         for _ in 0..MAX_STACKED_MOUNTS {
             if self.mounter.mount_state(target)? == MountState::NotMounted {
                 return Ok(());
@@ -420,7 +416,7 @@ impl<M: Mounter> NodeServer<M> {
                     }
                     self.mounter
                         .check_ready()
-                        .and_then(|()| self.unmount_all_mounts(&target))
+                        .and_then(|()| self.unmount_all(&target))
                         .and_then(|()| self.mounter.mount(&record.volume_id, &record.spec, &target))
                 }
                 Err(e) => Err(e),

@@ -21,7 +21,7 @@ use modelfs_csi::proto::volume_capability::{
 use tonic::transport::Channel;
 use tonic::Code;
 
-use super::mount::{is_mounted, modelfs_bin, s3_env};
+use super::mount::{modelfs_bin, s3_env};
 use super::s3::LocalServer;
 
 pub const BUCKET: &str = "models";
@@ -467,7 +467,6 @@ impl Drop for Node {
                 .arg(&mount)
                 .stderr(Stdio::null())
                 .status();
-            let _ = is_mounted(&mount);
         }
     }
 }
