@@ -103,7 +103,7 @@ fn serve(
         .map(crate::metrics_server::bind)
         .transpose()?;
     let runtime = io_runtime()?;
-    let store = runtime.block_on(args.volume.connect(&location))?;
+    let store = runtime.block_on(args.volume.connect(&location, None))?;
 
     let config = MountConfig {
         location: location.clone(),

@@ -4,18 +4,20 @@
 //! cache handle and one table of downloads in flight, so the plugin can restart freely and
 //! two pods reading the same model share one download.
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use modelfs_csi::handoff::{self, Listener, Reply, Request, VolumeHandoff};
+use modelfs_csi::handoff::{self, Listener, Reply, Request, VolumeCredentials, VolumeHandoff};
 use modelfs_fs::cache::CacheSize;
 use modelfs_fs::mount::{serve_fd, MountConfig};
 use modelfs_fs::read::{ReadConfig, SharedTiers};
+use modelfs_fs::store::{ProvingStore, ReplaceableCredentials};
 use modelfs_fs::units::parse_size;
 use modelfs_fs::S3Location;
 use tokio::runtime::Handle;
@@ -71,6 +73,16 @@ struct Mounter {
     started: AtomicU64,
     /// Sessions running now.
     serving: AtomicUsize,
+    /// The volumes reading with a pod's credentials, by target: where a refresh goes.
+    pod_volumes: Mutex<HashMap<PathBuf, PodVolume>>,
+}
+
+/// A volume reading with credentials the plugin gave it.
+struct PodVolume {
+    /// The session serving it (a remount at the same target is another one).
+    session: u64,
+    credentials: ReplaceableCredentials,
+    store: Arc<ProvingStore>,
 }
 
 /// Runs the mounter until it is killed.
@@ -110,6 +122,7 @@ pub fn run(args: MounterArgs) -> anyhow::Result<()> {
         runtime: runtime.handle().clone(),
         started: AtomicU64::new(0),
         serving: AtomicUsize::new(0),
+        pod_volumes: Mutex::new(HashMap::new()),
     });
     tracing::info!(
         "mounter ready on {} (memory budget {} MiB, disk cache {})",
@@ -154,6 +167,16 @@ impl Mounter {
                     }
                 }
             }
+            Request::Refresh {
+                target,
+                credentials,
+            } => match self.refresh(&target, &credentials) {
+                Ok(()) => Reply::Ok,
+                Err(e) => {
+                    tracing::warn!("new credentials for {} not taken: {e:#}", target.display());
+                    Reply::Failed(format!("{e:#}"))
+                }
+            },
         };
         if let Err(e) = handoff::write_reply(conn.as_fd(), &reply) {
             tracing::warn!("cannot answer the plugin: {e}");
@@ -168,7 +191,13 @@ impl Mounter {
         let options = VolumeOptions::try_parse_from(&handoff.options)
             .map_err(|e| anyhow::anyhow!("bad volume options: {}", first_line(&e.to_string())))?;
         let volume = options.volume;
-        let store = self.runtime.block_on(volume.connect(&location))?;
+        let credentials = handoff
+            .credentials
+            .as_ref()
+            .map(|given| ReplaceableCredentials::new(&given.to_session()));
+        let store = self
+            .runtime
+            .block_on(volume.connect(&location, credentials.clone()))?;
         let config = MountConfig {
             location: location.clone(),
             mountpoint: handoff.target.clone(),
@@ -179,8 +208,24 @@ impl Mounter {
             passthrough: !self.args.no_passthrough,
             fuse_threads: 4,
         };
-        let session = serve_fd(&config, store, &self.tiers, self.runtime.clone(), fd)?;
+        let session = serve_fd(
+            &config,
+            store.clone(),
+            &self.tiers,
+            self.runtime.clone(),
+            fd,
+        )?;
         let number = self.started.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(credentials) = credentials {
+            self.pod_volumes().insert(
+                handoff.target.clone(),
+                PodVolume {
+                    session: number,
+                    credentials,
+                    store,
+                },
+            );
+        }
         let serving = self.serving.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::info!(
             volume = %handoff.volume_id,
@@ -194,6 +239,15 @@ impl Mounter {
                 let span = tracing::info_span!("volume", id = %handoff.volume_id);
                 let result = span.in_scope(|| session.run());
                 let serving = this.serving.fetch_sub(1, Ordering::Relaxed) - 1;
+                {
+                    let mut pod_volumes = this.pod_volumes();
+                    if pod_volumes
+                        .get(&handoff.target)
+                        .is_some_and(|v| v.session == number)
+                    {
+                        pod_volumes.remove(&handoff.target);
+                    }
+                }
                 match result {
                     Ok(()) => tracing::info!(
                         volume = %handoff.volume_id,
@@ -208,6 +262,32 @@ impl Mounter {
                 }
             })
             .context("cannot start the volume's thread")?;
+        Ok(())
+    }
+}
+
+impl Mounter {
+    fn pod_volumes(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, PodVolume>> {
+        self.pod_volumes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Signs the requests of the pod volume at `target` with `credentials` from now on. What
+    /// the old ones proved is forgotten: the new ones may belong to another role.
+    fn refresh(&self, target: &Path, credentials: &VolumeCredentials) -> anyhow::Result<()> {
+        let pod_volumes = self.pod_volumes();
+        let volume = pod_volumes.get(target).with_context(|| {
+            format!(
+                "no volume with pod credentials is served at {}",
+                target.display()
+            )
+        })?;
+        volume.credentials.replace(&credentials.to_session());
+        volume.store.forget_proofs();
+        tracing::info!(
+            "volume at {} now reads with key {}",
+            target.display(),
+            credentials.access_key_id
+        );
         Ok(())
     }
 }

@@ -37,6 +37,7 @@ impl S3Args {
             force_path_style: self.force_path_style,
             no_sign_request: self.no_sign_request,
             first_byte_timeout: self.first_byte_timeout,
+            credentials: None,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use modelfs_fs::fuse::Ownership;
 use modelfs_fs::mount::check_bucket;
-use modelfs_fs::store::{ObjectStore, ProvingStore, S3Store};
+use modelfs_fs::store::{ProvingStore, ReplaceableCredentials, S3Config, S3Store};
 use modelfs_fs::units::{parse_duration, parse_mode};
 use modelfs_fs::S3Location;
 
@@ -53,15 +53,22 @@ impl VolumeArgs {
     }
 
     /// Connects to the volume's bucket and lists one page of `location` to prove it exists
-    /// and the credentials work. The store remembers, for the metadata TTL, which versions
-    /// these credentials were allowed to read: bytes from the shared tiers reach the volume
-    /// only for those.
-    pub async fn connect(&self, location: &S3Location) -> anyhow::Result<Arc<dyn ObjectStore>> {
-        let s3 = S3Store::connect(&self.s3.config(&location.bucket))
+    /// and the credentials work: `credentials` when given (a pod's), the standard chain
+    /// otherwise. The store remembers, for the metadata TTL, which versions these credentials
+    /// were allowed to read: bytes from the shared tiers reach the volume only for those.
+    pub async fn connect(
+        &self,
+        location: &S3Location,
+        credentials: Option<ReplaceableCredentials>,
+    ) -> anyhow::Result<Arc<ProvingStore>> {
+        let config = S3Config {
+            credentials,
+            ..self.s3.config(&location.bucket)
+        };
+        let s3 = S3Store::connect(&config)
             .await
             .with_stall_timeout(self.stall_timeout);
-        let store: Arc<dyn ObjectStore> =
-            Arc::new(ProvingStore::new(Arc::new(s3), self.metadata_ttl));
+        let store = Arc::new(ProvingStore::new(Arc::new(s3), self.metadata_ttl));
         check_bucket(store.as_ref(), location).await?;
         Ok(store)
     }

@@ -221,15 +221,13 @@ fn eight_volumes_are_served_by_one_mounter_within_one_budget_and_share_downloads
     ]);
     let reference = seed_model(&node, "checkpoints/big.bin", 23, LEN);
 
-    // Four static volumes and four inline ones, on eight pods.
+    // Eight pods: four volumes each used by two pods, and four volumes of one pod each.
     let mut targets = Vec::new();
     for i in 0..8 {
         let target = node.target(&format!("pod-{i}"), "models");
         let mut req = node.request(&format!("vol-{}", i % 4), &target);
-        if i >= 4 {
-            req.volume_id = format!("csi-inline-{i}");
-            req.volume_context
-                .insert("csi.storage.k8s.io/ephemeral".into(), "true".into());
+        if i >= 6 {
+            req.volume_id = format!("vol-single-{i}");
         }
         node.publish_ok(req);
         targets.push(target);

@@ -9,9 +9,7 @@ use std::path::Path;
 
 use common::csi::{code, is_stale, modelfs_processes, mount_count, wait_for, Node, NODE_ID};
 use common::mount::is_mounted;
-use modelfs_csi::proto::volume_capability::{
-    access_mode::Mode, AccessMode, AccessType, BlockVolume, MountVolume,
-};
+use modelfs_csi::proto::volume_capability::{AccessType, BlockVolume};
 use modelfs_csi::proto::{self, node_service_capability};
 use tonic::Code;
 
@@ -241,31 +239,25 @@ fn publish_serves_s3_data_idempotently_at_each_target_and_unpublish_cleans_up() 
 }
 
 #[test]
-fn inline_ephemeral_volume_is_mounted_read_only() {
+fn an_inline_volume_may_not_read_with_the_drivers_credentials() {
     let node = Node::start();
     let target = node.target("pod-e", "models");
-    let mut req = node.request(
-        "csi-5f3d0c1e9a7b4e2f8c6d1a0b9e8f7a6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a",
-        &target,
-    );
-    // Inline volumes arrive as SINGLE_NODE_WRITER, readonly unless the pod says otherwise.
-    req.readonly = false;
-    if let Some(cap) = req.volume_capability.as_mut() {
-        cap.access_mode = Some(AccessMode {
-            mode: Mode::SingleNodeWriter as i32,
-        });
-        cap.access_type = Some(AccessType::Mount(MountVolume::default()));
-    }
+    let mut req = node.request("csi-5f3d0c1e", &target);
     req.volume_context
         .insert("csi.storage.k8s.io/ephemeral".into(), "true".into());
-    req.volume_context
-        .insert("csi.storage.k8s.io/pod.name".into(), "comfyui-0".into());
-    req.volume_context.insert("prefix".into(), "loras/".into());
-    node.publish_ok(req);
-    node.assert_serves(&target, "loras/");
-    assert!(std::fs::write(target.join("x"), b"x").is_err());
-    assert!(std::fs::remove_file(target.join("detail.safetensors")).is_err());
-    node.unpublish("csi-5f3d", &target).expect("unpublish");
+    let status = node
+        .publish(req.clone())
+        .expect_err("driver credentials for an inline volume");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("authenticationSource"),
+        "{status:?}"
+    );
+    // Without the attribute it is a pod volume, and kubelet sent no token for it.
+    req.volume_context.remove("authenticationSource");
+    let status = node.publish(req).expect_err("no token");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("tokenRequests"), "{status:?}");
     assert!(!target.exists());
 }
 

@@ -9,7 +9,9 @@
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use modelfs_fs::store::SessionCredentials;
 
 use nix::sys::socket::{
     accept4, bind, connect, getsockopt, listen, recvmsg, sendmsg, setsockopt, socket, sockopt,
@@ -28,6 +30,13 @@ pub enum Request {
     Ping,
     /// Serve the FUSE connection attached to this message (already mounted at `target`).
     Serve(VolumeHandoff),
+    /// Sign the requests of the volume mounted at `target` with new credentials.
+    Refresh {
+        /// The volume's target, as in its [`VolumeHandoff`].
+        target: PathBuf,
+        /// The new credentials.
+        credentials: VolumeCredentials,
+    },
 }
 
 /// One volume handed to the mounter.
@@ -41,6 +50,46 @@ pub struct VolumeHandoff {
     pub source: String,
     /// The volume's `modelfs mount` options (validated by the plugin, checked again there).
     pub options: Vec<String>,
+    /// The pod's credentials (`authenticationSource: pod`); `None`: the mounter's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<VolumeCredentials>,
+}
+
+/// Temporary credentials for one volume, as they travel over the socket.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeCredentials {
+    /// The access key id.
+    pub access_key_id: String,
+    /// The secret access key.
+    pub secret_access_key: String,
+    /// The session token.
+    pub session_token: String,
+    /// When they expire, in seconds since the Unix epoch.
+    pub expires_unix: u64,
+}
+
+impl VolumeCredentials {
+    /// When they expire.
+    pub fn expires(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(self.expires_unix)
+    }
+
+    /// The same credentials as the S3 store takes them.
+    pub fn to_session(&self) -> SessionCredentials {
+        SessionCredentials {
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            session_token: self.session_token.clone(),
+            expires: self.expires(),
+        }
+    }
+}
+
+impl std::fmt::Debug for VolumeCredentials {
+    // The secret and the token never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.to_session().fmt(f)
+    }
 }
 
 /// The mounter's answer.
@@ -108,6 +157,19 @@ impl MounterClient {
     /// serves it or says why not.
     pub fn serve(&self, volume: VolumeHandoff, fuse: BorrowedFd<'_>) -> Result<(), HandoffError> {
         self.exchange(&Request::Serve(volume), Some(fuse))
+    }
+
+    /// Replaces the credentials of the volume served at `target`.
+    pub fn refresh(
+        &self,
+        target: &Path,
+        credentials: VolumeCredentials,
+    ) -> Result<(), HandoffError> {
+        let request = Request::Refresh {
+            target: target.to_path_buf(),
+            credentials,
+        };
+        self.exchange(&request, None)
     }
 
     fn exchange(&self, request: &Request, fd: Option<BorrowedFd<'_>>) -> Result<(), HandoffError> {
@@ -317,6 +379,9 @@ mod tests {
             let Request::Serve(volume) = request else {
                 panic!("expected Serve")
             };
+            let credentials = volume.credentials.as_ref().expect("credentials");
+            assert_eq!(credentials.access_key_id, "ASIAKEY");
+            assert_eq!(credentials.session_token, "the-token");
             let mut file = std::fs::File::from(fd.expect("a descriptor"));
             let mut text = String::new();
             std::io::Read::read_to_string(&mut file, &mut text).unwrap();
@@ -337,12 +402,41 @@ mod tests {
                     target: "/t".into(),
                     source: "s3://b/".into(),
                     options: vec![],
+                    credentials: Some(credentials()),
                 },
                 file.as_fd(),
             )
             .unwrap_err();
         assert_eq!(err.to_string(), "vol-1 through the socket");
         server.join().unwrap();
+    }
+
+    fn credentials() -> VolumeCredentials {
+        VolumeCredentials {
+            access_key_id: "ASIAKEY".into(),
+            secret_access_key: "the-secret".into(),
+            session_token: "the-token".into(),
+            expires_unix: 2_000_000_000,
+        }
+    }
+
+    #[test]
+    fn requests_print_without_secrets_and_old_handoffs_carry_none() {
+        let request = Request::Refresh {
+            target: "/t".into(),
+            credentials: credentials(),
+        };
+        let text = format!("{request:?}");
+        assert!(text.contains("ASIAKEY"), "{text}");
+        assert!(
+            !text.contains("the-secret") && !text.contains("the-token"),
+            "{text}"
+        );
+        let old = r#"{"Serve":{"volume_id":"v","target":"/t","source":"s3://b/","options":[]}}"#;
+        let Request::Serve(volume) = serde_json::from_str(old).unwrap() else {
+            panic!("expected Serve")
+        };
+        assert_eq!(volume.credentials, None);
     }
 
     #[test]

@@ -17,6 +17,9 @@
 //! - [`mounter`]: the edge to the OS: mounts a FUSE connection at the target and hands it to
 //!   the node's `modelfs mounter` ([`handoff`] is that socket's protocol), unmounts, and
 //!   reads mountinfo; plus a fake for unit tests.
+//! - [`pod_identity`] and [`pod_credentials`]: the pod's service-account token in a volume's
+//!   context, exchanged with STS for the role its service account names
+//!   (`authenticationSource: pod`, the default).
 //! - [`state`]: one record per published target, so publish stays idempotent across plugin
 //!   restarts and dead mounts can be repaired (at start-up and every few seconds).
 //! - [`server`]: the socket and the tonic server; [`client`]: a channel to it (tests, tools).
@@ -26,8 +29,9 @@
 //! Every volume of a node is served by one long-lived `modelfs mounter` process, which holds
 //! the FUSE sessions, one memory budget and the disk cache: the plugin can be restarted or
 //! upgraded without touching a mount, and pods on the same node share each other's
-//! downloads. Credentials are those of the mounter process (its service account through IRSA
-//! or EKS Pod Identity).
+//! downloads. A volume reads with its pod's credentials, handed to the mounter with the
+//! volume, or, where a PersistentVolume says `authenticationSource: driver`, with the
+//! mounter's own (its service account through IRSA or EKS Pod Identity).
 
 #![warn(missing_docs)]
 
@@ -37,6 +41,8 @@ pub mod handoff;
 pub mod identity;
 pub mod mounter;
 pub mod node;
+pub mod pod_credentials;
+pub mod pod_identity;
 pub mod proto;
 pub mod server;
 pub mod state;
@@ -78,6 +84,10 @@ pub struct CsiArgs {
     /// Default: refused.
     #[arg(long)]
     pub allow_unsigned: bool,
+    /// STS endpoint for `authenticationSource: pod` volumes (default: AWS STS in the
+    /// volume's region, else `AWS_REGION`).
+    #[arg(long, value_name = "URL")]
+    pub sts_endpoint_url: Option<String>,
     /// Log filter: error, warn, info, debug, trace, or per-module directives.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -111,22 +121,28 @@ pub fn run(args: CsiArgs) -> anyhow::Result<()> {
     };
     let state = state::StateStore::open(&state_dir)?;
     let mounter = mounter::HandoffMounter::new(server::socket_path(&args.mounter_socket)?);
-    let node = Arc::new(node::NodeServer::new(
-        node::NodeConfig {
-            node_id: args.node_id.clone(),
-            kubelet_dir: args.kubelet_dir.clone(),
-            endpoints: endpoints.clone(),
-        },
-        Arc::new(mounter),
-        state,
-    ));
-
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .thread_name("modelfs-csi")
         .build()
         .context("cannot start the async runtime")?;
+    let credentials = pod_credentials::StsWebIdentity::new(
+        runtime.handle().clone(),
+        args.sts_endpoint_url.clone(),
+    );
+    let node = Arc::new(
+        node::NodeServer::new(
+            node::NodeConfig {
+                node_id: args.node_id.clone(),
+                kubelet_dir: args.kubelet_dir.clone(),
+                endpoints: endpoints.clone(),
+            },
+            Arc::new(mounter),
+            state,
+        )
+        .with_credential_source(Arc::new(credentials)),
+    );
     runtime.block_on(async {
         let listener = server::bind(&socket)?;
         tracing::info!(

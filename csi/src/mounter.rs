@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::handoff::{HandoffError, MounterClient, VolumeHandoff};
+use crate::handoff::{HandoffError, MounterClient, VolumeCredentials, VolumeHandoff};
 use crate::volume_context::MountSpec;
 
 /// How long the mounter may take to serve a handed-over volume (it lists the bucket first).
@@ -60,6 +60,14 @@ pub enum MountError {
         /// What the mounter said.
         cause: HandoffError,
     },
+    /// The mounter did not take new credentials for a volume.
+    #[error("new credentials for {target} were not taken: {cause}")]
+    Refresh {
+        /// The target.
+        target: PathBuf,
+        /// What the mounter said.
+        cause: HandoffError,
+    },
     /// Unmounting failed.
     #[error("cannot unmount {target}: {message}")]
     UnmountFailed {
@@ -86,8 +94,17 @@ pub trait Mounter: Send + Sync + 'static {
     /// directory.
     fn check_ready(&self) -> Result<(), MountError>;
     /// Mounts `spec` (volume `volume_id`) read-only at `target`, an existing directory with
-    /// nothing mounted on it. On [`MountError::MountFailed`] a dead mount is left there.
-    fn mount(&self, volume_id: &str, spec: &MountSpec, target: &Path) -> Result<(), MountError>;
+    /// nothing mounted on it, reading with `credentials` when given (a pod's) and the
+    /// mounter's own otherwise. On [`MountError::MountFailed`] a dead mount is left there.
+    fn mount(
+        &self,
+        volume_id: &str,
+        spec: &MountSpec,
+        target: &Path,
+        credentials: Option<&VolumeCredentials>,
+    ) -> Result<(), MountError>;
+    /// Makes the volume served at `target` read with `credentials` from now on.
+    fn refresh(&self, target: &Path, credentials: &VolumeCredentials) -> Result<(), MountError>;
     /// Removes the topmost mount at `target` (lazily if it is busy or stale). Not being
     /// mounted is not an error.
     fn unmount(&self, target: &Path) -> Result<(), MountError>;
@@ -121,7 +138,13 @@ impl Mounter for HandoffMounter {
         self.client.ping().map_err(MountError::MounterUnavailable)
     }
 
-    fn mount(&self, volume_id: &str, spec: &MountSpec, target: &Path) -> Result<(), MountError> {
+    fn mount(
+        &self,
+        volume_id: &str,
+        spec: &MountSpec,
+        target: &Path,
+        credentials: Option<&VolumeCredentials>,
+    ) -> Result<(), MountError> {
         use nix::mount::MsFlags;
         self.check_ready()?;
         let kernel = |message: String| MountError::Kernel {
@@ -155,6 +178,7 @@ impl Mounter for HandoffMounter {
             target: target.to_path_buf(),
             source: spec.source.clone(),
             options: spec.options.clone(),
+            credentials: credentials.cloned(),
         };
         // On failure our descriptor closes here, the last one: the kernel aborts the
         // connection and the target answers ENOTCONN.
@@ -164,6 +188,18 @@ impl Mounter for HandoffMounter {
                 source_url: spec.source.clone(),
                 target: target.to_path_buf(),
                 cause,
+            })
+    }
+
+    fn refresh(&self, target: &Path, credentials: &VolumeCredentials) -> Result<(), MountError> {
+        self.client
+            .refresh(target, credentials.clone())
+            .map_err(|cause| match cause {
+                HandoffError::Io { .. } => MountError::MounterUnavailable(cause),
+                _ => MountError::Refresh {
+                    target: target.to_path_buf(),
+                    cause,
+                },
             })
     }
 
@@ -335,6 +371,7 @@ pub mod fake {
     use std::sync::Mutex;
 
     use super::{MountError, MountState, Mounter};
+    use crate::handoff::VolumeCredentials;
     use crate::volume_context::MountSpec;
 
     /// State of the fake.
@@ -350,6 +387,10 @@ pub mod fake {
         pub fail_next_mount: Option<String>,
         /// When set, the mounter is unreachable (`check_ready` and `mount` fail).
         pub unavailable: Option<String>,
+        /// Access key of the credentials each target reads with now (pod volumes).
+        pub credentials: HashMap<PathBuf, String>,
+        /// Number of `refresh` calls.
+        pub refresh_calls: usize,
     }
 
     /// The fake mounter.
@@ -391,6 +432,7 @@ pub mod fake {
             _volume_id: &str,
             spec: &MountSpec,
             target: &Path,
+            credentials: Option<&VolumeCredentials>,
         ) -> Result<(), MountError> {
             self.check_ready()?;
             let mut state = self.state.lock().unwrap();
@@ -406,11 +448,30 @@ pub mod fake {
                 "mount target {target:?} must be a directory"
             );
             state.mount_calls += 1;
+            if let Some(credentials) = credentials {
+                state
+                    .credentials
+                    .insert(target.to_path_buf(), credentials.access_key_id.clone());
+            }
             state
                 .mounts
                 .entry(target.to_path_buf())
                 .or_default()
                 .push((spec.clone(), false));
+            Ok(())
+        }
+
+        fn refresh(
+            &self,
+            target: &Path,
+            credentials: &VolumeCredentials,
+        ) -> Result<(), MountError> {
+            self.check_ready()?;
+            let mut state = self.state.lock().unwrap();
+            state.refresh_calls += 1;
+            state
+                .credentials
+                .insert(target.to_path_buf(), credentials.access_key_id.clone());
             Ok(())
         }
 

@@ -22,10 +22,15 @@
 //!   volumes arrive as SINGLE_NODE_WRITER).
 //! - The plugin creates the target directory and removes it on unpublish. Unpublishing a
 //!   target that is not mounted, or no longer exists, is OK.
+//! - `authenticationSource: pod` volumes read with credentials of the pod's own role
+//!   ([`crate::pod_credentials`]), exchanged at publish and again whenever kubelet's
+//!   republish brings a new token; the mounter swaps them in without a remount. They live in
+//!   this process's memory only: after a plugin restart, a dead pod volume is repaired at its
+//!   next republish, when kubelet brings the token again.
 //! - One operation per target at a time; a second concurrent one gets ABORTED, which kubelet
 //!   retries.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,10 +38,13 @@ use std::sync::{Arc, Mutex};
 use tonic::{Request, Response, Status};
 
 use crate::endpoint_policy::EndpointPolicy;
+use crate::handoff::VolumeCredentials;
 use crate::mounter::{MountError, MountState, Mounter};
+use crate::pod_credentials::{CredentialError, CredentialSource};
+use crate::pod_identity::PodIdentity;
 use crate::proto;
 use crate::state::{Record, StateError, StateStore};
-use crate::volume_context::{MountSpec, VolumeContextError};
+use crate::volume_context::{Authentication, MountSpec, VolumeContextError};
 
 /// At most this many mounts are peeled off one target before giving up (a target normally
 /// has one; a crash loop could stack a few).
@@ -44,6 +52,10 @@ const MAX_STACKED_MOUNTS: usize = 16;
 
 /// How often published targets are checked, and dead mounts repaired, after start-up.
 pub const REPAIR_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Pod credentials are exchanged again when they have less than this left, even without a
+/// new token (kubelet's republish comes every minute or two).
+const CREDENTIALS_MIN_VALIDITY: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// Why a node operation failed. Each variant is one gRPC status code.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +88,9 @@ pub enum NodeError {
     /// The state directory could not be written.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The pod's credentials could not be obtained.
+    #[error(transparent)]
+    Credentials(#[from] CredentialError),
 }
 
 impl NodeError {
@@ -87,7 +102,16 @@ impl NodeError {
             }
             NodeError::AlreadyExists(_) => tonic::Code::AlreadyExists,
             NodeError::Busy(_) => tonic::Code::Aborted,
-            NodeError::Mount(MountError::MounterUnavailable(_)) => tonic::Code::Unavailable,
+            NodeError::Mount(MountError::MounterUnavailable(_))
+            | NodeError::Credentials(CredentialError::Unavailable { .. }) => {
+                tonic::Code::Unavailable
+            }
+            NodeError::Credentials(CredentialError::NoRole { .. }) => {
+                tonic::Code::FailedPrecondition
+            }
+            NodeError::Credentials(CredentialError::Refused { .. }) => {
+                tonic::Code::PermissionDenied
+            }
             NodeError::Mount(_) | NodeError::TargetDir { .. } | NodeError::State(_) => {
                 tonic::Code::Internal
             }
@@ -103,6 +127,8 @@ impl NodeError {
                 | NodeError::VolumeContext(_)
                 | NodeError::AlreadyExists(_)
                 | NodeError::Busy(_)
+                | NodeError::Credentials(CredentialError::NoRole { .. })
+                | NodeError::Credentials(CredentialError::Refused { .. })
         )
     }
 
@@ -129,6 +155,7 @@ impl NodeError {
             NodeError::Mount(MountError::Inspect { .. }) => "the target could not be inspected",
             NodeError::TargetDir { .. } => "the target directory could not be set up",
             NodeError::State(_) => "the plugin could not record the volume",
+            NodeError::Credentials(_) => "the pod's credentials could not be obtained",
             _ => "an internal error",
         };
         Status::new(
@@ -169,6 +196,8 @@ pub struct PublishRequest {
     pub target: PathBuf,
     /// What to mount.
     pub spec: MountSpec,
+    /// The pod, for `authenticationSource: pod` volumes.
+    pub pod: Option<PodIdentity>,
 }
 
 /// What [`NodeServer::repair`] found for each recorded target.
@@ -191,12 +220,46 @@ pub struct NodeServer<M: Mounter> {
     state: StateStore,
     busy: Mutex<HashSet<PathBuf>>,
     ready: AtomicBool,
+    credentials: Arc<dyn CredentialSource>,
+    /// The pod credentials each target was last given, and the digest of the token they
+    /// came from.
+    issued: Mutex<HashMap<PathBuf, Issued>>,
+}
+
+/// Credentials given to one target.
+struct Issued {
+    token_digest: [u8; 32],
+    credentials: VolumeCredentials,
+}
+
+/// The source of a node without pod credentials: every pod volume is refused.
+struct NoCredentialSource;
+
+impl CredentialSource for NoCredentialSource {
+    fn exchange(
+        &self,
+        pod: &PodIdentity,
+        _region: Option<&str>,
+    ) -> Result<VolumeCredentials, CredentialError> {
+        Err(CredentialError::Unavailable {
+            account: pod.describe(),
+            message: "this plugin has no credential source".to_string(),
+        })
+    }
 }
 
 /// Marks a target busy until dropped.
 struct TargetGuard<'a> {
     busy: &'a Mutex<HashSet<PathBuf>>,
     target: PathBuf,
+}
+
+/// Whether credentials last long enough to be handed out again.
+fn lasts(credentials: &VolumeCredentials) -> bool {
+    credentials
+        .expires()
+        .duration_since(std::time::SystemTime::now())
+        .is_ok_and(|left| left >= CREDENTIALS_MIN_VALIDITY)
 }
 
 impl Drop for TargetGuard<'_> {
@@ -215,7 +278,55 @@ impl<M: Mounter> NodeServer<M> {
             state,
             busy: Mutex::new(HashSet::new()),
             ready: AtomicBool::new(false),
+            credentials: Arc::new(NoCredentialSource),
+            issued: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same server, getting pod credentials from `source`.
+    pub fn with_credential_source(mut self, source: Arc<dyn CredentialSource>) -> NodeServer<M> {
+        self.credentials = source;
+        self
+    }
+
+    /// Credentials for `target`'s pod: the ones it was given, while the token is the same and
+    /// they last long enough; otherwise a fresh exchange (`true`: not yet given to the mounter).
+    fn pod_credentials(
+        &self,
+        target: &Path,
+        pod: &PodIdentity,
+        spec: &MountSpec,
+    ) -> Result<(VolumeCredentials, bool), NodeError> {
+        let digest = pod.token_digest();
+        {
+            let issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(given) = issued.get(target) {
+                if given.token_digest == digest && lasts(&given.credentials) {
+                    return Ok((given.credentials.clone(), false));
+                }
+            }
+        }
+        Ok((self.credentials.exchange(pod, spec.region())?, true))
+    }
+
+    fn remember(&self, target: &Path, pod: &PodIdentity, credentials: VolumeCredentials) {
+        let mut issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
+        issued.insert(
+            target.to_path_buf(),
+            Issued {
+                token_digest: pod.token_digest(),
+                credentials,
+            },
+        );
+    }
+
+    /// The credentials `target` was last given, while they last.
+    fn last_issued(&self, target: &Path) -> Option<VolumeCredentials> {
+        let issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
+        issued
+            .get(target)
+            .map(|given| given.credentials.clone())
+            .filter(lasts)
     }
 
     /// The node settings.
@@ -274,11 +385,21 @@ impl<M: Mounter> NodeServer<M> {
     pub fn publish(&self, req: &PublishRequest) -> Result<(), NodeError> {
         let target = &req.target;
         let _guard = self.lock(target)?;
+        let credentials = match &req.pod {
+            Some(pod) => Some(self.pod_credentials(target, pod, &req.spec)?),
+            None => None,
+        };
         match self.mounter.mount_state(target)? {
             MountState::Healthy => {
                 return match self.state.get(target) {
                     Some(r) if r.volume_id == req.volume_id && r.spec == req.spec => {
-                        tracing::info!(volume = %req.volume_id, "already published at {}", target.display());
+                        if let (Some(pod), Some((fresh, true))) = (&req.pod, credentials) {
+                            self.mounter.refresh(target, &fresh)?;
+                            tracing::info!(volume = %req.volume_id, "new credentials for {} at {}", pod.describe(), target.display());
+                            self.remember(target, pod, fresh);
+                        } else {
+                            tracing::debug!(volume = %req.volume_id, "already published at {}", target.display());
+                        }
                         Ok(())
                     }
                     Some(r) if r.volume_id == req.volume_id => Err(NodeError::AlreadyExists(format!(
@@ -313,10 +434,17 @@ impl<M: Mounter> NodeServer<M> {
             path: target.clone(),
             source,
         })?;
-        if let Err(e) = self.mounter.mount(&req.volume_id, &req.spec, target) {
+        let given = credentials.map(|(credentials, _)| credentials);
+        if let Err(e) = self
+            .mounter
+            .mount(&req.volume_id, &req.spec, target, given.as_ref())
+        {
             let _ = self.unmount_all(target);
             let _ = std::fs::remove_dir(target);
             return Err(e.into());
+        }
+        if let (Some(pod), Some(given)) = (&req.pod, given) {
+            self.remember(target, pod, given);
         }
         let record = Record {
             volume_id: req.volume_id.clone(),
@@ -356,6 +484,10 @@ impl<M: Mounter> NodeServer<M> {
             }
         }
         self.state.remove(target)?;
+        self.issued
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(target);
         tracing::info!(volume = %volume_id, "unpublished {}", target.display());
         Ok(())
     }
@@ -414,10 +546,29 @@ impl<M: Mounter> NodeServer<M> {
                         report.failed.push((target, e.to_string()));
                         continue;
                     }
+                    let credentials = match record.spec.authentication {
+                        Authentication::Pod => match self.last_issued(&target) {
+                            Some(credentials) => Some(credentials),
+                            None => {
+                                let why = "no current credentials for the pod: waiting for kubelet to publish it again with the pod's token";
+                                tracing::info!(volume = %record.volume_id, "not remounting {} yet: {why}", target.display());
+                                report.failed.push((target, why.to_string()));
+                                continue;
+                            }
+                        },
+                        _ => None,
+                    };
                     self.mounter
                         .check_ready()
                         .and_then(|()| self.unmount_all(&target))
-                        .and_then(|()| self.mounter.mount(&record.volume_id, &record.spec, &target))
+                        .and_then(|()| {
+                            self.mounter.mount(
+                                &record.volume_id,
+                                &record.spec,
+                                &target,
+                                credentials.as_ref(),
+                            )
+                        })
                 }
                 Err(e) => Err(e),
             };
@@ -485,16 +636,21 @@ pub fn publish_request<M: Mounter>(
     }
     if !req.secrets.is_empty() {
         return Err(NodeError::InvalidArgument(
-            "node-publish secrets are not supported: credentials come from the plugin's service account (IRSA or EKS Pod Identity)".into(),
+            "node-publish secrets are not supported: credentials come from the pod's service account (authenticationSource: pod) or the driver's".into(),
         ));
     }
     let target = server.check_target(&req.target_path)?;
     let spec =
         MountSpec::parse_with_policy(&req.volume_context, mount_flags, &server.config.endpoints)?;
+    let pod = match spec.authentication {
+        Authentication::Pod => Some(PodIdentity::from_context(&req.volume_context)?),
+        Authentication::Driver | Authentication::Unsigned => None,
+    };
     Ok(PublishRequest {
         volume_id: req.volume_id.clone(),
         target,
         spec,
+        pod,
     })
 }
 
@@ -577,12 +733,16 @@ impl<M: Mounter> proto::node_server::Node for NodeService<M> {
 mod tests {
     use super::*;
     use crate::mounter::fake::FakeMounter;
-    use crate::volume_context::{BUCKET, ENDPOINT_URL, EPHEMERAL, NO_SIGN_REQUEST, PREFIX};
+    use crate::pod_identity::{POD_NAMESPACE, SERVICE_ACCOUNT_NAME, SERVICE_ACCOUNT_TOKENS};
+    use crate::volume_context::{
+        AUTHENTICATION_SOURCE, BUCKET, ENDPOINT_URL, EPHEMERAL, NO_SIGN_REQUEST, PREFIX,
+    };
     use proto::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
 
     struct Fixture {
         server: Arc<NodeServer<FakeMounter>>,
         mounter: Arc<FakeMounter>,
+        credentials: Arc<FakeCredentials>,
         pods: PathBuf,
         state_dir: PathBuf,
         _dir: tempfile::TempDir,
@@ -601,18 +761,23 @@ mod tests {
         std::fs::create_dir_all(&pods).unwrap();
         let state_dir = dir.path().join("state");
         let mounter = Arc::new(FakeMounter::default());
-        let server = Arc::new(NodeServer::new(
-            NodeConfig {
-                node_id: "node-1".into(),
-                kubelet_dir: pods.clone(),
-                endpoints: policy(),
-            },
-            mounter.clone(),
-            StateStore::open(&state_dir).unwrap(),
-        ));
+        let credentials = Arc::new(FakeCredentials::default());
+        let server = Arc::new(
+            NodeServer::new(
+                NodeConfig {
+                    node_id: "node-1".into(),
+                    kubelet_dir: pods.clone(),
+                    endpoints: policy(),
+                },
+                mounter.clone(),
+                StateStore::open(&state_dir).unwrap(),
+            )
+            .with_credential_source(credentials.clone()),
+        );
         Fixture {
             server,
             mounter,
+            credentials,
             pods,
             state_dir,
             _dir: dir,
@@ -630,9 +795,130 @@ mod tests {
                 }),
             }),
             readonly: true,
-            volume_context: [(BUCKET.to_string(), bucket.to_string())].into(),
+            volume_context: [
+                (BUCKET.to_string(), bucket.to_string()),
+                (AUTHENTICATION_SOURCE.to_string(), "driver".to_string()),
+            ]
+            .into(),
             ..Default::default()
         }
+    }
+
+    /// STS in a box: each exchange issues key `KEY-<token>-<n>`; the roles of service
+    /// accounts named `norole` are missing and those named `refused` are refused.
+    #[derive(Default)]
+    struct FakeCredentials {
+        exchanges: Mutex<usize>,
+    }
+
+    impl CredentialSource for FakeCredentials {
+        fn exchange(
+            &self,
+            pod: &PodIdentity,
+            _region: Option<&str>,
+        ) -> Result<VolumeCredentials, CredentialError> {
+            let account = pod.describe();
+            match pod.service_account.as_str() {
+                "norole" => return Err(CredentialError::NoRole { account }),
+                "refused" => {
+                    return Err(CredentialError::Refused {
+                        role: "arn:aws:iam::1:role/r".into(),
+                        account,
+                        message: "AccessDenied: not trusted".into(),
+                    })
+                }
+                _ => {}
+            }
+            let mut exchanges = self.exchanges.lock().unwrap();
+            *exchanges += 1;
+            Ok(VolumeCredentials {
+                access_key_id: format!("KEY-{}-{}", pod.token(), *exchanges),
+                secret_access_key: "secret".into(),
+                session_token: "session".into(),
+                expires_unix: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs()
+                    + 3600,
+            })
+        }
+    }
+
+    /// An inline volume of pod `account` in namespace `ns` with `token`.
+    fn pod_request(target: &Path, account: &str, token: &str) -> proto::NodePublishVolumeRequest {
+        let mut req = request("csi-inline", target, "models");
+        req.volume_context.remove(AUTHENTICATION_SOURCE);
+        req.volume_context.insert(EPHEMERAL.into(), "true".into());
+        req.volume_context.insert(POD_NAMESPACE.into(), "ns".into());
+        req.volume_context
+            .insert(SERVICE_ACCOUNT_NAME.into(), account.into());
+        req.volume_context.insert(
+            SERVICE_ACCOUNT_TOKENS.into(),
+            format!(r#"{{"sts.amazonaws.com":{{"token":"{token}"}}}}"#),
+        );
+        req
+    }
+
+    #[test]
+    fn pod_volumes_get_their_pods_credentials_and_a_new_token_refreshes_them() {
+        let f = fixture();
+        let target = f.pods.join("pod-p/mount");
+        publish(&f, &pod_request(&target, "sa", "tok1")).unwrap();
+        let key = |f: &Fixture| f.mounter.state.lock().unwrap().credentials[&target].clone();
+        assert_eq!(key(&f), "KEY-tok1-1");
+        // Kubelet's republish with the same token: nothing to do.
+        publish(&f, &pod_request(&target, "sa", "tok1")).unwrap();
+        assert_eq!(*f.credentials.exchanges.lock().unwrap(), 1);
+        assert_eq!(f.mounter.state.lock().unwrap().refresh_calls, 0);
+        // A new token: a new exchange, handed to the mounter without a remount.
+        publish(&f, &pod_request(&target, "sa", "tok2")).unwrap();
+        assert_eq!(key(&f), "KEY-tok2-2");
+        assert_eq!(f.mounter.state.lock().unwrap().refresh_calls, 1);
+        assert_eq!(f.mounter.state.lock().unwrap().mount_calls, 1);
+        // The mounter died: the repair pass remounts with the credentials it holds.
+        f.mounter.make_stale(&target);
+        let report = f.server.repair();
+        assert_eq!(report.remounted, vec![target.clone()]);
+        assert_eq!(key(&f), "KEY-tok2-2");
+        // A plugin that has not seen the pod's token since it started waits for kubelet.
+        let restarted = NodeServer::new(
+            f.server.config().clone(),
+            f.mounter.clone(),
+            StateStore::open(&f.state_dir).unwrap(),
+        );
+        f.mounter.make_stale(&target);
+        let report = restarted.repair();
+        assert!(report.remounted.is_empty());
+        assert_eq!(report.failed.len(), 1, "{report:?}");
+        assert!(report.failed[0].1.contains("pod's token"), "{report:?}");
+        // Unpublish forgets the credentials.
+        f.server.unpublish("csi-inline", &target).unwrap();
+        assert!(f.server.last_issued(&target).is_none());
+    }
+
+    #[test]
+    fn pods_without_a_role_or_refused_by_sts_are_told_why_and_nothing_is_mounted() {
+        let f = fixture();
+        let target = f.pods.join("pod-n/mount");
+        let err = publish(&f, &pod_request(&target, "norole", "tok1")).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        let status = err.status("publishing", "csi-inline", None);
+        assert!(
+            status.message().contains("eks.amazonaws.com/role-arn"),
+            "{status:?}"
+        );
+        let err = publish(&f, &pod_request(&target, "refused", "tok1")).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert_eq!(f.mounter.depth(&target), 0);
+        assert!(!target.exists());
+        // The driver's credentials are for PersistentVolumes only.
+        let mut inline_driver = pod_request(&target, "sa", "tok1");
+        inline_driver
+            .volume_context
+            .insert(AUTHENTICATION_SOURCE.into(), "driver".into());
+        let err = publish(&f, &inline_driver).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.to_string().contains(AUTHENTICATION_SOURCE), "{err}");
     }
 
     fn publish(f: &Fixture, req: &proto::NodePublishVolumeRequest) -> Result<(), NodeError> {
@@ -865,7 +1151,7 @@ mod tests {
     fn inline_ephemeral_writer_requests_are_mounted_read_only() {
         let f = fixture();
         let target = f.pods.join("pod-b/mount");
-        let mut req = request("csi-0123", &target, "models");
+        let mut req = pod_request(&target, "sa", "tok1");
         req.readonly = false;
         req.volume_capability.as_mut().unwrap().access_mode = Some(AccessMode {
             mode: Mode::SingleNodeWriter as i32,

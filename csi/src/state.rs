@@ -147,6 +147,7 @@ impl StateStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::volume_context::Authentication;
 
     fn record(target: &str, volume: &str) -> Record {
         Record {
@@ -155,8 +156,17 @@ mod tests {
             spec: MountSpec {
                 source: "s3://models/".to_string(),
                 options: vec![],
+                authentication: Authentication::Pod,
             },
         }
+    }
+
+    #[test]
+    fn records_from_before_authentication_sources_read_as_driver() {
+        let old = r#"{"source":"s3://models/","options":["--region","us-west-2"]}"#;
+        let spec: MountSpec = serde_json::from_str(old).unwrap();
+        assert_eq!(spec.authentication, Authentication::Driver);
+        assert_eq!(spec.region(), Some("us-west-2"));
     }
 
     #[test]

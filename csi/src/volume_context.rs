@@ -17,6 +17,14 @@
 //! | `forcePathStyle` | no       | `true` / `false`        | `--force-path-style`          |
 //! | `noSignRequest`  | no       | `true` / `false`        | `--no-sign-request`           |
 //! | `metadataTtl`    | no       | `30s`, `5m`, `500ms`    | `--metadata-ttl`              |
+//! | `authenticationSource` | no | `pod` / `driver`      | (whose credentials sign)      |
+//!
+//! `authenticationSource` says whose credentials read the bucket: `pod` (the default) means
+//! the role named on the pod's service account, obtained with the pod's own token
+//! ([`crate::pod_identity`]); `driver` means the node mounter's role, and only a
+//! PersistentVolume (written by a cluster admin) may choose it: an inline volume (written by
+//! whoever may create pods) that asks for `driver` is refused. An unsigned volume
+//! (`noSignRequest`) uses no credentials and takes no `authenticationSource`.
 //!
 //! `endpointUrl` and `noSignRequest: "true"` must also be allowed by the plugin's
 //! [`EndpointPolicy`] (`--allowed-endpoints`, `--allow-unsigned`; by default neither is):
@@ -62,13 +70,15 @@ pub const FORCE_PATH_STYLE: &str = "forcePathStyle";
 pub const NO_SIGN_REQUEST: &str = "noSignRequest";
 /// Attribute: how long listings and attributes are trusted (`30s`, `5m`, ...).
 pub const METADATA_TTL: &str = "metadataTtl";
+/// Attribute: whose credentials read the bucket, `pod` (default) or `driver`.
+pub const AUTHENTICATION_SOURCE: &str = "authenticationSource";
 /// Prefix of the keys kubelet adds to the volume context; accepted and ignored.
 pub const KUBELET_KEY_PREFIX: &str = "csi.storage.k8s.io/";
 /// Kubelet's key saying whether the volume is an inline ephemeral one.
 pub const EPHEMERAL: &str = "csi.storage.k8s.io/ephemeral";
 
 /// Every attribute key this driver understands, in table order.
-pub const ATTRIBUTES: [&str; 7] = [
+pub const ATTRIBUTES: [&str; 8] = [
     BUCKET,
     PREFIX,
     REGION,
@@ -76,7 +86,22 @@ pub const ATTRIBUTES: [&str; 7] = [
     FORCE_PATH_STYLE,
     NO_SIGN_REQUEST,
     METADATA_TTL,
+    AUTHENTICATION_SOURCE,
 ];
+
+/// Whose credentials sign a volume's requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Authentication {
+    /// The node mounter's own (its service account's role). Records written before
+    /// `authenticationSource` existed were all of this kind.
+    #[default]
+    Driver,
+    /// The role on the pod's service account, for the pod's token.
+    Pod,
+    /// None: unsigned requests (`noSignRequest`).
+    Unsigned,
+}
 
 /// Mount flag: owner uid of every file.
 pub const FLAG_UID: &str = "uid";
@@ -154,6 +179,9 @@ pub struct MountSpec {
     pub source: String,
     /// `modelfs mount` options in a fixed order, e.g. `["--region", "us-west-2"]`.
     pub options: Vec<String>,
+    /// Whose credentials sign its requests.
+    #[serde(default)]
+    pub authentication: Authentication,
 }
 
 impl MountSpec {
@@ -219,10 +247,13 @@ impl MountSpec {
         if parse_bool(FORCE_PATH_STYLE, get(FORCE_PATH_STYLE))? {
             options.push("--force-path-style".to_string());
         }
-        if parse_bool(NO_SIGN_REQUEST, get(NO_SIGN_REQUEST))? {
+        let unsigned = parse_bool(NO_SIGN_REQUEST, get(NO_SIGN_REQUEST))?;
+        if unsigned {
             check_unsigned(policy)?;
             options.push(OPTION_NO_SIGN_REQUEST.to_string());
         }
+        let inline = get(EPHEMERAL) == Some("true");
+        let authentication = parse_authentication(get(AUTHENTICATION_SOURCE), unsigned, inline)?;
         if let Some(ttl) = get(METADATA_TTL) {
             parse_duration(ttl).map_err(|reason| invalid(METADATA_TTL, ttl, &reason))?;
             options.extend(["--metadata-ttl".to_string(), ttl.to_string()]);
@@ -231,7 +262,14 @@ impl MountSpec {
         Ok(MountSpec {
             source: format!("s3://{bucket}/{prefix}"),
             options,
+            authentication,
         })
+    }
+
+    /// The region the volume names, if any.
+    pub fn region(&self) -> Option<&str> {
+        let at = self.options.iter().position(|o| o == "--region")?;
+        self.options.get(at + 1).map(String::as_str)
     }
 
     /// Checks an already built spec (a recorded one, about to be remounted) against
@@ -283,6 +321,38 @@ fn check_unsigned(policy: &EndpointPolicy) -> Result<(), VolumeContextError> {
 
 /// Maps mount flags onto `modelfs mount` options, in a canonical order (so the same set of
 /// flags in another order is the same spec). A flag given twice is refused.
+fn parse_authentication(
+    value: Option<&str>,
+    unsigned: bool,
+    inline: bool,
+) -> Result<Authentication, VolumeContextError> {
+    let refuse = |value: &str, reason: &str| VolumeContextError::NotAllowed {
+        key: AUTHENTICATION_SOURCE,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    };
+    match (value, unsigned) {
+        (None, true) => Ok(Authentication::Unsigned),
+        (Some(value), true) => Err(VolumeContextError::InvalidAttribute {
+            key: AUTHENTICATION_SOURCE,
+            value: value.to_string(),
+            reason: "an unsigned volume (noSignRequest) uses no credentials".to_string(),
+        }),
+        (None | Some("pod"), false) => Ok(Authentication::Pod),
+        (Some("driver"), false) if inline => Err(refuse(
+            "driver",
+            "an inline volume reads with its pod's own credentials; only a PersistentVolume \
+             may use the driver's",
+        )),
+        (Some("driver"), false) => Ok(Authentication::Driver),
+        (Some(other), false) => Err(VolumeContextError::InvalidAttribute {
+            key: AUTHENTICATION_SOURCE,
+            value: other.to_string(),
+            reason: "expected pod or driver".to_string(),
+        }),
+    }
+}
+
 fn parse_mount_flags(flags: &[String]) -> Result<Vec<String>, VolumeContextError> {
     let allowed = || {
         let mut all = vec![
@@ -431,6 +501,46 @@ mod tests {
         let spec = MountSpec::parse(&context(&[(BUCKET, "models")]), &[]).unwrap();
         assert_eq!(spec.source, "s3://models/");
         assert!(spec.options.is_empty());
+        assert_eq!(spec.authentication, Authentication::Pod);
+    }
+
+    #[test]
+    fn only_a_persistent_volume_may_read_with_the_drivers_credentials() {
+        let parse = |pairs: &[(&str, &str)]| {
+            MountSpec::parse_with_policy(&context(pairs), &[], &permissive())
+        };
+        let static_driver = parse(&[(BUCKET, "models"), (AUTHENTICATION_SOURCE, "driver")]);
+        assert_eq!(
+            static_driver.unwrap().authentication,
+            Authentication::Driver
+        );
+        let inline = [(BUCKET, "models"), (EPHEMERAL, "true")];
+        assert_eq!(parse(&inline).unwrap().authentication, Authentication::Pod);
+        let inline_driver = parse(&[
+            (BUCKET, "models"),
+            (EPHEMERAL, "true"),
+            (AUTHENTICATION_SOURCE, "driver"),
+        ]);
+        assert!(matches!(
+            inline_driver,
+            Err(VolumeContextError::NotAllowed {
+                key: AUTHENTICATION_SOURCE,
+                ..
+            })
+        ));
+        let unknown = parse(&[(BUCKET, "models"), (AUTHENTICATION_SOURCE, "node")]);
+        assert!(matches!(
+            unknown,
+            Err(VolumeContextError::InvalidAttribute { .. })
+        ));
+        let unsigned = parse(&[(BUCKET, "models"), (NO_SIGN_REQUEST, "true")]);
+        assert_eq!(unsigned.unwrap().authentication, Authentication::Unsigned);
+        let unsigned_pod = parse(&[
+            (BUCKET, "models"),
+            (NO_SIGN_REQUEST, "true"),
+            (AUTHENTICATION_SOURCE, "pod"),
+        ]);
+        assert!(unsigned_pod.is_err());
     }
 
     /// A policy allowing the local test endpoint and unsigned volumes.

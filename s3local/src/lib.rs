@@ -45,7 +45,7 @@ pub mod store;
 
 mod encoding;
 
-pub use access::ReadOnlyUser;
+pub use access::{IssuedSession, ReadOnlyUser, SessionIssuer};
 pub use faults::{Fault, FaultStats, Faults, Rule, Trigger};
 pub use models::{
     parse_safetensors_header, seed_comfy_tree, write_safetensors, ComfyTree, SafetensorsSpec,

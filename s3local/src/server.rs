@@ -16,7 +16,7 @@ use s3s::service::S3Service;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::access::ReadOnlyUser;
+use crate::access::{ReadOnlyUser, SessionIssuer};
 use crate::faults::Faults;
 use crate::service::LocalS3Service;
 use crate::shaping::Shaping;
@@ -46,6 +46,8 @@ pub struct LocalS3Config {
     pub shaping: Shaping,
     /// Users besides the owner, each limited to reading its prefixes (none by default).
     pub readers: Vec<ReadOnlyUser>,
+    /// An STS whose temporary credentials are honoured (none by default).
+    pub sessions: Option<Arc<dyn SessionIssuer>>,
 }
 
 impl LocalS3Config {
@@ -67,6 +69,7 @@ impl LocalS3Config {
             region: Self::DEFAULT_REGION.to_string(),
             shaping: Shaping::default(),
             readers: Vec::new(),
+            sessions: None,
         }
     }
 }
@@ -92,6 +95,7 @@ impl LocalS3 {
             &config.access_key,
             &config.secret_key,
             &config.readers,
+            config.sessions.clone(),
         );
 
         let listener = std::net::TcpListener::bind(config.bind)?;

@@ -169,6 +169,9 @@ pub struct Node {
     pub root: tempfile::TempDir,
     pub mounter: Option<Container>,
     pub mounter_args: Vec<String>,
+    /// Extra `modelfs csi` flags and environment.
+    pub driver_args: Vec<String>,
+    pub driver_env: Vec<(String, String)>,
     pub driver: Option<Container>,
     pub runtime: tokio::runtime::Runtime,
     identity: Option<IdentityClient<Channel>>,
@@ -183,6 +186,16 @@ impl Node {
 
     /// Like [`Node::start`], with extra `modelfs mounter` flags.
     pub fn start_with(mounter_args: &[&str]) -> Node {
+        Node::start_configured(mounter_args, &[], &[])
+    }
+
+    /// Like [`Node::start`], with extra `modelfs mounter` flags, and extra `modelfs csi`
+    /// flags and environment.
+    pub fn start_configured(
+        mounter_args: &[&str],
+        driver_args: &[&str],
+        driver_env: &[(&str, &str)],
+    ) -> Node {
         let s3 = LocalServer::start(BUCKET);
         for (key, seed, len) in OBJECTS {
             s3.store()
@@ -200,6 +213,11 @@ impl Node {
             root,
             mounter: None,
             mounter_args: mounter_args.iter().map(|a| a.to_string()).collect(),
+            driver_args: driver_args.iter().map(|a| a.to_string()).collect(),
+            driver_env: driver_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             driver: None,
             runtime,
             identity: None,
@@ -296,7 +314,9 @@ impl Node {
             .arg(format!("unix://{}", self.mounter_socket().display()))
             // The local S3 server is the only endpoint volumes may name.
             .arg("--allowed-endpoints")
-            .arg(&self.s3.endpoint.url);
+            .arg(&self.s3.endpoint.url)
+            .args(&self.driver_args)
+            .envs(self.driver_env.iter().map(|(k, v)| (k, v)));
         let socket = self.socket();
         let _ = std::fs::remove_file(&socket);
         let mut driver = Container::start(cmd, &self.root.path().join("driver.log"));
@@ -357,7 +377,8 @@ impl Node {
         self.identity.clone().expect("connected")
     }
 
-    /// The attributes of a PV for the test bucket at `prefix`.
+    /// The attributes of a PV for the test bucket at `prefix`, read with the mounter's
+    /// credentials (`authenticationSource: driver`, as an admin's PV may choose).
     pub fn attributes(&self, prefix: &str) -> HashMap<String, String> {
         let e = &self.s3.endpoint;
         [
@@ -367,6 +388,7 @@ impl Node {
             ("region", e.region.as_str()),
             ("forcePathStyle", "true"),
             ("metadataTtl", "5s"),
+            ("authenticationSource", "driver"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-use modelfs_s3local::{FileStore, LocalS3, LocalS3Config, ReadOnlyUser};
+use modelfs_s3local::{FileStore, LocalS3, LocalS3Config, ReadOnlyUser, SessionIssuer};
 
 /// How to reach an S3 endpoint.
 #[derive(Clone, Debug)]
@@ -37,9 +37,19 @@ impl LocalServer {
     /// Starts a server with one empty bucket and, besides its owner, `readers` who may list
     /// and read only keys under their prefixes.
     pub fn start_with_readers(bucket: &str, readers: Vec<ReadOnlyUser>) -> LocalServer {
+        LocalServer::start_configured(bucket, |config| config.readers = readers)
+    }
+
+    /// Starts a server with one empty bucket that also honours the temporary credentials
+    /// `sessions` issued.
+    pub fn start_with_sessions(bucket: &str, sessions: Arc<dyn SessionIssuer>) -> LocalServer {
+        LocalServer::start_configured(bucket, |config| config.sessions = Some(sessions))
+    }
+
+    fn start_configured(bucket: &str, configure: impl FnOnce(&mut LocalS3Config)) -> LocalServer {
         let root = tempfile::tempdir().expect("tempdir");
         let mut config = LocalS3Config::new(root.path());
-        config.readers = readers;
+        configure(&mut config);
         let server = LocalS3::start(config).expect("start local S3");
         server.store().create_bucket(bucket).expect("create bucket");
         let endpoint = Endpoint {

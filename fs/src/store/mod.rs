@@ -4,6 +4,7 @@
 //! can be tested against [`MemoryStore`], and end-to-end tests use [`S3Store`] against a real
 //! S3 protocol server.
 
+mod credentials;
 mod error;
 mod memory;
 mod origin;
@@ -17,6 +18,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use credentials::{ReplaceableCredentials, SessionCredentials};
 pub use error::StoreError;
 pub use memory::MemoryStore;
 pub use origin::{normalize_endpoint, StoreOrigin};

@@ -37,6 +37,12 @@ impl ProvingStore {
         }
     }
 
+    /// Forgets every proof: the volume's credentials were replaced, and what the old ones
+    /// could read says nothing about the new ones.
+    pub fn forget_proofs(&self) {
+        self.proofs.invalidate_all();
+    }
+
     fn proved(&self, key: &str, etag: &str) {
         self.proofs.insert((key.to_string(), etag.to_string()), ());
     }
@@ -118,6 +124,9 @@ mod tests {
         assert!(!store.proves_read("m/b.safetensors", &etag));
         let info = store.head("m/b.safetensors").await.unwrap();
         assert!(store.proves_read("m/b.safetensors", &info.etag));
+        store.forget_proofs();
+        assert!(!store.proves_read("m/a.safetensors", &etag));
+        assert!(!store.proves_read("m/b.safetensors", &info.etag));
     }
 
     #[tokio::test]

@@ -10,13 +10,15 @@ use async_trait::async_trait;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::{BehaviorVersion, Region};
+use aws_sdk_s3::config::{BehaviorVersion, IdentityCache, Region, SharedCredentialsProvider};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
 use futures::TryFutureExt;
 
-use super::{ListPage, ObjectInfo, ObjectStore, RangeSink, StoreError, StoreOrigin};
+use super::{
+    ListPage, ObjectInfo, ObjectStore, RangeSink, ReplaceableCredentials, StoreError, StoreOrigin,
+};
 use crate::metrics::metrics;
 
 /// How to reach the bucket.
@@ -36,6 +38,9 @@ pub struct S3Config {
     /// included) before it is abandoned and tried again; see
     /// [`S3Config::max_wait_without_answer`].
     pub first_byte_timeout: Duration,
+    /// Credentials given by the caller (a pod's, exchanged by the CSI plugin); `None` takes
+    /// them from the standard chain.
+    pub credentials: Option<ReplaceableCredentials>,
 }
 
 impl Default for S3Config {
@@ -47,6 +52,7 @@ impl Default for S3Config {
             force_path_style: false,
             no_sign_request: false,
             first_byte_timeout: S3Config::DEFAULT_FIRST_BYTE_TIMEOUT,
+            credentials: None,
         }
     }
 }
@@ -153,6 +159,12 @@ impl S3Store {
         }
         if let Some(url) = &config.endpoint_url {
             loader = loader.endpoint_url(url.clone());
+        }
+        if let Some(credentials) = &config.credentials {
+            // Read from memory on every request, so a replacement applies at once.
+            loader = loader
+                .credentials_provider(SharedCredentialsProvider::new(credentials.clone()))
+                .identity_cache(IdentityCache::no_cache());
         }
         let shared = loader.load().await;
         let first_byte = first_byte_timeout(config.first_byte_timeout);
@@ -666,6 +678,7 @@ mod tests {
             force_path_style: true,
             no_sign_request: true,
             first_byte_timeout: Duration::from_millis(300),
+            ..S3Config::default()
         };
         let bound = config.max_wait_without_answer();
         let store = S3Store::connect(&config).await;

@@ -23,7 +23,7 @@ use s3s::dto::{
 use s3s::service::{S3Service, S3ServiceBuilder};
 use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
 
-use crate::access::{ReadOnlyUser, SharedUsers, Users};
+use crate::access::{ReadOnlyUser, SessionIssuer, SharedUsers, Users};
 use crate::encoding::url_encode;
 use crate::faults::{Fault, FaultBody, Faults, Op};
 use crate::shaping::{Pace, Shaper, Shaping};
@@ -120,8 +120,11 @@ impl LocalS3Service {
         access_key: &str,
         secret_key: &str,
         readers: &[ReadOnlyUser],
+        sessions: Option<Arc<dyn SessionIssuer>>,
     ) -> S3Service {
-        let users = SharedUsers(Arc::new(Users::new(access_key, secret_key, readers)));
+        let users = SharedUsers(Arc::new(Users::new(
+            access_key, secret_key, readers, sessions,
+        )));
         let mut builder = S3ServiceBuilder::new(self);
         builder.set_auth(users.clone());
         builder.set_access(users);

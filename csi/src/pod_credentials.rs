@@ -1,0 +1,244 @@
+//! Credentials for `authenticationSource: pod` volumes: the role named on the pod's service
+//! account (annotation `eks.amazonaws.com/role-arn`, as IRSA uses), assumed with the pod's
+//! own token through STS `AssumeRoleWithWebIdentity`. The role's trust policy decides which
+//! service accounts may assume it; the plugin's own credentials play no part.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use aws_sdk_sts::config::{BehaviorVersion, Region};
+use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use tokio::runtime::Handle;
+use tokio::sync::OnceCell;
+
+use crate::handoff::VolumeCredentials;
+use crate::pod_identity::PodIdentity;
+
+/// The service-account annotation naming the IAM role its pods assume.
+pub const ROLE_ANNOTATION: &str = "eks.amazonaws.com/role-arn";
+
+/// STS calls give up after this long (kubelet retries the publish).
+const STS_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Why a pod's credentials could not be obtained.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    /// The service account carries no role annotation.
+    #[error("service account {account} names no IAM role (annotation {ROLE_ANNOTATION})")]
+    NoRole {
+        /// `namespace/name`.
+        account: String,
+    },
+    /// STS answered and refused (the role's trust policy, an expired or foreign token).
+    #[error("STS refused role {role} to service account {account}: {message}")]
+    Refused {
+        /// The role ARN.
+        role: String,
+        /// `namespace/name`.
+        account: String,
+        /// STS's error code and message.
+        message: String,
+    },
+    /// The Kubernetes API or STS could not be asked (network, API server, RBAC).
+    #[error("cannot get credentials for service account {account}: {message}")]
+    Unavailable {
+        /// `namespace/name`.
+        account: String,
+        /// The cause.
+        message: String,
+    },
+}
+
+/// Turns a pod's identity into credentials for one of its volumes.
+pub trait CredentialSource: Send + Sync + 'static {
+    /// Credentials of the role on `pod`'s service account, for requests in `region` (the
+    /// volume's, when it names one). Blocking: called from the node server's threads.
+    fn exchange(
+        &self,
+        pod: &PodIdentity,
+        region: Option<&str>,
+    ) -> Result<VolumeCredentials, CredentialError>;
+}
+
+/// The real source: the Kubernetes API for the annotation, STS for the exchange.
+pub struct StsWebIdentity {
+    runtime: Handle,
+    kube: OnceCell<kube::Client>,
+    sts_endpoint: Option<String>,
+}
+
+impl StsWebIdentity {
+    /// Calls STS at `sts_endpoint` (default: the regional AWS endpoint) from tasks on
+    /// `runtime`. The Kubernetes client is made on first use (in-cluster configuration, or
+    /// `KUBECONFIG` outside a cluster).
+    pub fn new(runtime: Handle, sts_endpoint: Option<String>) -> StsWebIdentity {
+        StsWebIdentity {
+            runtime,
+            kube: OnceCell::new(),
+            sts_endpoint,
+        }
+    }
+
+    async fn role_of(&self, pod: &PodIdentity) -> Result<String, CredentialError> {
+        let unavailable = |message: String| CredentialError::Unavailable {
+            account: pod.describe(),
+            message,
+        };
+        let client = self
+            .kube
+            .get_or_try_init(kube::Client::try_default)
+            .await
+            .map_err(|e| unavailable(format!("no Kubernetes client: {e}")))?;
+        let accounts: kube::Api<ServiceAccount> =
+            kube::Api::namespaced(client.clone(), &pod.namespace);
+        let account = accounts
+            .get(&pod.service_account)
+            .await
+            .map_err(|e| unavailable(format!("reading the service account: {e}")))?;
+        account
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ROLE_ANNOTATION))
+            .map(|role| role.trim().to_string())
+            .filter(|role| !role.is_empty())
+            .ok_or_else(|| CredentialError::NoRole {
+                account: pod.describe(),
+            })
+    }
+
+    async fn assume(
+        &self,
+        pod: &PodIdentity,
+        role: &str,
+        region: Option<&str>,
+    ) -> Result<VolumeCredentials, CredentialError> {
+        let region = region
+            .map(str::to_string)
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .unwrap_or_else(|| "us-east-1".to_string());
+        let mut config = aws_sdk_sts::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(region))
+            .timeout_config(
+                aws_sdk_sts::config::timeout::TimeoutConfig::builder()
+                    .operation_timeout(STS_TIMEOUT)
+                    .build(),
+            );
+        if let Some(endpoint) = &self.sts_endpoint {
+            config = config.endpoint_url(endpoint.clone());
+        }
+        let sts = aws_sdk_sts::Client::from_conf(config.build());
+        let answer = sts
+            .assume_role_with_web_identity()
+            .role_arn(role)
+            .role_session_name(session_name(pod))
+            .web_identity_token(pod.token())
+            .send()
+            .await
+            .map_err(|e| match &e {
+                SdkError::ServiceError(service) => CredentialError::Refused {
+                    role: role.to_string(),
+                    account: pod.describe(),
+                    message: format!(
+                        "{}: {}",
+                        service.err().code().unwrap_or("error"),
+                        service.err().message().unwrap_or("")
+                    ),
+                },
+                _ => CredentialError::Unavailable {
+                    account: pod.describe(),
+                    message: format!("STS: {}", aws_sdk_sts::error::DisplayErrorContext(&e)),
+                },
+            })?;
+        let credentials = answer
+            .credentials
+            .ok_or_else(|| CredentialError::Unavailable {
+                account: pod.describe(),
+                message: "STS answered without credentials".to_string(),
+            })?;
+        let expires = std::time::SystemTime::try_from(credentials.expiration)
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        Ok(VolumeCredentials {
+            access_key_id: credentials.access_key_id,
+            secret_access_key: credentials.secret_access_key,
+            session_token: credentials.session_token,
+            expires_unix: expires,
+        })
+    }
+}
+
+impl CredentialSource for StsWebIdentity {
+    fn exchange(
+        &self,
+        pod: &PodIdentity,
+        region: Option<&str>,
+    ) -> Result<VolumeCredentials, CredentialError> {
+        self.runtime.block_on(async {
+            let role = self.role_of(pod).await?;
+            let credentials = self.assume(pod, &role, region).await?;
+            tracing::info!(
+                "assumed {role} for service account {} (key {}, expires in {} s)",
+                pod.describe(),
+                credentials.access_key_id,
+                credentials
+                    .expires()
+                    .duration_since(std::time::SystemTime::now())
+                    .map_or(0, |d| d.as_secs())
+            );
+            Ok(credentials)
+        })
+    }
+}
+
+/// `modelfs-NAMESPACE-ACCOUNT` in the characters and length STS allows (it shows in
+/// CloudTrail, so an operator sees which pod read what).
+fn session_name(pod: &PodIdentity) -> String {
+    let raw = format!("modelfs-{}-{}", pod.namespace, pod.service_account);
+    raw.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "+=,.@-_".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::pod_identity::{POD_NAMESPACE, SERVICE_ACCOUNT_NAME, SERVICE_ACCOUNT_TOKENS};
+
+    fn pod(namespace: &str, account: &str) -> PodIdentity {
+        let context: HashMap<String, String> = [
+            (POD_NAMESPACE, namespace),
+            (SERVICE_ACCOUNT_NAME, account),
+            (
+                SERVICE_ACCOUNT_TOKENS,
+                r#"{"sts.amazonaws.com":{"token":"t"}}"#,
+            ),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        PodIdentity::from_context(&context).unwrap()
+    }
+
+    #[test]
+    fn session_names_are_what_sts_accepts() {
+        assert_eq!(
+            session_name(&pod("comfyui", "models")),
+            "modelfs-comfyui-models"
+        );
+        let long = session_name(&pod(&"n".repeat(60), "sa"));
+        assert_eq!(long.len(), 64);
+        assert!(long.starts_with("modelfs-nnn"));
+    }
+}
