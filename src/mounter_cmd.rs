@@ -10,19 +10,26 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use modelfs_csi::handoff::{self, Listener, Reply, Request, VolumeCredentials, VolumeHandoff};
 use modelfs_fs::cache::CacheSize;
+use modelfs_fs::metrics::metrics;
 use modelfs_fs::mount::{serve_fd, MountConfig};
-use modelfs_fs::read::{ReadConfig, SharedTiers};
+use modelfs_fs::namespace::Namespace;
+use modelfs_fs::read::{BlockReader, ReadConfig, SharedTiers};
 use modelfs_fs::store::{ProvingStore, ReplaceableCredentials};
 use modelfs_fs::units::parse_size;
+use modelfs_fs::warm::{resolve, warm};
 use modelfs_fs::S3Location;
 use tokio::runtime::Handle;
 
 use crate::volume_args::VolumeArgs;
+
+/// Blocks one volume's warm-up downloads at a time (background priority: reads go first).
+const WARM_CONCURRENCY: usize = 8;
 
 /// Arguments of `modelfs mounter`.
 #[derive(Debug, Clone, clap::Args)]
@@ -208,6 +215,12 @@ impl Mounter {
             passthrough: !self.args.no_passthrough,
             fuse_threads: 4,
         };
+        let warm_store = store.clone();
+        let warming = (
+            handoff.volume_id.clone(),
+            handoff.warm.clone(),
+            Duration::from_millis(handoff.warm_wait_ms),
+        );
         let session = serve_fd(
             &config,
             store.clone(),
@@ -262,7 +275,91 @@ impl Mounter {
                 }
             })
             .context("cannot start the volume's thread")?;
+        let (volume_id, patterns, wait) = warming;
+        if !patterns.is_empty() {
+            self.warm(
+                &volume_id,
+                patterns,
+                wait,
+                &location,
+                warm_store,
+                volume.metadata_ttl,
+            );
+        }
         Ok(())
+    }
+
+    /// Downloads the files `patterns` name into the shared tiers, waiting at most `wait` for
+    /// them; the download goes on after that.
+    fn warm(
+        &self,
+        volume: &str,
+        patterns: Vec<String>,
+        wait: Duration,
+        location: &S3Location,
+        store: Arc<ProvingStore>,
+        metadata_ttl: Duration,
+    ) {
+        let volume = volume.to_string();
+        if self.args.cache_dir.is_none() {
+            tracing::warn!(volume = %volume, "not warming: this mounter has no disk cache");
+            return;
+        }
+        let namespace = Namespace::shared(store.clone(), &location.prefix, metadata_ttl);
+        let reader =
+            BlockReader::with_tiers(store, &location.bucket, self.read.clone(), &self.tiers);
+        let done = Arc::new(AtomicU64::new(0));
+        let total = Arc::new(AtomicU64::new(0));
+        let (done_here, total_here) = (done.clone(), total.clone());
+        let task_volume = volume.clone();
+        metrics().warming(1);
+        let mut task = self.runtime.spawn(async move {
+            let volume = task_volume;
+            let started = Instant::now();
+            let outcome = async {
+                let (targets, unmatched) = resolve(&namespace, &patterns).await?;
+                for pattern in unmatched {
+                    tracing::warn!(volume = %volume, "warm: nothing matches {pattern:?}");
+                }
+                let bytes: u64 = targets.iter().map(|t| t.size).sum();
+                total_here.store(bytes, Ordering::Relaxed);
+                tracing::info!(volume = %volume, "warming {} files, {} MiB", targets.len(), bytes >> 20);
+                let progress = |n: u64| {
+                    done_here.fetch_add(n, Ordering::Relaxed);
+                    metrics().warm_bytes(n);
+                };
+                warm(&namespace, &reader, &targets, WARM_CONCURRENCY, &progress).await
+            };
+            match outcome.await {
+                Ok(report) if report.failed_blocks == 0 => tracing::info!(
+                    volume = %volume,
+                    "warmed {} files, {} MiB in {:.1} s",
+                    report.files,
+                    report.bytes >> 20,
+                    started.elapsed().as_secs_f64()
+                ),
+                Ok(report) => tracing::warn!(
+                    volume = %volume,
+                    "warmed {} files with {} blocks failed (they download on first read)",
+                    report.files,
+                    report.failed_blocks
+                ),
+                Err(e) => tracing::warn!(volume = %volume, "warming stopped: {e}"),
+            }
+            metrics().warming(-1);
+        });
+        let finished = self
+            .runtime
+            .block_on(async { tokio::time::timeout(wait, &mut task).await.is_ok() });
+        if !finished {
+            tracing::info!(
+                volume = %volume,
+                "publishing after {:.0} s with {} of {} MiB warm; warming goes on",
+                wait.as_secs_f64(),
+                done.load(Ordering::Relaxed) >> 20,
+                total.load(Ordering::Relaxed) >> 20
+            );
+        }
     }
 }
 

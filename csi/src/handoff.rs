@@ -53,6 +53,12 @@ pub struct VolumeHandoff {
     /// The pod's credentials (`authenticationSource: pod`); `None`: the mounter's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<VolumeCredentials>,
+    /// Paths or globs to download into the node's cache once the volume is served.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warm: Vec<String>,
+    /// How long the reply waits for that download, in milliseconds (it goes on after).
+    #[serde(default)]
+    pub warm_wait_ms: u64,
 }
 
 /// Temporary credentials for one volume, as they travel over the socket.
@@ -403,6 +409,8 @@ mod tests {
                     source: "s3://b/".into(),
                     options: vec![],
                     credentials: Some(credentials()),
+                    warm: vec![],
+                    warm_wait_ms: 0,
                 },
                 file.as_fd(),
             )

@@ -179,6 +179,8 @@ impl Mounter for HandoffMounter {
             source: spec.source.clone(),
             options: spec.options.clone(),
             credentials: credentials.cloned(),
+            warm: spec.warm.patterns.clone(),
+            warm_wait_ms: spec.warm.wait_ms,
         };
         // On failure our descriptor closes here, the last one: the kernel aborts the
         // connection and the target answers ENOTCONN.

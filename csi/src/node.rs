@@ -558,13 +558,16 @@ impl<M: Mounter> NodeServer<M> {
                         },
                         _ => None,
                     };
+                    // Files to warm are mostly local already; the pass must not wait for them.
+                    let mut spec = record.spec.clone();
+                    spec.warm.wait_ms = 0;
                     self.mounter
                         .check_ready()
                         .and_then(|()| self.unmount_all(&target))
                         .and_then(|()| {
                             self.mounter.mount(
                                 &record.volume_id,
-                                &record.spec,
+                                &spec,
                                 &target,
                                 credentials.as_ref(),
                             )

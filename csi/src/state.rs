@@ -157,6 +157,7 @@ mod tests {
                 source: "s3://models/".to_string(),
                 options: vec![],
                 authentication: Authentication::Pod,
+                warm: Default::default(),
             },
         }
     }

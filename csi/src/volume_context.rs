@@ -18,6 +18,14 @@
 //! | `noSignRequest`  | no       | `true` / `false`        | `--no-sign-request`           |
 //! | `metadataTtl`    | no       | `30s`, `5m`, `500ms`    | `--metadata-ttl`              |
 //! | `authenticationSource` | no | `pod` / `driver`      | (whose credentials sign)      |
+//! | `warm`           | no       | `checkpoints/sdxl*,vae/*` | (files to download first)   |
+//! | `warmTimeout`    | no       | `60s` (default), ≤ `80s`  | (how long publish waits)    |
+//!
+//! `warm` lists paths or globs below the volume's root, comma-separated: the node's mounter
+//! downloads them into its disk cache when the volume is published, and NodePublishVolume
+//! returns when they are there or after `warmTimeout`, whichever comes first; the download
+//! goes on after that, so a pod that starts early reads what is already local and fetches
+//! the rest on demand.
 //!
 //! `authenticationSource` says whose credentials read the bucket: `pod` (the default) means
 //! the role named on the pod's service account, obtained with the pod's own token
@@ -51,6 +59,7 @@
 
 use modelfs_fs::units::{parse_duration, parse_mode};
 use std::collections::HashMap;
+use std::time::Duration;
 
 use crate::endpoint_policy::{EndpointPolicy, Refusal};
 
@@ -72,13 +81,22 @@ pub const NO_SIGN_REQUEST: &str = "noSignRequest";
 pub const METADATA_TTL: &str = "metadataTtl";
 /// Attribute: whose credentials read the bucket, `pod` (default) or `driver`.
 pub const AUTHENTICATION_SOURCE: &str = "authenticationSource";
+/// Attribute: paths or globs to download before the volume is published, comma-separated.
+pub const WARM: &str = "warm";
+/// Attribute: how long publishing waits for `warm` (default 60 s, at most 80 s).
+pub const WARM_TIMEOUT: &str = "warmTimeout";
+/// Default of `warmTimeout`.
+pub const DEFAULT_WARM_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest `warmTimeout`: the publish call, mounting included, must end well within the
+/// mounter client's 90 s and kubelet's two minutes.
+pub const MAX_WARM_TIMEOUT: Duration = Duration::from_secs(80);
 /// Prefix of the keys kubelet adds to the volume context; accepted and ignored.
 pub const KUBELET_KEY_PREFIX: &str = "csi.storage.k8s.io/";
 /// Kubelet's key saying whether the volume is an inline ephemeral one.
 pub const EPHEMERAL: &str = "csi.storage.k8s.io/ephemeral";
 
 /// Every attribute key this driver understands, in table order.
-pub const ATTRIBUTES: [&str; 8] = [
+pub const ATTRIBUTES: [&str; 10] = [
     BUCKET,
     PREFIX,
     REGION,
@@ -87,6 +105,8 @@ pub const ATTRIBUTES: [&str; 8] = [
     NO_SIGN_REQUEST,
     METADATA_TTL,
     AUTHENTICATION_SOURCE,
+    WARM,
+    WARM_TIMEOUT,
 ];
 
 /// Whose credentials sign a volume's requests.
@@ -182,6 +202,18 @@ pub struct MountSpec {
     /// Whose credentials sign its requests.
     #[serde(default)]
     pub authentication: Authentication,
+    /// What to download when it is published, and for how long publishing waits for it.
+    #[serde(default)]
+    pub warm: Warm,
+}
+
+/// Files to download into the node's cache when a volume is published.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Warm {
+    /// Paths or globs below the volume's root.
+    pub patterns: Vec<String>,
+    /// How long publishing waits, in milliseconds.
+    pub wait_ms: u64,
 }
 
 impl MountSpec {
@@ -254,6 +286,7 @@ impl MountSpec {
         }
         let inline = get(EPHEMERAL) == Some("true");
         let authentication = parse_authentication(get(AUTHENTICATION_SOURCE), unsigned, inline)?;
+        let warm = parse_warm(get(WARM), get(WARM_TIMEOUT))?;
         if let Some(ttl) = get(METADATA_TTL) {
             parse_duration(ttl).map_err(|reason| invalid(METADATA_TTL, ttl, &reason))?;
             options.extend(["--metadata-ttl".to_string(), ttl.to_string()]);
@@ -263,6 +296,7 @@ impl MountSpec {
             source: format!("s3://{bucket}/{prefix}"),
             options,
             authentication,
+            warm,
         })
     }
 
@@ -321,6 +355,49 @@ fn check_unsigned(policy: &EndpointPolicy) -> Result<(), VolumeContextError> {
 
 /// Maps mount flags onto `modelfs mount` options, in a canonical order (so the same set of
 /// flags in another order is the same spec). A flag given twice is refused.
+fn parse_warm(patterns: Option<&str>, timeout: Option<&str>) -> Result<Warm, VolumeContextError> {
+    let invalid =
+        |key: &'static str, value: &str, reason: &str| VolumeContextError::InvalidAttribute {
+            key,
+            value: value.to_string(),
+            reason: reason.to_string(),
+        };
+    let wait = match timeout {
+        Some(raw) => {
+            let wait = parse_duration(raw).map_err(|reason| invalid(WARM_TIMEOUT, raw, &reason))?;
+            if wait > MAX_WARM_TIMEOUT {
+                return Err(invalid(
+                    WARM_TIMEOUT,
+                    raw,
+                    "at most 80s: kubelet gives publishing about two minutes",
+                ));
+            }
+            wait
+        }
+        None => DEFAULT_WARM_TIMEOUT,
+    };
+    let mut list = Vec::new();
+    for pattern in patterns
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        let path = pattern.trim_start_matches('/');
+        if path.split('/').any(|s| s == "..") || path.chars().any(char::is_control) {
+            return Err(invalid(WARM, pattern, "paths stay below the volume's root"));
+        }
+        if glob::Pattern::new(path).is_err() {
+            return Err(invalid(WARM, pattern, "not a valid glob"));
+        }
+        list.push(path.to_string());
+    }
+    Ok(Warm {
+        patterns: list,
+        wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
 fn parse_authentication(
     value: Option<&str>,
     unsigned: bool,
@@ -502,6 +579,29 @@ mod tests {
         assert_eq!(spec.source, "s3://models/");
         assert!(spec.options.is_empty());
         assert_eq!(spec.authentication, Authentication::Pod);
+    }
+
+    #[test]
+    fn warm_lists_paths_below_the_root_and_waits_at_most_80s() {
+        let parse = |pairs: &[(&str, &str)]| MountSpec::parse(&context(pairs), &[]);
+        let spec = parse(&[
+            (BUCKET, "models"),
+            (WARM, " checkpoints/sdxl*, /vae/a.pt ,"),
+        ])
+        .unwrap();
+        assert_eq!(spec.warm.patterns, ["checkpoints/sdxl*", "vae/a.pt"]);
+        assert_eq!(spec.warm.wait_ms, 60_000);
+        let spec = parse(&[(BUCKET, "models"), (WARM, "a"), (WARM_TIMEOUT, "5s")]).unwrap();
+        assert_eq!(spec.warm.wait_ms, 5_000);
+        for (key, value) in [
+            (WARM, "../other/x"),
+            (WARM, "a/[b"),
+            (WARM_TIMEOUT, "5m"),
+            (WARM_TIMEOUT, "soon"),
+        ] {
+            let err = parse(&[(BUCKET, "models"), (key, value)]).unwrap_err();
+            assert!(err.to_string().contains(key), "{err}");
+        }
     }
 
     #[test]

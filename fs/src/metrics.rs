@@ -5,8 +5,13 @@
 //!   `modelfs_s3_bytes_total`, `modelfs_s3_retries_total`;
 //! - `modelfs_cache_{hits,misses,writes,evictions,corrupt,errors}_total{tier}`;
 //! - `modelfs_fetch_blocks_total{priority}` (demand vs background: readahead and sweeps);
+//! - `modelfs_cache_too_small_loads_total`: loads of a model the disk cache could not hold
+//!   beside the files in use (streamed from S3 through memory, nothing stored): grow the
+//!   cache when it rises;
 //! - `modelfs_fuse_requests_total{op}`, `modelfs_fuse_request_seconds{op}` (histogram);
-//! - `modelfs_inodes` (gauge): inodes in memory, over every volume of the process.
+//! - `modelfs_inodes` (gauge): inodes in memory, over every volume of the process;
+//! - `modelfs_warm_bytes_total`, `modelfs_warming_volumes` (gauge): volumes' `warm` files
+//!   (the mounter).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -52,7 +57,10 @@ pub struct Metrics {
     fetch_blocks: Mutex<BTreeMap<&'static str, Arc<AtomicU64>>>,
     fuse_latency: Mutex<BTreeMap<&'static str, Arc<Histogram>>>,
     tiers: Mutex<Vec<(&'static str, Arc<TierStats>)>>,
+    too_small_loads: AtomicU64,
     inodes: AtomicI64,
+    warm_bytes: AtomicU64,
+    warming: AtomicI64,
 }
 
 fn slot<K: Ord + Copy, V: Default>(map: &Mutex<BTreeMap<K, Arc<V>>>, key: K) -> Arc<V> {
@@ -91,9 +99,24 @@ impl Metrics {
         slot(&self.fetch_blocks, priority).fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a load of a model the disk cache cannot hold (streamed, not stored).
+    pub fn cache_too_small_load(&self) {
+        self.too_small_loads.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Records one FUSE request's duration.
     pub fn fuse_request(&self, op: &'static str, elapsed: Duration) {
         slot(&self.fuse_latency, op).observe(elapsed);
+    }
+
+    /// Counts bytes of files warmed (downloaded ahead, or found cached).
+    pub fn warm_bytes(&self, n: u64) {
+        self.warm_bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// One volume more (`+1`) or less (`-1`) warming now.
+    pub fn warming(&self, delta: i64) {
+        self.warming.fetch_add(delta, Ordering::Relaxed);
     }
 
     /// Counts an inode created.
@@ -172,6 +195,13 @@ pub fn render() -> String {
         "# TYPE modelfs_s3_retries_total counter\nmodelfs_s3_retries_total {}",
         m.s3_retries.load(Ordering::Relaxed)
     );
+    let _ = writeln!(
+        out,
+        "# TYPE modelfs_warm_bytes_total counter\nmodelfs_warm_bytes_total {}\n\
+         # TYPE modelfs_warming_volumes gauge\nmodelfs_warming_volumes {}",
+        m.warm_bytes.load(Ordering::Relaxed),
+        m.warming.load(Ordering::Relaxed)
+    );
     out.push_str("# TYPE modelfs_fetch_blocks_total counter\n");
     for (priority, n) in m
         .fetch_blocks
@@ -198,6 +228,11 @@ pub fn render() -> String {
             let _ = writeln!(out, "modelfs_cache_{name}_total{{tier=\"{tier}\"}} {value}");
         }
     }
+    let _ = writeln!(
+        out,
+        "# TYPE modelfs_cache_too_small_loads_total counter\nmodelfs_cache_too_small_loads_total {}",
+        m.too_small_loads.load(Ordering::Relaxed)
+    );
     let _ = writeln!(
         out,
         "# TYPE modelfs_inodes gauge\nmodelfs_inodes {}",
@@ -236,5 +271,6 @@ mod tests {
         assert!(text.contains("modelfs_fuse_requests_total{op=\"read\"}"));
         assert!(text.contains("modelfs_s3_bytes_total"));
         assert!(text.contains("\nmodelfs_inodes "));
+        assert!(text.contains("\nmodelfs_cache_too_small_loads_total "));
     }
 }

@@ -196,7 +196,21 @@ impl Node {
         driver_args: &[&str],
         driver_env: &[(&str, &str)],
     ) -> Node {
-        let s3 = LocalServer::start(BUCKET);
+        Node::start_on(
+            LocalServer::start(BUCKET),
+            mounter_args,
+            driver_args,
+            driver_env,
+        )
+    }
+
+    /// Like [`Node::start_configured`], on the local S3 server `s3` (which has `BUCKET`).
+    pub fn start_on(
+        s3: LocalServer,
+        mounter_args: &[&str],
+        driver_args: &[&str],
+        driver_env: &[(&str, &str)],
+    ) -> Node {
         for (key, seed, len) in OBJECTS {
             s3.store()
                 .put_bytes(BUCKET, key, &super::pseudo_random(seed, len))

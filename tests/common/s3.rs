@@ -46,7 +46,11 @@ impl LocalServer {
         LocalServer::start_configured(bucket, |config| config.sessions = Some(sessions))
     }
 
-    fn start_configured(bucket: &str, configure: impl FnOnce(&mut LocalS3Config)) -> LocalServer {
+    /// Starts a server with one empty bucket, configured by `configure` (shaping, users).
+    pub fn start_configured(
+        bucket: &str,
+        configure: impl FnOnce(&mut LocalS3Config),
+    ) -> LocalServer {
         let root = tempfile::tempdir().expect("tempdir");
         let mut config = LocalS3Config::new(root.path());
         configure(&mut config);
