@@ -3,8 +3,8 @@
 //! or `mount.fuse.modelfs` (symlinks made at install time), and when fuse3's `mount.fuse3`
 //! runs it for a `fuse.modelfs` entry as `modelfs s3://… DIR -o …`.
 //!
-//! Example fstab line:
-//! `s3://models/ComfyUI/models /opt/ComfyUI/models fuse.modelfs _netdev,nofail,region=us-west-2,cache_dir=/mnt/nvme/modelfs,allow_other 0 0`
+//! Example fstab line (`ro` is needed: mount(8) passes `rw` otherwise):
+//! `s3://models/ComfyUI/models /opt/ComfyUI/models fuse.modelfs ro,_netdev,nofail,x-systemd.requires=modelfs-instance-store.service,region=us-west-2,cache_dir=/mnt/modelfs-cache/cache,allow_other 0 0`
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -117,7 +117,8 @@ fn translate(args: &[OsString]) -> anyhow::Result<Vec<OsString>> {
         };
         if IGNORED.contains(&name) || name.starts_with("x-") || name == "rw" && value.is_none() {
             if name == "rw" {
-                bail!("modelfs mounts are read-only; remove 'rw' from the options");
+                // mount(8) passes `rw` itself when an fstab entry does not say `ro`.
+                bail!("modelfs mounts are read-only: put 'ro' in the mount options, not 'rw'");
             }
             continue;
         }

@@ -1,8 +1,11 @@
 //! The standalone EC2 deployment (deploy/ec2): systemd units verified by systemd itself, the
 //! fstab helper doing a real `mount -t fuse.modelfs`, the instance-store script on loop
-//! devices standing in for NVMe disks, and a clean SIGTERM with a reader active.
+//! devices standing in for NVMe disks (late ones included), the settings layers, the Packer
+//! template, and a clean SIGTERM with a reader active. tests/ec2_boot.rs boots all of it.
 
 mod common;
+#[path = "common/nspawn.rs"]
+mod nspawn;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -10,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::mount::{is_mounted, modelfs_bin, s3_env, Mount};
 use common::s3::LocalServer;
+use nspawn::{run, tool, LoopDisks};
 
 const BUCKET: &str = "models";
 
@@ -17,35 +21,12 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn tool(name: &str) -> String {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{name} is missing: run scripts/setup.sh --with-tests"
-    );
-    name.to_string()
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("run command");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 #[test]
 fn systemd_units_pass_systemd_analyze_verify() {
     let systemd_analyze = tool("systemd-analyze");
     let dir = tempfile::tempdir().expect("tmp");
     let script = repo().join("deploy/ec2/modelfs-instance-store.sh");
+    let settings = repo().join("deploy/ec2/modelfs-settings.sh");
     let units = [
         ("modelfs@.service", "modelfs@comfyui.service"),
         ("modelfs-warm@.service", "modelfs-warm@comfyui.service"),
@@ -58,10 +39,14 @@ fn systemd_units_pass_systemd_analyze_verify() {
     for (template, instance) in units {
         let text = std::fs::read_to_string(repo().join("deploy/ec2").join(template))
             .expect("unit file")
-            .replace("/usr/local/bin/modelfs", modelfs_bin())
+            .replace("/usr/bin/modelfs", modelfs_bin())
             .replace(
-                "/usr/local/sbin/modelfs-instance-store",
+                "/usr/sbin/modelfs-instance-store",
                 &script.to_string_lossy(),
+            )
+            .replace(
+                "/usr/lib/modelfs/modelfs-settings",
+                &settings.to_string_lossy(),
             );
         let path = dir.path().join(instance);
         std::fs::write(&path, text).expect("write unit");
@@ -88,44 +73,33 @@ fn systemd_units_pass_systemd_analyze_verify() {
 }
 
 #[test]
-fn instance_store_script_passes_shellcheck() {
+fn shell_scripts_pass_shellcheck() {
     let shellcheck = tool("shellcheck");
-    for script in ["modelfs-instance-store.sh", "user-data.sh"] {
+    for script in [
+        "modelfs-instance-store.sh",
+        "modelfs-settings.sh",
+        "user-data.sh",
+        "packer/install.sh",
+        "debian/postinst",
+        "debian/prerm",
+        "debian/postrm",
+    ] {
         run(Command::new(&shellcheck).arg(repo().join("deploy/ec2").join(script)));
     }
 }
 
-/// Loop devices over sparse files, detached on drop.
-struct LoopDisks {
-    devices: Vec<String>,
-    _dir: tempfile::TempDir,
-}
-
-impl LoopDisks {
-    fn new(count: usize) -> LoopDisks {
-        tool("losetup");
-        let dir = tempfile::tempdir().expect("tmp");
-        let mut devices = Vec::new();
-        for i in 0..count {
-            let file = dir.path().join(format!("disk{i}.img"));
-            std::fs::File::create(&file)
-                .and_then(|f| f.set_len(64 << 20))
-                .expect("sparse disk image");
-            let out = run(Command::new("losetup")
-                .args(["--find", "--show"])
-                .arg(&file));
-            devices.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
-        }
-        LoopDisks { devices, _dir: dir }
-    }
-}
-
-impl Drop for LoopDisks {
-    fn drop(&mut self) {
-        for dev in &self.devices {
-            let _ = Command::new("losetup").args(["-d", dev]).status();
-        }
-    }
+#[test]
+fn packer_template_validates_offline_and_is_formatted() {
+    let packer = tool("packer");
+    let template = repo().join("deploy/ec2/packer/modelfs.pkr.hcl");
+    run(Command::new(&packer)
+        .args(["fmt", "-check"])
+        .arg(template.parent().expect("dir")));
+    // In a namespace without a network: validation must not need AWS (nor reach it).
+    run(Command::new("unshare")
+        .args(["--net", &packer, "validate", "-var", "deb=Cargo.toml"])
+        .arg(&template)
+        .current_dir(repo()));
 }
 
 /// Runs the instance-store script in a sandbox: its mount point, env file and fallback dir
@@ -145,19 +119,46 @@ impl ScriptRun {
         self.root.path().join(rel)
     }
 
-    fn run(&self, devices: &[String], path_prefix: Option<&Path>) -> Output {
+    /// The script with its paths in the sandbox.
+    fn command(&self) -> Command {
         let mut cmd = Command::new("bash");
         cmd.arg(repo().join("deploy/ec2/modelfs-instance-store.sh"))
-            .env("MODELFS_DEVICES", devices.join(" "))
             .env("MODELFS_CACHE_MOUNT", self.path("mnt"))
             .env("MODELFS_FALLBACK_DIR", self.path("fallback"))
             .env("MODELFS_CACHE_ENV", self.path("etc/cache.env"))
             .env("MODELFS_MD_DEVICE", self.path("md-modelfs"));
+        cmd
+    }
+
+    /// Runs it on exactly `devices` (none: an instance type without instance store).
+    fn run(&self, devices: &[String], path_prefix: Option<&Path>) -> Output {
+        let mut cmd = self.command();
+        if devices.is_empty() {
+            cmd.env("MODELFS_INSTANCE_STORE_DEVICES", "0")
+                .env("MODELFS_DEVICE_GLOB", self.path("no-disks/*"));
+        } else {
+            cmd.env("MODELFS_DEVICES", devices.join(" "));
+        }
         if let Some(prefix) = path_prefix {
             let path = std::env::var("PATH").unwrap_or_default();
             cmd.env("PATH", format!("{}:{path}", prefix.display()));
         }
         run(&mut cmd)
+    }
+
+    /// Links `device` as instance-store disk `name` where `command_waiting` looks.
+    fn attach(&self, name: &str, device: &str) {
+        std::fs::create_dir_all(self.path("disks")).expect("mkdir");
+        std::os::unix::fs::symlink(device, self.path("disks").join(name)).expect("link");
+    }
+
+    /// The script waiting up to `timeout_s` for `expected` disks linked with `attach`.
+    fn command_waiting(&self, expected: usize, timeout_s: u64) -> Command {
+        let mut cmd = self.command();
+        cmd.env("MODELFS_DEVICE_GLOB", self.path("disks/disk*"))
+            .env("MODELFS_INSTANCE_STORE_DEVICES", expected.to_string())
+            .env("MODELFS_DEVICE_TIMEOUT", timeout_s.to_string());
+        cmd
     }
 
     fn env_file(&self) -> String {
@@ -194,9 +195,151 @@ fn instance_store_without_disks_falls_back_to_the_root_volume() {
 }
 
 #[test]
+fn instance_store_missing_a_device_fails_instead_of_using_the_root_volume() {
+    let disks = LoopDisks::new(1, 64 << 20);
+    let sandbox = ScriptRun::new();
+    sandbox.attach("disk0", &disks.devices[0]);
+    let out = sandbox
+        .command_waiting(2, 2)
+        .output()
+        .expect("run the script");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("expected 2 instance-store device(s), found 1")
+            && stderr.contains("refusing to put the cache on the root volume"),
+        "{stderr}"
+    );
+    assert!(!sandbox.path("etc/cache.env").exists());
+    assert!(!sandbox.path("fallback").exists());
+    assert!(!is_mounted(&sandbox.path("mnt")));
+}
+
+#[test]
+fn instance_store_waits_for_a_device_that_appears_late() {
+    tool("mkfs.ext4");
+    let disks = LoopDisks::new(1, 64 << 20);
+    let sandbox = ScriptRun::new();
+    let mut child = sandbox
+        .command_waiting(1, 60)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the script");
+    // Attach the disk only once the script says it is waiting for it.
+    let mut stderr = child.stderr.take().expect("stderr");
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen)
+        .contains("waiting for 1 instance-store device(s), 0 present")
+    {
+        let n = std::io::Read::read(&mut stderr, &mut byte).expect("read stderr");
+        assert!(
+            n == 1,
+            "the script ended without waiting: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.push(byte[0]);
+    }
+    sandbox.attach("disk0", &disks.devices[0]);
+    std::io::Read::read_to_end(&mut stderr, &mut seen).expect("read stderr");
+    let status = child.wait().expect("wait");
+    let log = String::from_utf8_lossy(&seen);
+    assert!(status.success(), "{log}");
+    assert!(log.contains("found 1 instance-store device(s)"), "{log}");
+    assert!(is_mounted(&sandbox.path("mnt")), "{log}");
+    assert!(sandbox.env_file().contains(&format!(
+        "MODELFS_CACHE_DIR={}",
+        sandbox.path("mnt/cache").display()
+    )));
+}
+
+/// Runs modelfs-settings.sh on `etc`; its status, the settings it wrote and its log.
+fn settings(etc: &Path, mode: &str) -> (bool, Option<String>, String) {
+    let run_dir = etc.join("run");
+    let out = Command::new("bash")
+        .arg(repo().join("deploy/ec2/modelfs-settings.sh"))
+        .args([mode, "comfyui"])
+        .env("MODELFS_ETC", etc)
+        .env("MODELFS_RUN", &run_dir)
+        .output()
+        .expect("run modelfs-settings");
+    (
+        out.status.success(),
+        std::fs::read_to_string(run_dir.join("comfyui.env")).ok(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn user_data_drop_in_overrides_baked_settings_key_by_key_and_says_so() {
+    let etc = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        etc.path().join("comfyui.env"),
+        "# baked\nMODELFS_SOURCE=s3://baked/m\nMODELFS_MOUNTPOINT=/opt/m\nAWS_SECRET_ACCESS_KEY=baked-secret\n",
+    )
+    .expect("write");
+    std::fs::create_dir(etc.path().join("comfyui.env.d")).expect("mkdir");
+    std::fs::write(
+        etc.path().join("comfyui.env.d/user-data.env"),
+        "MODELFS_SOURCE=s3://launch/m\nMODELFS_OPTIONS=--region eu-west-1\nAWS_SECRET_ACCESS_KEY=launch-secret\n",
+    )
+    .expect("write");
+    let (ok, out, log) = settings(etc.path(), "mount");
+    assert!(ok, "{log}");
+    assert_eq!(
+        out.as_deref(),
+        Some("MODELFS_SOURCE=s3://launch/m\nMODELFS_MOUNTPOINT=/opt/m\nAWS_SECRET_ACCESS_KEY=launch-secret\nMODELFS_OPTIONS=--region eu-west-1\n")
+    );
+    let drop_in = etc.path().join("comfyui.env.d/user-data.env");
+    let baked = etc.path().join("comfyui.env");
+    assert!(
+        log.contains(&format!(
+            "MODELFS_SOURCE=s3://launch/m from {} overrides MODELFS_SOURCE=s3://baked/m from {}",
+            drop_in.display(),
+            baked.display()
+        )),
+        "{log}"
+    );
+    // Other keys' values never reach the log (they may be credentials).
+    assert!(!log.contains("secret"), "{log}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(etc.path().join("run/comfyui.env"))
+        .expect("settings")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "settings readable by others");
+    // Warming needs MODELFS_WARM: refused with the reason.
+    let (ok, _, log) = settings(etc.path(), "warm");
+    assert!(!ok && log.contains("MODELFS_WARM is not set"), "{log}");
+}
+
+#[test]
+fn settings_that_are_missing_or_malformed_fail_loudly() {
+    let etc = tempfile::tempdir().expect("tmp");
+    let (ok, out, log) = settings(etc.path(), "mount");
+    assert!(!ok && out.is_none() && log.contains("no settings"), "{log}");
+    std::fs::write(etc.path().join("comfyui.env"), "MODELFS_SOURCE=s3://b/m\n").expect("write");
+    let (ok, _, log) = settings(etc.path(), "mount");
+    assert!(
+        !ok && log.contains("MODELFS_MOUNTPOINT is not set"),
+        "{log}"
+    );
+    std::fs::write(
+        etc.path().join("comfyui.env"),
+        "MODELFS_SOURCE=s3://b/m\nMODELFS_MOUNTPOINT=/m\nexport X=1\n",
+    )
+    .expect("write");
+    let (ok, _, log) = settings(etc.path(), "mount");
+    assert!(
+        !ok && log.contains("comfyui.env:3 is not a one-line KEY=VALUE"),
+        "{log}"
+    );
+}
+
+#[test]
 fn instance_store_with_one_disk_formats_once_and_mounts() {
     tool("mkfs.ext4");
-    let disks = LoopDisks::new(1);
+    let disks = LoopDisks::new(1, 64 << 20);
     let sandbox = ScriptRun::new();
     sandbox.run(&disks.devices, None);
     let mnt = sandbox.path("mnt");
@@ -224,7 +367,7 @@ fn instance_store_with_one_disk_formats_once_and_mounts() {
 #[test]
 fn instance_store_with_two_disks_builds_raid0_once() {
     tool("mkfs.ext4");
-    let disks = LoopDisks::new(2);
+    let disks = LoopDisks::new(2, 64 << 20);
     let sandbox = ScriptRun::new();
     // This kernel has no md driver, so RAID0 creation is exercised with a stand-in mdadm that
     // records its arguments and backs the array device with a loop device.

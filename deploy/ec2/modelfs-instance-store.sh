@@ -1,42 +1,70 @@
 #!/usr/bin/env bash
-# Prepares local disk for the modelfs cache on an EC2 instance, at boot (user-data or
-# modelfs-instance-store.service). Idempotent: run it on every boot.
+# Prepares local disk for the modelfs cache on an EC2 instance, at every boot
+# (modelfs-instance-store.service). Idempotent.
 #
-#   no instance-store NVMe  -> a directory on the root volume, smaller cache limit
-#   one device              -> ext4 on it, mounted at $MODELFS_CACHE_MOUNT
-#   several devices         -> RAID0 (mdadm) across them, ext4, mounted
+#   the instance type has no instance store -> a directory on the root volume, smaller limit
+#   one device                              -> ext4 on it, mounted at $MODELFS_CACHE_MOUNT
+#   several devices                         -> RAID0 (mdadm) across them, ext4, mounted
+#
+# How many devices to expect comes from the hardware: one NVMe controller with PCI id
+# 1d0f:cd01 per instance-store volume (EBS is 1d0f:8061). The script waits up to
+# $MODELFS_DEVICE_TIMEOUT seconds for that many block devices and fails if they do not all
+# appear: a late device must never turn into a silent cache on the root volume.
 #
 # Instance store is blank after a stop/start and intact after a reboot: an existing array or
 # filesystem is reused, never reformatted. Writes MODELFS_CACHE_DIR and MODELFS_CACHE_SIZE to
-# $MODELFS_CACHE_ENV for modelfs@.service.
+# $MODELFS_CACHE_ENV (per boot, in /run) for modelfs@.service and modelfs-warm@.service.
 #
-# Overrides (used by the tests, handy elsewhere): MODELFS_DEVICES="dev1 dev2" instead of
-# auto-detection; MODELFS_CACHE_MOUNT, MODELFS_FALLBACK_DIR, MODELFS_CACHE_ENV, MODELFS_MD_DEVICE,
-# MODELFS_FALLBACK_CACHE_SIZE, MODELFS_CACHE_SIZE.
+# Settings (environment; the unit reads /etc/modelfs/instance-store.env):
+#   MODELFS_DEVICES="dev1 dev2"      use exactly these devices (waits for each to exist)
+#   MODELFS_DEVICE_GLOB=PATTERN      where devices appear (default: EC2's by-id names)
+#   MODELFS_INSTANCE_STORE_DEVICES=N how many to wait for (default: counted on the PCI bus)
+#   MODELFS_DEVICE_TIMEOUT=S         how long to wait (default 120)
+#   MODELFS_CACHE_MOUNT, MODELFS_FALLBACK_DIR, MODELFS_CACHE_ENV, MODELFS_MD_DEVICE,
+#   MODELFS_FALLBACK_CACHE_SIZE, MODELFS_CACHE_SIZE
 set -euo pipefail
 
 mount_point="${MODELFS_CACHE_MOUNT:-/mnt/modelfs-cache}"
 fallback_dir="${MODELFS_FALLBACK_DIR:-/var/cache/modelfs}"
-env_file="${MODELFS_CACHE_ENV:-/etc/modelfs/cache.env}"
+env_file="${MODELFS_CACHE_ENV:-/run/modelfs/cache.env}"
 md_device="${MODELFS_MD_DEVICE:-/dev/md/modelfs-cache}"
 fallback_size="${MODELFS_FALLBACK_CACHE_SIZE:-20GiB}"
 cache_size="${MODELFS_CACHE_SIZE:-free:10%}"
+device_glob="${MODELFS_DEVICE_GLOB:-/dev/disk/by-id/nvme-Amazon_EC2_NVMe_Instance_Storage_*}"
+timeout="${MODELFS_DEVICE_TIMEOUT:-120}"
 label="modelfs-cache"
 
 log() { echo "modelfs-instance-store: $*" >&2; }
 
-# EC2 names instance-store NVMe devices "Amazon EC2 NVMe Instance Storage" (EBS volumes are
-# "Amazon Elastic Block Store" and are never touched).
-find_devices() {
+# Instance-store NVMe controllers on the PCI bus: they are enumerated by the kernel before
+# userspace starts, while their block devices and udev's by-id links may come much later.
+count_pci_instance_store() {
+  local dev n=0
+  for dev in /sys/bus/pci/devices/*; do
+    [ -r "$dev/device" ] || continue
+    if [ "$(cat "$dev/vendor")" = 0x1d0f ] && [ "$(cat "$dev/device")" = 0xcd01 ]; then
+      n=$((n + 1))
+    fi
+  done
+  echo "$n"
+}
+
+# The devices present now (resolved, one per line). EC2 names instance-store NVMe devices
+# "Amazon EC2 NVMe Instance Storage" (EBS volumes are "Amazon Elastic Block Store").
+present_devices() {
+  local path
   if [ -n "${MODELFS_DEVICES:-}" ]; then
-    tr -s ' ' '\n' <<<"$MODELFS_DEVICES" | sed '/^$/d'
-    return
+    for path in $MODELFS_DEVICES; do
+      [ -b "$(readlink -f "$path")" ] && readlink -f "$path"
+    done
+    return 0
   fi
-  local link
-  for link in /dev/disk/by-id/nvme-Amazon_EC2_NVMe_Instance_Storage_*; do
-    [ -e "$link" ] || continue
-    case "$link" in *-part*|*_[0-9]) continue ;; esac
-    readlink -f "$link"
+  # The glob is the setting itself: unquoted on purpose.
+  # shellcheck disable=SC2086
+  for path in $device_glob; do
+    [ -e "$path" ] || continue
+    case "$path" in *-part*|*_[0-9]) continue ;; esac
+    [ -b "$(readlink -f "$path")" ] && readlink -f "$path"
   done | sort -u
 }
 
@@ -50,7 +78,12 @@ write_env() {
 
 is_mounted() { mountpoint -q "$1"; }
 
-mapfile -t devices < <(find_devices)
+if [ -n "${MODELFS_DEVICES:-}" ]; then
+  read -r -a listed <<<"$MODELFS_DEVICES"
+  expected="${#listed[@]}"
+else
+  expected="${MODELFS_INSTANCE_STORE_DEVICES:-$(count_pci_instance_store)}"
+fi
 
 if is_mounted "$mount_point"; then
   install -d -m 0700 "$mount_point/cache"
@@ -58,9 +91,28 @@ if is_mounted "$mount_point"; then
   exit 0
 fi
 
+devices=()
+if [ "$expected" -gt 0 ]; then
+  waited=0
+  while :; do
+    mapfile -t devices < <(present_devices)
+    [ "${#devices[@]}" -ge "$expected" ] && break
+    if [ "$waited" -ge "$timeout" ]; then
+      log "ERROR: expected $expected instance-store device(s), found ${#devices[@]} after ${timeout}s (${devices[*]:-none}); refusing to put the cache on the root volume"
+      exit 1
+    fi
+    if [ $((waited % 10)) -eq 0 ]; then
+      log "waiting for $expected instance-store device(s), ${#devices[@]} present"
+    fi
+    sleep 1
+    waited=$((waited + 1))
+  done
+  log "found ${#devices[@]} instance-store device(s) after ${waited}s: ${devices[*]}"
+fi
+
 case "${#devices[@]}" in
   0)
-    log "no instance-store device: using $fallback_dir on the root volume"
+    log "WARNING: this instance has no instance store: the cache goes to $fallback_dir on the root volume (limit $fallback_size)"
     install -d -m 0700 "$fallback_dir"
     write_env "$fallback_dir" "$fallback_size"
     exit 0
