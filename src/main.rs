@@ -4,6 +4,7 @@
 //! `docs/design.md` for how the pieces fit.
 
 mod cache_cmd;
+mod cache_placement;
 mod daemon;
 mod demo;
 mod fstab;

@@ -52,6 +52,8 @@ pub struct MountArgs {
     /// while N% of the disk stays free.
     #[arg(long, default_value = "free:10%", overrides_with = "cache_size")]
     pub cache_size: CacheSize,
+    #[command(flatten)]
+    pub placement: crate::cache_placement::CachePlacementArgs,
     /// Never serve reads by FUSE passthrough (by default, complete disk-cache entries are
     /// read by the kernel directly when it supports passthrough and we have CAP_SYS_ADMIN).
     #[arg(long)]
@@ -90,6 +92,7 @@ fn serve(
     let started = std::time::Instant::now();
     limit_malloc_arenas();
     crate::logging::init(&args.log_level, args.log_file.as_deref())?;
+    crate::cache_placement::check(args.cache_dir.as_deref(), &args.placement.cache_not_on)?;
     check_mountpoint(&args.mountpoint)?;
     check_fuse_device()?;
     let mountpoint = args

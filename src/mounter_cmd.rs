@@ -50,6 +50,8 @@ pub struct MounterArgs {
     /// while N% of the disk stays free.
     #[arg(long, default_value = "free:10%")]
     pub cache_size: CacheSize,
+    #[command(flatten)]
+    pub placement: crate::cache_placement::CachePlacementArgs,
     /// Never serve reads by FUSE passthrough.
     #[arg(long)]
     pub no_passthrough: bool,
@@ -113,6 +115,7 @@ pub fn run(args: MounterArgs) -> anyhow::Result<()> {
         .map(crate::metrics_server::bind)
         .transpose()?;
     let runtime = crate::mount_cmd::io_runtime()?;
+    crate::cache_placement::check(args.cache_dir.as_deref(), &args.placement.cache_not_on)?;
     let disk = crate::mount_cmd::open_disk_cache(args.cache_dir.as_deref(), args.cache_size)?;
     let read = ReadConfig {
         memory_cache_bytes: args.memory_cache_size,

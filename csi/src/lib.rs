@@ -23,6 +23,7 @@
 //! - [`state`]: one record per published target, so publish stays idempotent across plugin
 //!   restarts and dead mounts can be repaired (at start-up and every few seconds).
 //! - [`server`]: the socket and the tonic server; [`client`]: a channel to it (tests, tools).
+//! - [`startup_taint`]: removes the node's startup taint once the plugin can serve.
 //! - [`proto`]: the generated CSI types (`csi/proto/csi.proto`, a wire-compatible subset of the
 //!   CSI v1.12 spec).
 //!
@@ -45,6 +46,7 @@ pub mod pod_credentials;
 pub mod pod_identity;
 pub mod proto;
 pub mod server;
+pub mod startup_taint;
 pub mod state;
 pub mod volume_context;
 
@@ -88,6 +90,12 @@ pub struct CsiArgs {
     /// volume's region, else `AWS_REGION`).
     #[arg(long, value_name = "URL")]
     pub sts_endpoint_url: Option<String>,
+    /// Remove this taint (`KEY` or `KEY:EFFECT`) from this node once the plugin can serve:
+    /// its socket answers Probe, the mounter answers, kubelet has registered the driver.
+    /// Default: none. Needs `get`/`patch` on nodes and `get` on csinodes (the API server from
+    /// `KUBECONFIG`, else the in-cluster configuration).
+    #[arg(long, value_name = "KEY[:EFFECT]")]
+    pub startup_taint: Option<startup_taint::StartupTaint>,
     /// Log filter: error, warn, info, debug, trace, or per-module directives.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -145,6 +153,7 @@ pub fn run(args: CsiArgs) -> anyhow::Result<()> {
     );
     runtime.block_on(async {
         let listener = server::bind(&socket)?;
+        startup_taint::spawn(&args, &socket);
         tracing::info!(
             "{} {} serving on {} (node {})",
             identity::DRIVER_NAME,

@@ -1,0 +1,94 @@
+//! `--cache-not-on` through the binary (issue 21): `modelfs mount` refuses a disk cache on the
+//! filesystem it is told to keep clear, before it mounts or creates anything; a cache on
+//! another filesystem passes the check. No S3 endpoint is needed: the check comes first.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Runs `modelfs ARGS`, killed after 30 s if it has not exited (it should at once).
+fn modelfs(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_modelfs"))
+        .args(args)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn modelfs");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("modelfs {args:?} did not exit within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 temporary path")
+}
+
+#[test]
+fn mount_refuses_a_cache_on_the_filesystem_it_must_keep_clear() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mountpoint = dir.path().join("models");
+    std::fs::create_dir(&mountpoint).expect("mkdir");
+    let cache = dir.path().join("cache");
+    let output = modelfs(&[
+        "mount",
+        "s3://models/ComfyUI/models",
+        path(&mountpoint),
+        "--foreground",
+        "--cache-dir",
+        path(&cache),
+        "--cache-not-on",
+        path(dir.path()),
+        "--endpoint-url",
+        "http://127.0.0.1:9",
+        "--region",
+        "us-east-1",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("is on the same filesystem as") && stderr.contains("--cache-not-on"),
+        "{stderr}"
+    );
+    assert!(!cache.exists(), "nothing is created for a refused cache");
+    assert_eq!(
+        std::fs::read_dir(&mountpoint).expect("mountpoint").count(),
+        0,
+        "nothing is mounted"
+    );
+}
+
+#[test]
+fn a_cache_on_another_filesystem_passes_the_check() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A missing mountpoint fails the next check, which proves this one passed.
+    let output = modelfs(&[
+        "mount",
+        "s3://models/ComfyUI/models",
+        path(&dir.path().join("missing")),
+        "--foreground",
+        "--cache-dir",
+        path(&dir.path().join("cache")),
+        "--cache-not-on",
+        "/proc",
+        "--endpoint-url",
+        "http://127.0.0.1:9",
+        "--region",
+        "us-east-1",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(!stderr.contains("same filesystem"), "{stderr}");
+    assert!(
+        stderr.contains("missing"),
+        "the mountpoint check ran: {stderr}"
+    );
+}
