@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use modelfs_csi::handoff::{self, Listener, Reply, Request, VolumeCredentials, VolumeHandoff};
+use modelfs_csi::handoff::{
+    self, Listener, Reply, Request, VolumeCredentials, VolumeHandoff, WarmOutcome,
+};
 use modelfs_fs::cache::CacheSize;
 use modelfs_fs::metrics::metrics;
 use modelfs_fs::mount::{serve_fd, MountConfig};
@@ -27,6 +29,16 @@ use modelfs_fs::S3Location;
 use tokio::runtime::Handle;
 
 use crate::volume_args::VolumeArgs;
+
+/// What one volume's handoff asked to warm.
+struct WarmWork {
+    /// Paths or globs.
+    patterns: Vec<String>,
+    /// Files given as candidate paths, the first that exists.
+    any: Vec<Vec<String>>,
+    /// How long the reply waits.
+    wait: Duration,
+}
 
 /// Blocks one volume's warm-up downloads at a time (background priority: reads go first).
 const WARM_CONCURRENCY: usize = 8;
@@ -170,7 +182,8 @@ impl Mounter {
             Request::Serve(volume) => {
                 let id = volume.volume_id.clone();
                 match self.serve(volume, fd) {
-                    Ok(()) => Reply::Ok,
+                    Ok(None) => Reply::Ok,
+                    Ok(Some(warm)) => Reply::Warm(warm),
                     Err(e) => {
                         tracing::warn!(volume = %id, "not served: {e:#}");
                         Reply::Failed(format!("{e:#}"))
@@ -194,7 +207,12 @@ impl Mounter {
     }
 
     /// Checks the volume, completes its FUSE handshake and serves it on threads of its own.
-    fn serve(self: &Arc<Self>, handoff: VolumeHandoff, fd: Option<OwnedFd>) -> anyhow::Result<()> {
+    /// Says how far warming got, for a volume with files to warm.
+    fn serve(
+        self: &Arc<Self>,
+        handoff: VolumeHandoff,
+        fd: Option<OwnedFd>,
+    ) -> anyhow::Result<Option<WarmOutcome>> {
         let fd = fd.context("no FUSE connection came with the request")?;
         check_is_fuse_device(&fd)?;
         let location: S3Location = handoff.source.parse()?;
@@ -221,8 +239,11 @@ impl Mounter {
         let warm_store = store.clone();
         let warming = (
             handoff.volume_id.clone(),
-            handoff.warm.clone(),
-            Duration::from_millis(handoff.warm_wait_ms),
+            WarmWork {
+                patterns: handoff.warm.clone(),
+                any: handoff.warm_any.clone(),
+                wait: Duration::from_millis(handoff.warm_wait_ms),
+            },
         );
         let session = serve_fd(
             &config,
@@ -278,35 +299,32 @@ impl Mounter {
                 }
             })
             .context("cannot start the volume's thread")?;
-        let (volume_id, patterns, wait) = warming;
-        if !patterns.is_empty() {
-            self.warm(
-                &volume_id,
-                patterns,
-                wait,
-                &location,
-                warm_store,
-                volume.metadata_ttl,
-            );
+        let (volume_id, work) = warming;
+        if work.patterns.is_empty() && work.any.is_empty() {
+            return Ok(None);
         }
-        Ok(())
+        let outcome = self.warm(&volume_id, work, &location, warm_store, volume.metadata_ttl);
+        Ok(Some(outcome))
     }
 
-    /// Downloads the files `patterns` name into the shared tiers, waiting at most `wait` for
-    /// them; the download goes on after that.
+    /// Downloads the files `work` names into the shared tiers, waiting at most `wait` for
+    /// them; the download goes on after that. Says how far it got.
     fn warm(
         &self,
         volume: &str,
-        patterns: Vec<String>,
-        wait: Duration,
+        work: WarmWork,
         location: &S3Location,
         store: Arc<ProvingStore>,
         metadata_ttl: Duration,
-    ) {
+    ) -> WarmOutcome {
         let volume = volume.to_string();
         if self.args.cache_dir.is_none() {
-            tracing::warn!(volume = %volume, "not warming: this mounter has no disk cache");
-            return;
+            let message = "not warming: the node's mounter has no disk cache".to_string();
+            tracing::warn!(volume = %volume, "{message}");
+            return WarmOutcome {
+                done: false,
+                message,
+            };
         }
         let namespace = Namespace::shared(store.clone(), &location.prefix, metadata_ttl);
         let reader =
@@ -315,11 +333,24 @@ impl Mounter {
         let total = Arc::new(AtomicU64::new(0));
         let (done_here, total_here) = (done.clone(), total.clone());
         let task_volume = volume.clone();
+        let wait = work.wait;
         metrics().warming(1);
         let mut task = self.runtime.spawn(async move {
             let volume = task_volume;
             let started = Instant::now();
             let outcome = async {
+                let mut patterns = work.patterns;
+                // A workflow's model may live in one of several folders: the first that has it.
+                for candidates in &work.any {
+                    match resolve(&namespace, candidates).await?.0.first() {
+                        Some(found) => patterns.push(found.path.clone()),
+                        None => tracing::warn!(
+                            volume = %volume,
+                            "warm: the workflow's {} is not in the bucket",
+                            candidates.join(" or ")
+                        ),
+                    }
+                }
                 let (targets, unmatched) = resolve(&namespace, &patterns).await?;
                 for pattern in unmatched {
                     tracing::warn!(volume = %volume, "warm: nothing matches {pattern:?}");
@@ -333,35 +364,58 @@ impl Mounter {
                 };
                 warm(&namespace, &reader, &targets, WARM_CONCURRENCY, &progress).await
             };
-            match outcome.await {
-                Ok(report) if report.failed_blocks == 0 => tracing::info!(
-                    volume = %volume,
-                    "warmed {} files, {} MiB in {:.1} s",
-                    report.files,
-                    report.bytes >> 20,
-                    started.elapsed().as_secs_f64()
-                ),
-                Ok(report) => tracing::warn!(
-                    volume = %volume,
-                    "warmed {} files with {} blocks failed (they download on first read)",
-                    report.files,
-                    report.failed_blocks
-                ),
-                Err(e) => tracing::warn!(volume = %volume, "warming stopped: {e}"),
+            let outcome = match outcome.await {
+                Ok(report) if report.failed_blocks == 0 => WarmOutcome {
+                    done: true,
+                    message: format!(
+                        "warmed {} files, {} MiB in {:.1} s",
+                        report.files,
+                        report.bytes >> 20,
+                        started.elapsed().as_secs_f64()
+                    ),
+                },
+                Ok(report) => WarmOutcome {
+                    done: false,
+                    message: format!(
+                        "warmed {} files with {} blocks failed (they download on first read)",
+                        report.files, report.failed_blocks
+                    ),
+                },
+                Err(e) => WarmOutcome {
+                    done: false,
+                    message: format!("warming stopped: {e}"),
+                },
+            };
+            if outcome.done {
+                tracing::info!(volume = %volume, "{}", outcome.message);
+            } else {
+                tracing::warn!(volume = %volume, "{}", outcome.message);
             }
             metrics().warming(-1);
+            outcome
         });
-        let finished = self
+        match self
             .runtime
-            .block_on(async { tokio::time::timeout(wait, &mut task).await.is_ok() });
-        if !finished {
-            tracing::info!(
-                volume = %volume,
-                "publishing after {:.0} s with {} of {} MiB warm; warming goes on",
-                wait.as_secs_f64(),
-                done.load(Ordering::Relaxed) >> 20,
-                total.load(Ordering::Relaxed) >> 20
-            );
+            .block_on(async { tokio::time::timeout(wait, &mut task).await })
+        {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => WarmOutcome {
+                done: false,
+                message: format!("warming failed: {e}"),
+            },
+            Err(_) => {
+                let message = format!(
+                    "published after {:.0} s with {} of {} MiB warm; warming goes on",
+                    wait.as_secs_f64(),
+                    done.load(Ordering::Relaxed) >> 20,
+                    total.load(Ordering::Relaxed) >> 20
+                );
+                tracing::info!(volume = %volume, "{message}");
+                WarmOutcome {
+                    done: false,
+                    message,
+                }
+            }
         }
     }
 }

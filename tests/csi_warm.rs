@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::csi::{wait_for, Node, BUCKET, OBJECTS};
+use common::kube_api::FakeKubeApi;
 use common::s3::LocalServer;
 use modelfs_s3local::Shaping;
 
@@ -104,4 +105,68 @@ fn publish_stops_waiting_at_the_timeout_and_warming_goes_on() {
         "the model was read from S3"
     );
     node.unpublish("vol-t", &target).expect("unpublish");
+}
+
+#[test]
+fn a_workflow_from_a_configmap_is_warmed_and_the_pod_hears_about_it() {
+    let kube = FakeKubeApi::start();
+    let workflow = serde_json::json!({
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sdxl.safetensors"}},
+        "10": {"class_type": "LoraLoader", "inputs": {"lora_name": "detail.safetensors", "model": ["4", 0]}},
+        "11": {"class_type": "VAELoader", "inputs": {"vae_name": "absent.safetensors"}}
+    });
+    kube.set_config_map(
+        "comfyui",
+        "sdxl",
+        &[("workflow.json", &workflow.to_string())],
+    );
+    let config = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = kube.kubeconfig(config.path());
+    let cache = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("cache dir");
+    let args = cache_args(&cache);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let node = Node::start_configured(&args, &[], &[("KUBECONFIG", &kubeconfig.to_string_lossy())]);
+    let target = node.target("pod-f", "models");
+    let mut req = node.request("vol-f", &target);
+    for (key, value) in [
+        ("warmWorkflow", "sdxl"),
+        ("csi.storage.k8s.io/pod.namespace", "comfyui"),
+        ("csi.storage.k8s.io/pod.name", "comfyui-0"),
+        ("csi.storage.k8s.io/pod.uid", "uid-0"),
+    ] {
+        req.volume_context.insert(key.into(), value.into());
+    }
+
+    // A ConfigMap that is not there: the pod is told which.
+    let mut missing = req.clone();
+    missing
+        .volume_context
+        .insert("warmWorkflow".into(), "other/flow.json".into());
+    let status = node.publish(missing).expect_err("no such ConfigMap");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("comfyui/other"), "{status:?}");
+
+    node.publish_ok(req);
+    node.s3.server.reset_stats();
+    for key in ["checkpoints/sdxl.safetensors", "loras/detail.safetensors"] {
+        std::fs::read(target.join(key)).expect("read a workflow model");
+    }
+    assert_eq!(
+        node.s3.server.stats().get_object,
+        0,
+        "the workflow's models were read from S3"
+    );
+    assert!(node
+        .mounter_log()
+        .contains("absent.safetensors is not in the bucket"));
+
+    let events = kube.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let event = &events[0];
+    assert_eq!(event["involvedObject"]["name"], "comfyui-0");
+    assert_eq!(event["involvedObject"]["uid"], "uid-0");
+    assert_eq!(event["reason"], "ModelsWarm");
+    let message = event["message"].as_str().unwrap_or_default();
+    assert!(message.starts_with("warmed 2 files"), "{message}");
+    node.unpublish("vol-f", &target).expect("unpublish");
 }

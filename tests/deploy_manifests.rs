@@ -825,8 +825,8 @@ fn the_nodepool_taints_new_nodes_until_the_plugin_removes_it() {
                     );
                 }
             }
-            // The plugin's account may read its CSINode and Node and patch the Node, and read
-            // service accounts (pods' roles).
+            // The plugin's account may read its CSINode and Node and patch the Node, read
+            // service accounts (pods' roles) and ConfigMaps (warm workflows), and record Events.
             let account = plugin.pod()["serviceAccountName"]
                 .as_str()
                 .expect("account");
@@ -867,12 +867,15 @@ fn the_nodepool_taints_new_nodes_until_the_plugin_removes_it() {
             assert_eq!(
                 verbs,
                 [
+                    "/configmaps:get",
+                    "/events:create",
                     "/nodes:get",
                     "/nodes:patch",
                     "/serviceaccounts:get",
                     "storage.k8s.io/csinodes:get"
                 ],
-                "{}: what the plugin needs for the startup taint and pods' roles, and nothing more",
+                "{}: what the plugin needs for the startup taint, pods' roles, warm workflows \
+                 and pod events, and nothing more",
                 overlay.root
             );
         }

@@ -56,6 +56,10 @@ pub struct VolumeHandoff {
     /// Paths or globs to download into the node's cache once the volume is served.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warm: Vec<String>,
+    /// Files to download too, each the first of its candidate paths that exists (the
+    /// models a workflow loads, which may live in one of several folders).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warm_any: Vec<Vec<String>>,
     /// How long the reply waits for that download, in milliseconds (it goes on after).
     #[serde(default)]
     pub warm_wait_ms: u64,
@@ -105,6 +109,18 @@ pub enum Reply {
     Ok,
     /// Refused or failed; the message says why.
     Failed(String),
+    /// Served, with files to warm: how far warming got by the time of the reply. Only sent
+    /// for a handoff that asked for warming (plugins that predate it never do).
+    Warm(WarmOutcome),
+}
+
+/// How far a volume's warming got by the time its handoff was answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmOutcome {
+    /// Every file is local.
+    pub done: bool,
+    /// What to tell the pod, e.g. "warmed 3 files, 6144 MiB in 41.2 s".
+    pub message: String,
 }
 
 /// Talking to the mounter failed.
@@ -156,12 +172,17 @@ impl MounterClient {
 
     /// Whether the mounter answers.
     pub fn ping(&self) -> Result<(), HandoffError> {
-        self.exchange(&Request::Ping, None)
+        self.exchange(&Request::Ping, None).map(drop)
     }
 
     /// Hands `fuse` (a mounted `/dev/fuse` connection) to the mounter and waits until it
-    /// serves it or says why not.
-    pub fn serve(&self, volume: VolumeHandoff, fuse: BorrowedFd<'_>) -> Result<(), HandoffError> {
+    /// serves it (and, for a volume with files to warm, until they are local or its wait is
+    /// over) or says why not.
+    pub fn serve(
+        &self,
+        volume: VolumeHandoff,
+        fuse: BorrowedFd<'_>,
+    ) -> Result<Option<WarmOutcome>, HandoffError> {
         self.exchange(&Request::Serve(volume), Some(fuse))
     }
 
@@ -175,10 +196,14 @@ impl MounterClient {
             target: target.to_path_buf(),
             credentials,
         };
-        self.exchange(&request, None)
+        self.exchange(&request, None).map(drop)
     }
 
-    fn exchange(&self, request: &Request, fd: Option<BorrowedFd<'_>>) -> Result<(), HandoffError> {
+    fn exchange(
+        &self,
+        request: &Request,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<Option<WarmOutcome>, HandoffError> {
         let io = |source: std::io::Error| HandoffError::Io {
             socket: self.socket.clone(),
             source,
@@ -191,7 +216,8 @@ impl MounterClient {
         send_message(conn.as_fd(), &body, fd).map_err(io)?;
         let (reply, _) = receive_message(conn.as_fd()).map_err(io)?;
         match serde_json::from_slice::<Reply>(&reply) {
-            Ok(Reply::Ok) => Ok(()),
+            Ok(Reply::Ok) => Ok(None),
+            Ok(Reply::Warm(outcome)) => Ok(Some(outcome)),
             Ok(Reply::Failed(message)) => Err(HandoffError::Refused(message)),
             Err(e) => Err(HandoffError::Protocol {
                 socket: self.socket.clone(),
@@ -410,6 +436,7 @@ mod tests {
                     options: vec![],
                     credentials: Some(credentials()),
                     warm: vec![],
+                    warm_any: vec![],
                     warm_wait_ms: 0,
                 },
                 file.as_fd(),

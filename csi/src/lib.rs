@@ -17,6 +17,8 @@
 //! - [`mounter`]: the edge to the OS: mounts a FUSE connection at the target and hands it to
 //!   the node's `modelfs mounter` ([`handoff`] is that socket's protocol), unmounts, and
 //!   reads mountinfo; plus a fake for unit tests.
+//! - [`cluster`]: the Kubernetes API calls (service accounts, `warmWorkflow` ConfigMaps, Events
+//!   on pods).
 //! - [`pod_identity`] and [`pod_credentials`]: the pod's service-account token in a volume's
 //!   context, exchanged with STS for the role its service account names
 //!   (`authenticationSource: pod`, the default).
@@ -37,6 +39,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod cluster;
 pub mod endpoint_policy;
 pub mod handoff;
 pub mod identity;
@@ -135,8 +138,10 @@ pub fn run(args: CsiArgs) -> anyhow::Result<()> {
         .thread_name("modelfs-csi")
         .build()
         .context("cannot start the async runtime")?;
+    let cluster: Arc<dyn cluster::ClusterApi> = Arc::new(cluster::KubeApi::default());
     let credentials = pod_credentials::StsWebIdentity::new(
         runtime.handle().clone(),
+        cluster.clone(),
         args.sts_endpoint_url.clone(),
     );
     let node = Arc::new(
@@ -149,7 +154,8 @@ pub fn run(args: CsiArgs) -> anyhow::Result<()> {
             Arc::new(mounter),
             state,
         )
-        .with_credential_source(Arc::new(credentials)),
+        .with_credential_source(Arc::new(credentials))
+        .with_cluster(cluster, runtime.handle().clone()),
     );
     runtime.block_on(async {
         let listener = server::bind(&socket)?;

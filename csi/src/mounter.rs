@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::handoff::{HandoffError, MounterClient, VolumeCredentials, VolumeHandoff};
+use crate::handoff::{HandoffError, MounterClient, VolumeCredentials, VolumeHandoff, WarmOutcome};
 use crate::volume_context::MountSpec;
 
 /// How long the mounter may take to serve a handed-over volume (it lists the bucket first).
@@ -93,16 +93,10 @@ pub trait Mounter: Send + Sync + 'static {
     /// target that cannot be repaired keeps failing reads instead of showing an empty
     /// directory.
     fn check_ready(&self) -> Result<(), MountError>;
-    /// Mounts `spec` (volume `volume_id`) read-only at `target`, an existing directory with
-    /// nothing mounted on it, reading with `credentials` when given (a pod's) and the
-    /// mounter's own otherwise. On [`MountError::MountFailed`] a dead mount is left there.
-    fn mount(
-        &self,
-        volume_id: &str,
-        spec: &MountSpec,
-        target: &Path,
-        credentials: Option<&VolumeCredentials>,
-    ) -> Result<(), MountError>;
+    /// Mounts `request.spec` read-only at `request.target`, an existing directory with
+    /// nothing mounted on it. Returns how far warming got, for a volume with files to warm.
+    /// On [`MountError::MountFailed`] a dead mount is left there.
+    fn mount(&self, request: &MountRequest<'_>) -> Result<Option<WarmOutcome>, MountError>;
     /// Makes the volume served at `target` read with `credentials` from now on.
     fn refresh(&self, target: &Path, credentials: &VolumeCredentials) -> Result<(), MountError>;
     /// Removes the topmost mount at `target` (lazily if it is busy or stale). Not being
@@ -110,6 +104,21 @@ pub trait Mounter: Send + Sync + 'static {
     fn unmount(&self, target: &Path) -> Result<(), MountError>;
     /// Says what is mounted at `target`.
     fn mount_state(&self, target: &Path) -> Result<MountState, MountError>;
+}
+
+/// One volume to mount.
+#[derive(Debug, Clone, Copy)]
+pub struct MountRequest<'a> {
+    /// The CSI volume id.
+    pub volume_id: &'a str,
+    /// What to mount.
+    pub spec: &'a MountSpec,
+    /// Where.
+    pub target: &'a Path,
+    /// The pod's credentials; `None`: the mounter's own.
+    pub credentials: Option<&'a VolumeCredentials>,
+    /// Files to warm besides `spec.warm.patterns`, each the first candidate that exists.
+    pub warm_any: &'a [Vec<String>],
 }
 
 /// Mounts FUSE connections and hands them to the node mounter.
@@ -138,14 +147,15 @@ impl Mounter for HandoffMounter {
         self.client.ping().map_err(MountError::MounterUnavailable)
     }
 
-    fn mount(
-        &self,
-        volume_id: &str,
-        spec: &MountSpec,
-        target: &Path,
-        credentials: Option<&VolumeCredentials>,
-    ) -> Result<(), MountError> {
+    fn mount(&self, request: &MountRequest<'_>) -> Result<Option<WarmOutcome>, MountError> {
         use nix::mount::MsFlags;
+        let MountRequest {
+            volume_id,
+            spec,
+            target,
+            credentials,
+            warm_any,
+        } = *request;
         self.check_ready()?;
         let kernel = |message: String| MountError::Kernel {
             source_url: spec.source.clone(),
@@ -180,6 +190,7 @@ impl Mounter for HandoffMounter {
             options: spec.options.clone(),
             credentials: credentials.cloned(),
             warm: spec.warm.patterns.clone(),
+            warm_any: warm_any.to_vec(),
             warm_wait_ms: spec.warm.wait_ms,
         };
         // On failure our descriptor closes here, the last one: the kernel aborts the
@@ -372,8 +383,8 @@ pub mod fake {
     use std::path::{Path, PathBuf};
     use std::sync::Mutex;
 
-    use super::{MountError, MountState, Mounter};
-    use crate::handoff::VolumeCredentials;
+    use super::{MountError, MountRequest, MountState, Mounter};
+    use crate::handoff::{VolumeCredentials, WarmOutcome};
     use crate::volume_context::MountSpec;
 
     /// State of the fake.
@@ -393,6 +404,8 @@ pub mod fake {
         pub credentials: HashMap<PathBuf, String>,
         /// Number of `refresh` calls.
         pub refresh_calls: usize,
+        /// The workflow files the last mount was asked to warm.
+        pub warm_any: Vec<Vec<String>>,
     }
 
     /// The fake mounter.
@@ -429,13 +442,14 @@ pub mod fake {
             }
         }
 
-        fn mount(
-            &self,
-            _volume_id: &str,
-            spec: &MountSpec,
-            target: &Path,
-            credentials: Option<&VolumeCredentials>,
-        ) -> Result<(), MountError> {
+        fn mount(&self, request: &MountRequest<'_>) -> Result<Option<WarmOutcome>, MountError> {
+            let MountRequest {
+                spec,
+                target,
+                credentials,
+                warm_any,
+                ..
+            } = *request;
             self.check_ready()?;
             let mut state = self.state.lock().unwrap();
             if let Some(message) = state.fail_next_mount.take() {
@@ -460,7 +474,12 @@ pub mod fake {
                 .entry(target.to_path_buf())
                 .or_default()
                 .push((spec.clone(), false));
-            Ok(())
+            state.warm_any = warm_any.to_vec();
+            let files = spec.warm.patterns.len() + warm_any.len();
+            Ok((files > 0).then(|| WarmOutcome {
+                done: true,
+                message: format!("warmed {files} files"),
+            }))
         }
 
         fn refresh(

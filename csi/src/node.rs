@@ -37,9 +37,10 @@ use std::sync::{Arc, Mutex};
 
 use tonic::{Request, Response, Status};
 
+use crate::cluster::{ClusterApi, ClusterError, PodRef};
 use crate::endpoint_policy::EndpointPolicy;
-use crate::handoff::VolumeCredentials;
-use crate::mounter::{MountError, MountState, Mounter};
+use crate::handoff::{VolumeCredentials, WarmOutcome};
+use crate::mounter::{MountError, MountRequest, MountState, Mounter};
 use crate::pod_credentials::{CredentialError, CredentialSource};
 use crate::pod_identity::PodIdentity;
 use crate::proto;
@@ -91,6 +92,9 @@ pub enum NodeError {
     /// The pod's credentials could not be obtained.
     #[error(transparent)]
     Credentials(#[from] CredentialError),
+    /// The API server could not be asked (a `warmWorkflow` ConfigMap).
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 impl NodeError {
@@ -103,6 +107,7 @@ impl NodeError {
             NodeError::AlreadyExists(_) => tonic::Code::AlreadyExists,
             NodeError::Busy(_) => tonic::Code::Aborted,
             NodeError::Mount(MountError::MounterUnavailable(_))
+            | NodeError::Cluster(_)
             | NodeError::Credentials(CredentialError::Unavailable { .. }) => {
                 tonic::Code::Unavailable
             }
@@ -156,6 +161,7 @@ impl NodeError {
             NodeError::TargetDir { .. } => "the target directory could not be set up",
             NodeError::State(_) => "the plugin could not record the volume",
             NodeError::Credentials(_) => "the pod's credentials could not be obtained",
+            NodeError::Cluster(_) => "the Kubernetes API could not be asked",
             _ => "an internal error",
         };
         Status::new(
@@ -198,6 +204,8 @@ pub struct PublishRequest {
     pub spec: MountSpec,
     /// The pod, for `authenticationSource: pod` volumes.
     pub pod: Option<PodIdentity>,
+    /// The pod, when kubelet names it (`podInfoOnMount`): for `warmWorkflow` and Events.
+    pub pod_ref: Option<PodRef>,
 }
 
 /// What [`NodeServer::repair`] found for each recorded target.
@@ -221,6 +229,8 @@ pub struct NodeServer<M: Mounter> {
     busy: Mutex<HashSet<PathBuf>>,
     ready: AtomicBool,
     credentials: Arc<dyn CredentialSource>,
+    /// The API server (ConfigMaps of `warmWorkflow`, Events on pods), and where to call it.
+    cluster: Option<(Arc<dyn ClusterApi>, tokio::runtime::Handle)>,
     /// The pod credentials each target was last given, and the digest of the token they
     /// came from.
     issued: Mutex<HashMap<PathBuf, Issued>>,
@@ -279,7 +289,64 @@ impl<M: Mounter> NodeServer<M> {
             busy: Mutex::new(HashSet::new()),
             ready: AtomicBool::new(false),
             credentials: Arc::new(NoCredentialSource),
+            cluster: None,
             issued: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The same server, reading ConfigMaps and recording Events through `api` on `runtime`.
+    pub fn with_cluster(
+        mut self,
+        api: Arc<dyn ClusterApi>,
+        runtime: tokio::runtime::Handle,
+    ) -> NodeServer<M> {
+        self.cluster = Some((api, runtime));
+        self
+    }
+
+    /// The model files of the volume's `warmWorkflow`, each as its candidate paths.
+    fn workflow_models(&self, req: &PublishRequest) -> Result<Vec<Vec<String>>, NodeError> {
+        let Some((name, key)) = &req.spec.warm.workflow else {
+            return Ok(Vec::new());
+        };
+        let pod = req.pod_ref.as_ref().ok_or_else(|| {
+            NodeError::InvalidArgument(
+                "volume attribute warmWorkflow needs the pod's namespace (the CSIDriver's \
+                 podInfoOnMount: true)"
+                    .into(),
+            )
+        })?;
+        let (api, runtime) = self
+            .cluster
+            .as_ref()
+            .ok_or_else(|| ClusterError("this plugin has no Kubernetes API access".into()))?;
+        let where_ = format!("ConfigMap {}/{name}, key {key}", pod.namespace);
+        let text = runtime
+            .block_on(api.config_map_value(&pod.namespace, name, key))?
+            .ok_or_else(|| {
+                NodeError::InvalidArgument(format!(
+                    "volume attribute warmWorkflow: there is no {where_}"
+                ))
+            })?;
+        modelfs_fs::warm::workflow_models(&text).map_err(|e| {
+            NodeError::InvalidArgument(format!("volume attribute warmWorkflow: {where_}: {e}"))
+        })
+    }
+
+    /// Tells the pod (an Event) and the log how far warming got before its volume was
+    /// published; an Event that cannot be recorded is only logged.
+    fn report_warm(&self, req: &PublishRequest, outcome: &WarmOutcome) {
+        tracing::info!(volume = %req.volume_id, "{}", outcome.message);
+        let (Some(pod), Some((api, runtime))) = (&req.pod_ref, &self.cluster) else {
+            return;
+        };
+        let reason = if outcome.done {
+            "ModelsWarm"
+        } else {
+            "ModelsWarming"
+        };
+        if let Err(e) = runtime.block_on(api.pod_event(pod, reason, &outcome.message, false)) {
+            tracing::warn!(volume = %req.volume_id, "{e}");
         }
     }
 
@@ -435,13 +502,30 @@ impl<M: Mounter> NodeServer<M> {
             source,
         })?;
         let given = credentials.map(|(credentials, _)| credentials);
-        if let Err(e) = self
-            .mounter
-            .mount(&req.volume_id, &req.spec, target, given.as_ref())
-        {
-            let _ = self.unmount_all(target);
-            let _ = std::fs::remove_dir(target);
-            return Err(e.into());
+        let warm_any = match self.workflow_models(req) {
+            Ok(models) => models,
+            Err(e) => {
+                let _ = std::fs::remove_dir(target);
+                return Err(e);
+            }
+        };
+        let mounted = self.mounter.mount(&MountRequest {
+            volume_id: &req.volume_id,
+            spec: &req.spec,
+            target,
+            credentials: given.as_ref(),
+            warm_any: &warm_any,
+        });
+        let warm = match mounted {
+            Ok(warm) => warm,
+            Err(e) => {
+                let _ = self.unmount_all(target);
+                let _ = std::fs::remove_dir(target);
+                return Err(e.into());
+            }
+        };
+        if let Some(outcome) = &warm {
+            self.report_warm(req, outcome);
         }
         if let (Some(pod), Some(given)) = (&req.pod, given) {
             self.remember(target, pod, given);
@@ -565,12 +649,15 @@ impl<M: Mounter> NodeServer<M> {
                         .check_ready()
                         .and_then(|()| self.unmount_all(&target))
                         .and_then(|()| {
-                            self.mounter.mount(
-                                &record.volume_id,
-                                &spec,
-                                &target,
-                                credentials.as_ref(),
-                            )
+                            self.mounter
+                                .mount(&MountRequest {
+                                    volume_id: &record.volume_id,
+                                    spec: &spec,
+                                    target: &target,
+                                    credentials: credentials.as_ref(),
+                                    warm_any: &[],
+                                })
+                                .map(drop)
                         })
                 }
                 Err(e) => Err(e),
@@ -654,6 +741,7 @@ pub fn publish_request<M: Mounter>(
         target,
         spec,
         pod,
+        pod_ref: PodRef::from_context(&req.volume_context),
     })
 }
 

@@ -3,13 +3,15 @@
 //! own token through STS `AssumeRoleWithWebIdentity`. The role's trust policy decides which
 //! service accounts may assume it; the plugin's own credentials play no part.
 
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use aws_sdk_sts::config::{BehaviorVersion, Region};
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
-use k8s_openapi::api::core::v1::ServiceAccount;
+
 use tokio::runtime::Handle;
-use tokio::sync::OnceCell;
+
+use crate::cluster::ClusterApi;
 
 use crate::handoff::VolumeCredentials;
 use crate::pod_identity::PodIdentity;
@@ -63,43 +65,36 @@ pub trait CredentialSource: Send + Sync + 'static {
 /// The real source: the Kubernetes API for the annotation, STS for the exchange.
 pub struct StsWebIdentity {
     runtime: Handle,
-    kube: OnceCell<kube::Client>,
+    cluster: Arc<dyn ClusterApi>,
     sts_endpoint: Option<String>,
 }
 
 impl StsWebIdentity {
-    /// Calls STS at `sts_endpoint` (default: the regional AWS endpoint) from tasks on
-    /// `runtime`. The Kubernetes client is made on first use (in-cluster configuration, or
-    /// `KUBECONFIG` outside a cluster).
-    pub fn new(runtime: Handle, sts_endpoint: Option<String>) -> StsWebIdentity {
+    /// Calls STS at `sts_endpoint` (default: the regional AWS endpoint) and `cluster` from
+    /// tasks on `runtime`.
+    pub fn new(
+        runtime: Handle,
+        cluster: Arc<dyn ClusterApi>,
+        sts_endpoint: Option<String>,
+    ) -> StsWebIdentity {
         StsWebIdentity {
             runtime,
-            kube: OnceCell::new(),
+            cluster,
             sts_endpoint,
         }
     }
 
     async fn role_of(&self, pod: &PodIdentity) -> Result<String, CredentialError> {
-        let unavailable = |message: String| CredentialError::Unavailable {
-            account: pod.describe(),
-            message,
-        };
-        let client = self
-            .kube
-            .get_or_try_init(kube::Client::try_default)
+        let annotations = self
+            .cluster
+            .service_account_annotations(&pod.namespace, &pod.service_account)
             .await
-            .map_err(|e| unavailable(format!("no Kubernetes client: {e}")))?;
-        let accounts: kube::Api<ServiceAccount> =
-            kube::Api::namespaced(client.clone(), &pod.namespace);
-        let account = accounts
-            .get(&pod.service_account)
-            .await
-            .map_err(|e| unavailable(format!("reading the service account: {e}")))?;
-        account
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(ROLE_ANNOTATION))
+            .map_err(|e| CredentialError::Unavailable {
+                account: pod.describe(),
+                message: e.to_string(),
+            })?;
+        annotations
+            .get(ROLE_ANNOTATION)
             .map(|role| role.trim().to_string())
             .filter(|role| !role.is_empty())
             .ok_or_else(|| CredentialError::NoRole {

@@ -20,6 +20,11 @@
 //! | `authenticationSource` | no | `pod` / `driver`      | (whose credentials sign)      |
 //! | `warm`           | no       | `checkpoints/sdxl*,vae/*` | (files to download first)   |
 //! | `warmTimeout`    | no       | `60s` (default), ≤ `80s`  | (how long publish waits)    |
+//! | `warmWorkflow`   | no       | `sdxl-workflow`, `wf/api.json` | (a ConfigMap's workflow) |
+//!
+//! `warmWorkflow` names a ConfigMap in the pod's namespace (and a key in it, default
+//! `workflow.json`) holding a ComfyUI API-format workflow: the model files it loads are warmed
+//! like `warm`'s.
 //!
 //! `warm` lists paths or globs below the volume's root, comma-separated: the node's mounter
 //! downloads them into its disk cache when the volume is published, and NodePublishVolume
@@ -85,6 +90,11 @@ pub const AUTHENTICATION_SOURCE: &str = "authenticationSource";
 pub const WARM: &str = "warm";
 /// Attribute: how long publishing waits for `warm` (default 60 s, at most 80 s).
 pub const WARM_TIMEOUT: &str = "warmTimeout";
+/// Attribute: a ConfigMap (`NAME` or `NAME/KEY`) in the pod's namespace holding a ComfyUI
+/// API-format workflow whose models are warmed.
+pub const WARM_WORKFLOW: &str = "warmWorkflow";
+/// The ConfigMap key of `warmWorkflow` when none is given.
+pub const DEFAULT_WORKFLOW_KEY: &str = "workflow.json";
 /// Default of `warmTimeout`.
 pub const DEFAULT_WARM_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest `warmTimeout`: the publish call, mounting included, must end well within the
@@ -96,7 +106,7 @@ pub const KUBELET_KEY_PREFIX: &str = "csi.storage.k8s.io/";
 pub const EPHEMERAL: &str = "csi.storage.k8s.io/ephemeral";
 
 /// Every attribute key this driver understands, in table order.
-pub const ATTRIBUTES: [&str; 10] = [
+pub const ATTRIBUTES: [&str; 11] = [
     BUCKET,
     PREFIX,
     REGION,
@@ -107,6 +117,7 @@ pub const ATTRIBUTES: [&str; 10] = [
     AUTHENTICATION_SOURCE,
     WARM,
     WARM_TIMEOUT,
+    WARM_WORKFLOW,
 ];
 
 /// Whose credentials sign a volume's requests.
@@ -214,6 +225,16 @@ pub struct Warm {
     pub patterns: Vec<String>,
     /// How long publishing waits, in milliseconds.
     pub wait_ms: u64,
+    /// A ConfigMap in the pod's namespace, and its key, holding a workflow to warm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<(String, String)>,
+}
+
+impl Warm {
+    /// Whether there is anything to warm.
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty() && self.workflow.is_none()
+    }
 }
 
 impl MountSpec {
@@ -286,7 +307,12 @@ impl MountSpec {
         }
         let inline = get(EPHEMERAL) == Some("true");
         let authentication = parse_authentication(get(AUTHENTICATION_SOURCE), unsigned, inline)?;
-        let warm = parse_warm(get(WARM), get(WARM_TIMEOUT))?;
+        let mut warm = parse_warm(get(WARM), get(WARM_TIMEOUT))?;
+        if let Some(raw) = get(WARM_WORKFLOW) {
+            let workflow =
+                parse_workflow_ref(raw).map_err(|reason| invalid(WARM_WORKFLOW, raw, reason))?;
+            warm.workflow = Some(workflow);
+        }
         if let Some(ttl) = get(METADATA_TTL) {
             parse_duration(ttl).map_err(|reason| invalid(METADATA_TTL, ttl, &reason))?;
             options.extend(["--metadata-ttl".to_string(), ttl.to_string()]);
@@ -355,6 +381,27 @@ fn check_unsigned(policy: &EndpointPolicy) -> Result<(), VolumeContextError> {
 
 /// Maps mount flags onto `modelfs mount` options, in a canonical order (so the same set of
 /// flags in another order is the same spec). A flag given twice is refused.
+/// `NAME` or `NAME/KEY`: a ConfigMap name (DNS subdomain) and a ConfigMap key.
+fn parse_workflow_ref(raw: &str) -> Result<(String, String), &'static str> {
+    let (name, key) = raw.split_once('/').unwrap_or((raw, DEFAULT_WORKFLOW_KEY));
+    let name_ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    let key_ok = !key.is_empty()
+        && key.len() <= 253
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if !name_ok || !key_ok {
+        return Err("expected a ConfigMap name, optionally /KEY (default key workflow.json)");
+    }
+    Ok((name.to_string(), key.to_string()))
+}
+
 fn parse_warm(patterns: Option<&str>, timeout: Option<&str>) -> Result<Warm, VolumeContextError> {
     let invalid =
         |key: &'static str, value: &str, reason: &str| VolumeContextError::InvalidAttribute {
@@ -395,6 +442,7 @@ fn parse_warm(patterns: Option<&str>, timeout: Option<&str>) -> Result<Warm, Vol
     Ok(Warm {
         patterns: list,
         wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        workflow: None,
     })
 }
 
@@ -593,11 +641,21 @@ mod tests {
         assert_eq!(spec.warm.wait_ms, 60_000);
         let spec = parse(&[(BUCKET, "models"), (WARM, "a"), (WARM_TIMEOUT, "5s")]).unwrap();
         assert_eq!(spec.warm.wait_ms, 5_000);
+        let spec = parse(&[(BUCKET, "models"), (WARM_WORKFLOW, "sdxl")]).unwrap();
+        assert_eq!(
+            spec.warm.workflow,
+            Some(("sdxl".into(), "workflow.json".into()))
+        );
+        let spec = parse(&[(BUCKET, "models"), (WARM_WORKFLOW, "wf/api.json")]).unwrap();
+        assert_eq!(spec.warm.workflow, Some(("wf".into(), "api.json".into())));
+        assert!(!spec.warm.is_empty());
         for (key, value) in [
             (WARM, "../other/x"),
             (WARM, "a/[b"),
             (WARM_TIMEOUT, "5m"),
             (WARM_TIMEOUT, "soon"),
+            (WARM_WORKFLOW, "../x"),
+            (WARM_WORKFLOW, "Wf/a b"),
         ] {
             let err = parse(&[(BUCKET, "models"), (key, value)]).unwrap_err();
             assert!(err.to_string().contains(key), "{err}");
