@@ -1151,7 +1151,11 @@ fn the_csidriver_asks_kubelet_to_republish_with_the_pods_token() {
         .flatten()
         .filter_map(|t| t["audience"].as_str())
         .collect();
-    assert_eq!(audiences, ["sts.amazonaws.com"], "{file}");
+    assert_eq!(
+        audiences,
+        ["sts.amazonaws.com", "pods.eks.amazonaws.com"],
+        "{file}"
+    );
 }
 
 #[test]

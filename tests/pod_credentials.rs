@@ -5,7 +5,8 @@
 //! server with the role's temporary credentials. The server honours exactly the sessions
 //! moto's STS issued (key, secret and session token), with the read rights the test gives
 //! each role, as S3 honours an assumed role's policy. The mounter's own credentials, which
-//! the server also knows, are never used for these volumes.
+//! the server also knows, are never used for these volumes. A fake EKS Pod Identity agent
+//! serves pods whose service account names no role.
 
 mod common;
 
@@ -16,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use common::csi::{is_stale, wait_for, Node, OBJECTS};
 use common::kube_api::FakeKubeApi;
 use common::moto::{AssumedRole, MotoServer};
+use common::pod_identity_agent::FakePodIdentityAgent;
 use common::s3::LocalServer;
 use modelfs_csi::proto;
 use modelfs_csi::proto::volume_capability::{
@@ -39,6 +41,14 @@ fn role_arn(role: &str) -> String {
 struct MotoSessions {
     moto: Arc<MotoServer>,
     known: Mutex<HashMap<String, AssumedRole>>,
+}
+
+impl MotoSessions {
+    /// Honours a session issued elsewhere (the Pod Identity agent's).
+    fn add(&self, session: AssumedRole) {
+        let mut known = self.known.lock().expect("sessions");
+        known.insert(session.access_key_id.clone(), session);
+    }
 }
 
 impl std::fmt::Debug for MotoSessions {
@@ -74,6 +84,7 @@ impl SessionIssuer for MotoSessions {
 struct World {
     node: Node,
     kube: FakeKubeApi,
+    agent: FakePodIdentityAgent,
     moto: Arc<MotoServer>,
     s3: LocalServer,
     _config: tempfile::TempDir,
@@ -85,7 +96,8 @@ fn world() -> World {
         moto: moto.clone(),
         known: Mutex::default(),
     });
-    let s3 = LocalServer::start_with_sessions(BUCKET, sessions);
+    let s3 = LocalServer::start_with_sessions(BUCKET, sessions.clone());
+    let agent = FakePodIdentityAgent::start(Arc::new(move |session| sessions.add(session)));
     for (key, seed, len) in OBJECTS {
         s3.store()
             .put_bytes(BUCKET, key, &common::pseudo_random(seed, len))
@@ -111,12 +123,15 @@ fn world() -> World {
             &s3.endpoint.url,
             "--sts-endpoint-url",
             &moto.endpoint.url,
+            "--pod-identity-agent-url",
+            &agent.url,
         ],
         &[("KUBECONFIG", &kubeconfig.to_string_lossy())],
     );
     World {
         node,
         kube,
+        agent,
         moto,
         s3,
         _config: config,
@@ -167,6 +182,21 @@ fn pod_request(
         volume_context: context,
         ..Default::default()
     }
+}
+
+/// Adds a token for the EKS Pod Identity agent's audience, as kubelet does when the
+/// CSIDriver asks for one.
+fn with_agent_token(
+    mut req: proto::NodePublishVolumeRequest,
+    token: &str,
+) -> proto::NodePublishVolumeRequest {
+    let key = "csi.storage.k8s.io/serviceAccount.tokens";
+    let mut tokens: serde_json::Value =
+        serde_json::from_str(&req.volume_context[key]).expect("tokens");
+    tokens["pods.eks.amazonaws.com"] = serde_json::json!({"token": token});
+    req.volume_context
+        .insert(key.to_string(), tokens.to_string());
+    req
 }
 
 fn open_error(path: &Path) -> Option<i32> {
@@ -306,4 +336,34 @@ fn a_republish_with_a_new_token_brings_new_credentials_and_repairs_use_them() {
         &world, &target, "comfyui", "comfyui", "token-4",
     ));
     world.node.assert_serves(&target, "");
+}
+
+#[test]
+fn a_service_account_without_a_role_reads_with_its_pod_identity_association() {
+    let w = world();
+    let node = &w.node;
+    w.agent.associate("pod-identity-token-1", &role_arn(READER));
+    let target = node.target("pod-pi", "models");
+    let req = pod_request(&w, &target, "plain", "default", "sts-token-1");
+    node.publish_ok(with_agent_token(req, "pod-identity-token-1"));
+    node.assert_serves(&target, "");
+    assert!(node
+        .driver_log()
+        .contains("assumed its EKS Pod Identity role"));
+
+    // A token the agent knows no association for: the pod is told what is missing.
+    let other = node.target("pod-pi-2", "models");
+    let req = pod_request(&w, &other, "plain", "default", "sts-token-2");
+    let status = node
+        .publish(with_agent_token(req, "pod-identity-token-unknown"))
+        .expect_err("no association");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("Pod Identity association"),
+        "{status:?}"
+    );
+    let logs = format!("{}{}", node.driver_log(), node.mounter_log());
+    assert!(!logs.contains("pod-identity-token-1") && !logs.contains("pod-identity-secret"));
+    node.unpublish("csi-inline-plain", &target)
+        .expect("unpublish");
 }

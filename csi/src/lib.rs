@@ -93,6 +93,10 @@ pub struct CsiArgs {
     /// volume's region, else `AWS_REGION`).
     #[arg(long, value_name = "URL")]
     pub sts_endpoint_url: Option<String>,
+    /// The node's EKS Pod Identity agent, asked for the credentials of pods whose service
+    /// account names no IRSA role (`none`: never asked).
+    #[arg(long, value_name = "URL", default_value = pod_credentials::DEFAULT_POD_IDENTITY_AGENT_URL)]
+    pub pod_identity_agent_url: String,
     /// Remove this taint (`KEY` or `KEY:EFFECT`) from this node once the plugin can serve:
     /// its socket answers Probe, the mounter answers, kubelet has registered the driver.
     /// Default: none. Needs `get`/`patch` on nodes and `get` on csinodes (the API server from
@@ -143,7 +147,8 @@ pub fn run(args: CsiArgs) -> anyhow::Result<()> {
         runtime.handle().clone(),
         cluster.clone(),
         args.sts_endpoint_url.clone(),
-    );
+    )
+    .with_pod_identity_agent(Some(args.pod_identity_agent_url.clone()).filter(|url| url != "none"));
     let node = Arc::new(
         node::NodeServer::new(
             node::NodeConfig {

@@ -1,32 +1,42 @@
-//! Credentials for `authenticationSource: pod` volumes: the role named on the pod's service
-//! account (annotation `eks.amazonaws.com/role-arn`, as IRSA uses), assumed with the pod's
-//! own token through STS `AssumeRoleWithWebIdentity`. The role's trust policy decides which
-//! service accounts may assume it; the plugin's own credentials play no part.
+//! Credentials for `authenticationSource: pod` volumes, with the pod's own tokens:
+//! - the role named on the pod's service account (annotation `eks.amazonaws.com/role-arn`, as
+//!   IRSA uses), assumed through STS `AssumeRoleWithWebIdentity`; the role's trust policy
+//!   decides which service accounts may assume it;
+//! - otherwise the service account's EKS Pod Identity association, through the node's Pod
+//!   Identity agent (the pod's token for `pods.eks.amazonaws.com`).
+//!
+//! The plugin's own credentials play no part.
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use aws_sdk_sts::config::{BehaviorVersion, Region};
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
-
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
 use tokio::runtime::Handle;
 
 use crate::cluster::ClusterApi;
-
 use crate::handoff::VolumeCredentials;
 use crate::pod_identity::PodIdentity;
 
 /// The service-account annotation naming the IAM role its pods assume.
 pub const ROLE_ANNOTATION: &str = "eks.amazonaws.com/role-arn";
 
-/// STS calls give up after this long (kubelet retries the publish).
+/// STS and Pod Identity agent calls give up after this long (kubelet retries the publish).
 const STS_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where the EKS Pod Identity agent answers on every node (its documented address).
+pub const DEFAULT_POD_IDENTITY_AGENT_URL: &str = "http://169.254.170.23/v1/credentials";
 
 /// Why a pod's credentials could not be obtained.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
-    /// The service account carries no role annotation.
-    #[error("service account {account} names no IAM role (annotation {ROLE_ANNOTATION})")]
+    /// The service account carries no role annotation and has no Pod Identity association.
+    #[error(
+        "service account {account} names no IAM role (annotation {ROLE_ANNOTATION}) and has no \
+         EKS Pod Identity association"
+    )]
     NoRole {
         /// `namespace/name`.
         account: String,
@@ -67,6 +77,7 @@ pub struct StsWebIdentity {
     runtime: Handle,
     cluster: Arc<dyn ClusterApi>,
     sts_endpoint: Option<String>,
+    agent_url: Option<String>,
 }
 
 impl StsWebIdentity {
@@ -81,7 +92,79 @@ impl StsWebIdentity {
             runtime,
             cluster,
             sts_endpoint,
+            agent_url: None,
         }
+    }
+
+    /// The same source, asking the Pod Identity agent at `url` for pods whose service
+    /// account names no role.
+    pub fn with_pod_identity_agent(mut self, url: Option<String>) -> StsWebIdentity {
+        self.agent_url = url;
+        self
+    }
+
+    /// Credentials of the pod's Pod Identity association, from the node's agent.
+    async fn ask_agent(
+        &self,
+        url: &str,
+        pod: &PodIdentity,
+        token: &str,
+    ) -> Result<VolumeCredentials, CredentialError> {
+        let unavailable = |message: String| CredentialError::Unavailable {
+            account: pod.describe(),
+            message: format!("EKS Pod Identity agent at {url}: {message}"),
+        };
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Full<Bytes>>();
+        let request = hyper::Request::get(url)
+            .header(hyper::header::AUTHORIZATION, token)
+            .body(Full::default())
+            .map_err(|e| unavailable(e.to_string()))?;
+        let answer = tokio::time::timeout(STS_TIMEOUT, async {
+            let response = client.request(request).await.map_err(|e| e.to_string())?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok::<_, String>((status, body))
+        })
+        .await
+        .map_err(|_| unavailable("no answer".to_string()))?
+        .map_err(unavailable)?;
+        let (status, body) = answer;
+        if status.is_client_error() {
+            // The agent knows no association for this service account (or the token).
+            return Err(CredentialError::NoRole {
+                account: pod.describe(),
+            });
+        }
+        if !status.is_success() {
+            return Err(unavailable(format!("HTTP {status}")));
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct AgentCredentials {
+            access_key_id: String,
+            secret_access_key: String,
+            token: String,
+            expiration: String,
+        }
+        let given: AgentCredentials = serde_json::from_slice(&body)
+            .map_err(|_| unavailable("an answer that is not its credentials JSON".to_string()))?;
+        let expires = given
+            .expiration
+            .parse::<k8s_openapi::jiff::Timestamp>()
+            .map_err(|_| unavailable("an unreadable expiration".to_string()))?;
+        Ok(VolumeCredentials {
+            access_key_id: given.access_key_id,
+            secret_access_key: given.secret_access_key,
+            session_token: given.token,
+            expires_unix: u64::try_from(expires.as_second()).unwrap_or(0),
+        })
     }
 
     async fn role_of(&self, pod: &PodIdentity) -> Result<String, CredentialError> {
@@ -172,8 +255,15 @@ impl CredentialSource for StsWebIdentity {
         region: Option<&str>,
     ) -> Result<VolumeCredentials, CredentialError> {
         self.runtime.block_on(async {
-            let role = self.role_of(pod).await?;
-            let credentials = self.assume(pod, &role, region).await?;
+            let (credentials, role) =
+                match (self.role_of(pod).await, pod.agent_token(), &self.agent_url) {
+                    (Ok(role), _, _) => (self.assume(pod, &role, region).await?, role),
+                    (Err(CredentialError::NoRole { .. }), Some(token), Some(url)) => (
+                        self.ask_agent(url, pod, token).await?,
+                        "its EKS Pod Identity role".to_string(),
+                    ),
+                    (Err(e), _, _) => return Err(e),
+                };
             tracing::info!(
                 "assumed {role} for service account {} (key {}, expires in {} s)",
                 pod.describe(),

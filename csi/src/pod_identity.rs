@@ -20,6 +20,8 @@ pub const SERVICE_ACCOUNT_NAME: &str = "csi.storage.k8s.io/serviceAccount.name";
 pub const SERVICE_ACCOUNT_TOKENS: &str = "csi.storage.k8s.io/serviceAccount.tokens";
 /// The audience STS accepts for AssumeRoleWithWebIdentity.
 pub const STS_AUDIENCE: &str = "sts.amazonaws.com";
+/// The audience the EKS Pod Identity agent accepts.
+pub const POD_IDENTITY_AUDIENCE: &str = "pods.eks.amazonaws.com";
 
 /// A pod's identity and its token for STS.
 #[derive(Clone, PartialEq, Eq)]
@@ -29,6 +31,7 @@ pub struct PodIdentity {
     /// The pod's service account.
     pub service_account: String,
     token: String,
+    agent_token: Option<String>,
 }
 
 impl std::fmt::Debug for PodIdentity {
@@ -38,6 +41,10 @@ impl std::fmt::Debug for PodIdentity {
             .field("namespace", &self.namespace)
             .field("service_account", &self.service_account)
             .field("token", &"<redacted>")
+            .field(
+                "agent_token",
+                &self.agent_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -77,10 +84,15 @@ impl PodIdentity {
             .map(|t| t.token.trim().to_string())
             .filter(|t| !t.is_empty())
             .ok_or_else(|| missing(SERVICE_ACCOUNT_TOKENS, "no token for the STS audience"))?;
+        let agent_token = tokens
+            .get(POD_IDENTITY_AUDIENCE)
+            .map(|t| t.token.trim().to_string())
+            .filter(|t| !t.is_empty());
         Ok(PodIdentity {
             namespace,
             service_account,
             token,
+            agent_token,
         })
     }
 
@@ -89,9 +101,18 @@ impl PodIdentity {
         &self.token
     }
 
+    /// The token for the EKS Pod Identity agent, when the CSIDriver asks for one.
+    pub fn agent_token(&self) -> Option<&str> {
+        self.agent_token.as_deref()
+    }
+
     /// A digest of the token: tells whether kubelet sent a new one, without keeping it.
     pub fn token_digest(&self) -> [u8; 32] {
-        Sha256::digest(self.token.as_bytes()).into()
+        let mut digest = Sha256::new();
+        digest.update(self.token.as_bytes());
+        digest.update([0]);
+        digest.update(self.agent_token.as_deref().unwrap_or("").as_bytes());
+        digest.finalize().into()
     }
 
     /// `namespace/service-account`, for log lines.

@@ -9,6 +9,7 @@ pub mod csi;
 pub mod kube_api;
 pub mod moto;
 pub mod mount;
+pub mod pod_identity_agent;
 pub mod s3;
 pub mod suite;
 
