@@ -10,13 +10,15 @@
 //! changed between the plugin's read and its patch is not clobbered (the plugin reads again);
 //! a failing API server is retried; without `--startup-taint` the node is never touched.
 
-use std::convert::Infallible;
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full};
+use common::http_fake::FakeHttp;
+use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
@@ -56,20 +58,11 @@ struct World {
 struct FakeApi {
     world: Arc<Mutex<World>>,
     url: String,
-    _runtime: tokio::runtime::Runtime,
+    _server: FakeHttp,
 }
 
 impl FakeApi {
     fn start(taints: Value) -> FakeApi {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind the fake API server");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
         let world = Arc::new(Mutex::new(World {
             node: json!({
                 "apiVersion": "v1", "kind": "Node",
@@ -83,27 +76,11 @@ impl FakeApi {
             race: None,
         }));
         let shared = world.clone();
-        runtime.spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let world = shared.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let world = world.clone();
-                        async move { Ok::<_, Infallible>(answer(&world, req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let server = FakeHttp::start(Arc::new(move |req| answer(&shared, req)));
         FakeApi {
             world,
-            url,
-            _runtime: runtime,
+            url: server.url.clone(),
+            _server: server,
         }
     }
 
@@ -163,10 +140,7 @@ fn status(code: u16, reason: &str, message: &str) -> (u16, Value) {
     )
 }
 
-async fn answer(
-    world: &Mutex<World>,
-    req: Request<hyper::body::Incoming>,
-) -> Response<Full<Bytes>> {
+fn answer(world: &Mutex<World>, req: Request<Bytes>) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or_default().to_string();
@@ -176,10 +150,7 @@ async fn answer(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    let body = match req.into_body().collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => Bytes::new(),
-    };
+    let body = req.into_body();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let mut world = world.lock().unwrap_or_else(|e| e.into_inner());
     let node_path = format!("/api/v1/nodes/{NODE}");

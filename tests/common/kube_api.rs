@@ -4,13 +4,14 @@
 //! through a kubeconfig file (`KUBECONFIG`), as any client outside a cluster does.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response};
+
+use super::http_fake::{json, FakeHttp};
 
 /// What the server knows and what it was told.
 #[derive(Default)]
@@ -23,63 +24,25 @@ struct Tables {
     events: Vec<serde_json::Value>,
 }
 
-type Accounts = Arc<Mutex<Tables>>;
+type SharedTables = Arc<Mutex<Tables>>;
 
-/// A running fake API server; stops with the test process's runtime.
+/// A running fake API server; stops when dropped.
 pub struct FakeKubeApi {
-    accounts: Accounts,
-    url: String,
-    _runtime: tokio::runtime::Runtime,
+    tables: SharedTables,
+    server: FakeHttp,
 }
 
 impl FakeKubeApi {
     pub fn start() -> FakeKubeApi {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let accounts: Accounts = Arc::default();
-        let table = accounts.clone();
-        runtime.spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let table = table.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let table = table.clone();
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            Ok::<_, Infallible>(answer(&table, &Request::from_parts(parts, body)))
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        FakeKubeApi {
-            accounts,
-            url,
-            _runtime: runtime,
-        }
+        let tables: SharedTables = Arc::default();
+        let shared = tables.clone();
+        let server = FakeHttp::start(Arc::new(move |req| answer(&shared, &req)));
+        FakeKubeApi { tables, server }
     }
 
     /// Creates or replaces service account `namespace/name`, annotated with `role` when given.
     pub fn set_service_account(&self, namespace: &str, name: &str, role: Option<&str>) {
-        self.accounts.lock().expect("table").accounts.insert(
+        self.tables.lock().expect("table").accounts.insert(
             (namespace.to_string(), name.to_string()),
             role.map(str::to_string),
         );
@@ -91,7 +54,7 @@ impl FakeKubeApi {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        self.accounts
+        self.tables
             .lock()
             .expect("table")
             .config_maps
@@ -100,7 +63,7 @@ impl FakeKubeApi {
 
     /// The Events posted so far.
     pub fn events(&self) -> Vec<serde_json::Value> {
-        self.accounts.lock().expect("table").events.clone()
+        self.tables.lock().expect("table").events.clone()
     }
 
     /// Writes a kubeconfig for this server into `dir`; returns its path.
@@ -110,14 +73,14 @@ impl FakeKubeApi {
             "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
              users:\n- name: plugin\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    \
              cluster: fake\n    user: plugin\ncurrent-context: fake\n",
-            self.url
+            self.server.url
         );
         std::fs::write(&path, text).expect("write kubeconfig");
         path
     }
 }
 
-fn answer(tables: &Accounts, req: &Request<Bytes>) -> Response<Full<Bytes>> {
+fn answer(tables: &SharedTables, req: &Request<Bytes>) -> Response<Full<Bytes>> {
     let parts: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
     let mut tables = tables.lock().expect("table");
     let get = req.method() == hyper::Method::GET;
@@ -146,21 +109,16 @@ fn answer(tables: &Accounts, req: &Request<Bytes>) -> Response<Full<Bytes>> {
         }
         _ => None,
     };
-    let (status, body) = match found {
-        Some(body) => (StatusCode::OK, body),
-        None => (
-            StatusCode::NOT_FOUND,
-            serde_json::json!({
+    match found {
+        Some(body) => json(200, &body),
+        None => json(
+            404,
+            &serde_json::json!({
                 "kind": "Status", "apiVersion": "v1", "status": "Failure",
                 "reason": "NotFound", "code": 404, "message": "not found"
             }),
         ),
-    };
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .expect("response")
+    }
 }
 
 fn service_account(namespace: &str, name: &str, role: Option<&str>) -> serde_json::Value {

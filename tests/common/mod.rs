@@ -6,6 +6,7 @@
 
 pub mod check;
 pub mod csi;
+pub mod http_fake;
 pub mod kube_api;
 pub mod moto;
 pub mod mount;
