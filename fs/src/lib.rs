@@ -5,7 +5,8 @@
 //!
 //! - [`store`]: the one seam to S3. [`store::ObjectStore`] is a small async trait (list a page,
 //!   head, ranged get with `If-Match`); [`store::S3Store`] implements it with `aws-sdk-s3`,
-//!   [`store::MemoryStore`] is an in-memory double for unit tests.
+//!   `store::MemoryStore` is an in-memory double for tests (unit tests, and others with the
+//!   `test-util` feature); the product does not carry it.
 //! - [`namespace`]: inodes and directories. Directories are listed lazily with
 //!   `ListObjectsV2` + `/` delimiter and cached for the metadata TTL; keys that cannot be POSIX
 //!   names are skipped ([`namespace::names`]).

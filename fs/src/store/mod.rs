@@ -6,6 +6,7 @@
 
 mod credentials;
 mod error;
+#[cfg(any(test, feature = "test-util"))]
 mod memory;
 mod origin;
 mod proof;
@@ -20,6 +21,7 @@ use bytes::Bytes;
 
 pub use credentials::{ReplaceableCredentials, SessionCredentials};
 pub use error::StoreError;
+#[cfg(any(test, feature = "test-util"))]
 pub use memory::MemoryStore;
 pub use origin::{normalize_endpoint, StoreOrigin};
 pub use proof::ProvingStore;
