@@ -53,7 +53,8 @@ fn mount_cmd(endpoint: &Endpoint, source: &str, mountpoint: &Path, foreground: b
     cmd
 }
 
-fn assert_fails(cmd: Command, mountpoint: &Path, expected: &[&str]) {
+/// Runs `cmd`, which must fail saying one of `expected` and leave nothing mounted; its stderr.
+fn assert_fails(cmd: Command, mountpoint: &Path, expected: &[&str]) -> String {
     let (ok, stderr) = run(cmd, mountpoint);
     assert!(!ok, "mount should fail; stderr: {stderr}");
     let lower = stderr.to_lowercase();
@@ -62,6 +63,7 @@ fn assert_fails(cmd: Command, mountpoint: &Path, expected: &[&str]) {
         "stderr should mention one of {expected:?}: {stderr}"
     );
     assert!(!is_mounted(mountpoint), "nothing may stay mounted");
+    stderr
 }
 
 #[test]
@@ -75,7 +77,9 @@ fn missing_bucket_is_reported_in_foreground_and_background() {
             dir.path(),
             foreground,
         );
-        assert_fails(cmd, dir.path(), &["no-such-bucket does not exist"]);
+        let stderr = assert_fails(cmd, dir.path(), &["no-such-bucket does not exist"]);
+        // The cause is said once, not repeated by each layer of the error chain.
+        assert_eq!(stderr.matches("does not exist").count(), 1, "{stderr}");
     }
 }
 
@@ -103,7 +107,12 @@ fn bad_credentials_are_reported() {
     endpoint.secret_key = "wrong-secret".into();
     let dir = tempfile::tempdir().expect("tempdir");
     let cmd = mount_cmd(&endpoint, "s3://models", dir.path(), true);
-    assert_fails(cmd, dir.path(), &["access denied", "SignatureDoesNotMatch"]);
+    let stderr = assert_fails(cmd, dir.path(), &["access denied", "SignatureDoesNotMatch"]);
+    assert_eq!(
+        stderr.matches("SignatureDoesNotMatch").count(),
+        1,
+        "{stderr}"
+    );
 }
 
 #[test]
