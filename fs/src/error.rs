@@ -26,6 +26,18 @@ pub enum FsError {
         /// The ETag pinned at open time.
         etag: String,
     },
+    /// Another version of the object is still open by passthrough; this one opens once
+    /// those files close.
+    #[error(
+        "another version of {key} is still open (passthrough); it opens once those files close"
+    )]
+    VersionBusy {
+        /// The object key.
+        key: String,
+    },
+    /// No extended attribute of that name (modelfs has none).
+    #[error("no such extended attribute")]
+    NoAttribute,
     /// An unknown file or directory handle.
     #[error("bad file handle {0}")]
     BadHandle(u64),
@@ -42,7 +54,8 @@ impl FsError {
             FsError::NotADirectory(_) => libc::ENOTDIR,
             FsError::IsADirectory(_) => libc::EISDIR,
             FsError::ReadOnly => libc::EROFS,
-            FsError::Stale { .. } => libc::ESTALE,
+            FsError::Stale { .. } | FsError::VersionBusy { .. } => libc::ESTALE,
+            FsError::NoAttribute => libc::ENODATA,
             FsError::BadHandle(_) => libc::EBADF,
             FsError::Store(e) => match e {
                 StoreError::NotFound { .. } => libc::ENOENT,

@@ -72,6 +72,18 @@ fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+/// `fuser::Filesystem` methods that change something: each answers [`FsError::ReadOnly`].
+/// Written `fn name(args) -> ReplyType;`, without `&self`, the request and the reply.
+macro_rules! read_only {
+    ($(fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $reply:ty;)*) => {
+        $(
+            fn $name(&self, _req: &Request, $($arg: $ty,)* reply: $reply) {
+                reply.error(errno(&FsError::ReadOnly));
+            }
+        )*
+    };
+}
+
 impl ModelFs {
     /// An adapter over `namespace` and `reader`, running S3 work on `runtime`.
     pub fn new(
@@ -187,7 +199,10 @@ impl Filesystem for ModelFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let Some(name) = name.to_str().map(str::to_string) else {
-            return reply.error(Errno::ENOENT);
+            // Every name comes from a UTF-8 key: this one cannot exist.
+            return reply.error(errno(&FsError::NotFound(
+                name.to_string_lossy().into_owned(),
+            )));
         };
         let (ns, own, bs, ttl) = (
             self.namespace.clone(),
@@ -222,7 +237,7 @@ impl Filesystem for ModelFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
-            return reply.error(Errno::EROFS);
+            return reply.error(errno(&FsError::ReadOnly));
         }
         let (ns, reader, files, modes) = (
             self.namespace.clone(),
@@ -269,12 +284,11 @@ impl Filesystem for ModelFs {
                 }
                 Choice::Conflict => {
                     drop(modes);
-                    tracing::warn!(
-                        key = %object.version.key,
-                        "open refused: another version of this object is still open (passthrough); \
-                         it opens once those files close"
-                    );
-                    return reply.error(Errno::ESTALE);
+                    let busy = FsError::VersionBusy {
+                        key: object.version.key.to_string(),
+                    };
+                    tracing::warn!("open refused: {busy}");
+                    return reply.error(errno(&busy));
                 }
             };
             modes.acquire(ino.0, mode, &etag, backing.as_ref());
@@ -430,127 +444,44 @@ impl Filesystem for ModelFs {
 
     fn access(&self, _req: &Request, _ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         if mask.contains(AccessFlags::W_OK) {
-            reply.error(Errno::EROFS);
+            reply.error(errno(&FsError::ReadOnly));
         } else {
             reply.ok();
         }
     }
 
-    fn setattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<fuser::BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn mknod(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _rdev: u32,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn mkdir(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn symlink(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _link_name: &OsStr,
-        _target: &std::path::Path,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn rename(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: fuser::RenameFlags,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn link(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn write(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
-        _write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyWrite,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn create(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _flags: i32,
-        reply: fuser::ReplyCreate,
-    ) {
-        reply.error(Errno::EROFS);
+    read_only! {
+        fn setattr(
+            _ino: INodeNo, _mode: Option<u32>, _uid: Option<u32>, _gid: Option<u32>,
+            _size: Option<u64>, _atime: Option<TimeOrNow>, _mtime: Option<TimeOrNow>,
+            _ctime: Option<SystemTime>, _fh: Option<FileHandle>, _crtime: Option<SystemTime>,
+            _chgtime: Option<SystemTime>, _bkuptime: Option<SystemTime>,
+            _flags: Option<fuser::BsdFileFlags>
+        ) -> ReplyAttr;
+        fn mknod(_parent: INodeNo, _name: &OsStr, _mode: u32, _umask: u32, _rdev: u32) -> ReplyEntry;
+        fn mkdir(_parent: INodeNo, _name: &OsStr, _mode: u32, _umask: u32) -> ReplyEntry;
+        fn unlink(_parent: INodeNo, _name: &OsStr) -> ReplyEmpty;
+        fn rmdir(_parent: INodeNo, _name: &OsStr) -> ReplyEmpty;
+        fn symlink(_parent: INodeNo, _link_name: &OsStr, _target: &std::path::Path) -> ReplyEntry;
+        fn rename(
+            _parent: INodeNo, _name: &OsStr, _newparent: INodeNo, _newname: &OsStr,
+            _flags: fuser::RenameFlags
+        ) -> ReplyEmpty;
+        fn link(_ino: INodeNo, _newparent: INodeNo, _newname: &OsStr) -> ReplyEntry;
+        fn write(
+            _ino: INodeNo, _fh: FileHandle, _offset: u64, _data: &[u8], _write_flags: WriteFlags,
+            _flags: OpenFlags, _lock_owner: Option<LockOwner>
+        ) -> ReplyWrite;
+        fn create(
+            _parent: INodeNo, _name: &OsStr, _mode: u32, _umask: u32, _flags: i32
+        ) -> fuser::ReplyCreate;
+        fn setxattr(
+            _ino: INodeNo, _name: &OsStr, _value: &[u8], _flags: i32, _position: u32
+        ) -> ReplyEmpty;
+        fn removexattr(_ino: INodeNo, _name: &OsStr) -> ReplyEmpty;
+        fn fallocate(
+            _ino: INodeNo, _fh: FileHandle, _offset: u64, _length: u64, _mode: i32
+        ) -> ReplyEmpty;
     }
 
     fn getxattr(
@@ -561,7 +492,7 @@ impl Filesystem for ModelFs {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        reply.error(Errno::NO_XATTR);
+        reply.error(errno(&FsError::NoAttribute));
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
@@ -570,35 +501,5 @@ impl Filesystem for ModelFs {
         } else {
             reply.data(&[]);
         }
-    }
-
-    fn setxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
-        _position: u32,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn fallocate(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _length: u64,
-        _mode: i32,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(Errno::EROFS);
     }
 }
