@@ -15,6 +15,11 @@
 //! `MODELFS_BENCH_MODEL_MIB` (big model, default 1024), `MODELFS_BENCH_COST_MIB` (default
 //! `256,1024,2048,4096`), `MODELFS_BENCH_DEADLINE_S` (per run, default 60),
 //! `MODELFS_BENCH_WORKDIR` (default `/tmp/modelfs-bench`; the seeded store is reused).
+//! `MODELFS_BENCH_ONLY=small_cache,alternate` runs only the caches-smaller-than-the-models
+//! scenarios (issue 24), sized from the big model (1 GiB by default): a model twice its size
+//! through a cache an eighth of that (2 GiB through 256 MiB), no cache and a large one; two
+//! models of its size alternated through a cache of 1.5 times it, and no cache, with the
+//! bytes S3 sent.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -72,6 +77,8 @@ struct Config {
     modelfs_bin: PathBuf,
     mount_s3: Option<PathBuf>,
     mount_s3_missing: String,
+    /// The cases to run (`MODELFS_BENCH_ONLY`), all when `None`.
+    only: Option<Vec<String>>,
 }
 
 impl Config {
@@ -108,7 +115,17 @@ impl Config {
                 .unwrap_or_else(|| root.join("target/release/modelfs")),
             mount_s3,
             mount_s3_missing,
+            only: std::env::var("MODELFS_BENCH_ONLY")
+                .ok()
+                .map(|s| s.split(',').map(|x| x.trim().to_string()).collect()),
         }
+    }
+
+    /// Whether the run includes `case` (a workload id, `cost`, `small_cache`, `alternate`).
+    fn chosen(&self, case: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|x| x == case))
     }
 }
 
@@ -172,6 +189,12 @@ impl Fixture {
             Workload::HeaderScan => (0..HEADER_FILES).map(scan_rel).collect(),
             Workload::LsLR => Vec::new(),
         };
+        self.resident(&rels);
+    }
+
+    /// Reads the objects at `rels` into the page cache from the endpoint's disk (see
+    /// [`Fixture::endpoint_resident`]).
+    fn resident(&self, rels: &[String]) {
         for rel in rels {
             let key = format!("{PREFIX}/{rel}");
             let Some(path) = self.server.store().data_path(BUCKET, &key) else {
@@ -209,14 +232,19 @@ impl Fixture {
         if !server.store().bucket_exists(BUCKET) {
             server.store().create_bucket(BUCKET).expect("bucket");
         }
-        let mut sizes = config.cost_mib.clone();
+        // Only what the chosen cases read is seeded (the store is kept for later runs).
+        let mut sizes = if config.chosen("cost") {
+            config.cost_mib.clone()
+        } else {
+            Vec::new()
+        };
         sizes.push(config.model_mib);
         sizes.sort_unstable();
         sizes.dedup();
         for mib in sizes {
             seed_big(&server, &local, mib);
         }
-        for i in 0..HEADER_FILES {
+        for i in (0..HEADER_FILES).filter(|_| config.chosen("header_scan")) {
             let spec = SafetensorsSpec::new(i as u64, HEADER_FILE_BYTES);
             let key = format!("{PREFIX}/{}", scan_rel(i));
             if server.store().head(BUCKET, &key).is_none() {
@@ -233,7 +261,7 @@ impl Fixture {
             }
         }
         let marker = config.workdir.join("many.done");
-        if !marker.exists() {
+        if !marker.exists() && config.chosen("ls_lR") {
             eprintln!("seeding {LIST_OBJECTS} small objects");
             for i in 0..LIST_OBJECTS {
                 let body = format!("object {i}\n");
@@ -381,6 +409,19 @@ impl Mount {
         cache: Option<&Path>,
         tag: &str,
     ) -> Result<Mount, String> {
+        // A fixed limit for modelfs: the default (keep 10% of the disk free) would make the
+        // results depend on how full this machine's disk is.
+        Mount::start_sized(fx, system, cache.map(|dir| (dir, "16GiB")), tag)
+    }
+
+    /// [`Mount::start`] with a cache directory and limit of the case's own; modelfs without
+    /// one runs with no disk cache at all.
+    fn start_sized(
+        fx: &Fixture,
+        system: System,
+        cache: Option<(&Path, &str)>,
+        tag: &str,
+    ) -> Result<Mount, String> {
         let path = fx.config.workdir.join(format!("mnt-{tag}"));
         if is_mounted(&path) {
             let _ = Command::new("umount").arg("-l").arg(&path).status();
@@ -400,11 +441,6 @@ impl Mount {
                         "--force-path-style",
                         "--foreground",
                     ])
-                    .arg("--cache-dir")
-                    .arg(cache.expect("modelfs needs a cache dir"))
-                    // A fixed limit: the default (keep 10% of the disk free) would make the
-                    // results depend on how full this machine's disk is.
-                    .args(["--cache-size", "16GiB"])
                     .args(["--memory-cache-size", &format!("{MODELFS_MEMORY_MIB}MiB")])
                     .args(["--metrics-addr", MODELFS_METRICS_ADDR])
                     .arg("--log-file")
@@ -413,6 +449,9 @@ impl Mount {
                         "--log-level",
                         &std::env::var("MODELFS_BENCH_LOG").unwrap_or_else(|_| "info".into()),
                     ]);
+                if let Some((dir, size)) = cache {
+                    cmd.arg("--cache-dir").arg(dir).args(["--cache-size", size]);
+                }
                 cmd
             }
             System::Mountpoint | System::MountpointCache => {
@@ -425,7 +464,7 @@ impl Mount {
                 cmd.arg(format!("s3://{BUCKET}/{PREFIX}/"))
                     .arg(&path)
                     .args(["--endpoint-url", &fx.server.endpoint_url()]);
-                if let Some(cache) = cache {
+                if let Some((cache, _)) = cache {
                     cmd.arg("--cache").arg(cache);
                 }
                 cmd
@@ -1068,6 +1107,207 @@ fn systems_for(mode: Mode) -> [System; 3] {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Caches smaller than the models (issue 24)
+
+/// Each model of the alternation is loaded this often.
+const ALTERNATE_LOADS: usize = 4;
+
+/// The sizes of the small-cache scenarios, in MiB, from the big model's (`mib`): issue 24's
+/// node at the default 1 GiB (a 2 GiB checkpoint, `--cache-dir` with 256 MiB; two 1 GiB
+/// models through 1.5 GiB).
+struct SmallCacheSizes {
+    /// The model a small cache cannot hold, and that cache.
+    model: u64,
+    cache: u64,
+    /// The two alternated models' size, and the cache that holds one of them.
+    alternate_model: u64,
+    alternate_cache: u64,
+}
+
+impl SmallCacheSizes {
+    fn new(mib: u64) -> SmallCacheSizes {
+        SmallCacheSizes {
+            model: 2 * mib,
+            cache: (mib / 4).max(1),
+            alternate_model: mib,
+            alternate_cache: mib * 3 / 2,
+        }
+    }
+}
+
+/// The second model of the alternation (the first is the big model).
+fn alternate_rel(mib: u64) -> String {
+    format!("alt/model-b-{mib}.safetensors")
+}
+
+/// Seeds the models these scenarios load that the fixture does not hold yet (in the store
+/// only: no case reads a local copy of them).
+fn seed_small_cache_models(fx: &Fixture) {
+    let sizes = SmallCacheSizes::new(fx.config.model_mib);
+    let alternate = sizes.alternate_model;
+    for (rel, spec) in [
+        (big_rel(sizes.model), big_spec(sizes.model)),
+        (big_rel(alternate), big_spec(alternate)),
+        (
+            alternate_rel(alternate),
+            SafetensorsSpec::new(2000 + alternate, alternate * MIB),
+        ),
+    ] {
+        let key = format!("{PREFIX}/{rel}");
+        if fx.server.store().head(BUCKET, &key).is_none() {
+            eprintln!("seeding {key}");
+            fx.server
+                .store()
+                .put_from_reader(BUCKET, &key, SafetensorsReader::new(&spec))
+                .expect("seed a model");
+        }
+    }
+}
+
+/// What a run of loads did, summed over its loads.
+#[derive(Clone, Debug, Default)]
+struct Loads {
+    seconds: f64,
+    /// Bytes the endpoint sent during the loads.
+    s3_bytes: u64,
+    /// Sizes of the files loaded.
+    file_bytes: u64,
+    outcome: Outcome,
+    loads: u64,
+}
+
+/// Mounts modelfs with a disk cache limited to `cache_size` (`None`: no `--cache-dir`), then
+/// loads `rels` one after the other as safetensors' `load_file` does (mmap, name order), each
+/// cold: page cache dropped, the objects resident at the endpoint, memory backed. Time and S3
+/// bytes are summed over the loads, not the settling between them. A load cut at the deadline
+/// ends the run.
+fn modelfs_loads(fx: &Fixture, cache_size: Option<&str>, rels: &[String]) -> Result<Loads, String> {
+    let dir = fresh_dir(fx, "cache-small");
+    let cache = cache_size.map(|size| (dir.as_path(), size));
+    let mount = Mount::start_sized(fx, System::Modelfs, cache, "modelfs")?;
+    let mut run = Loads {
+        outcome: Outcome {
+            completed: true,
+            ..Outcome::default()
+        },
+        ..Loads::default()
+    };
+    for rel in rels {
+        let path = mount.path.join(rel);
+        let file_bytes = std::fs::metadata(&path)
+            .map(|meta| meta.len())
+            .map_err(|e| e.to_string());
+        drop_caches();
+        fx.resident(std::slice::from_ref(rel));
+        back_memory(file_bytes.as_ref().map_or(0, |len| len / MIB));
+        fx.server.reset_stats();
+        let deadline = Deadline(Instant::now() + fx.config.deadline);
+        let result = file_bytes.and_then(|len| {
+            let (seconds, outcome) =
+                timed(|| mmap_load(&path, &deadline).map_err(|e| e.to_string()))?;
+            Ok((len, seconds, outcome))
+        });
+        run.s3_bytes += fx.server.stats().bytes_sent;
+        match result {
+            Ok((len, seconds, outcome)) => {
+                run.seconds += seconds;
+                run.file_bytes += len;
+                run.outcome.bytes += outcome.bytes;
+                run.outcome.items += outcome.items;
+                run.loads += 1;
+                if !outcome.completed {
+                    run.outcome.completed = false;
+                    break;
+                }
+            }
+            Err(e) => {
+                mount.stop();
+                return Err(e);
+            }
+        }
+    }
+    let tag = cache_size.unwrap_or("none");
+    mount.save_metrics(fx, &format!("modelfs-small-cache-{tag}-{}", rels.len()));
+    mount.stop();
+    Ok(run)
+}
+
+fn json_loads(
+    section: &str,
+    system: &str,
+    mib: u64,
+    r: &Result<Loads, String>,
+) -> serde_json::Value {
+    match r {
+        Ok(m) => serde_json::json!({
+            "section": section, "workload": "mmap_load", "mode": "cold", "system": system,
+            "model_mib": mib, "seconds": m.seconds, "bytes": m.outcome.bytes,
+            "items": m.outcome.items, "completed": m.outcome.completed,
+            "s3_bytes": m.s3_bytes, "file_bytes": m.file_bytes, "loads": m.loads,
+        }),
+        Err(e) => serde_json::json!({
+            "section": section, "workload": "mmap_load", "mode": "cold", "system": system,
+            "model_mib": mib, "error": e,
+        }),
+    }
+}
+
+/// A cold `load_file` of a model with a cache an eighth of its size, no cache and a large
+/// cache; `repeat` runs each, interleaved, the run of median time kept.
+fn small_cache_cases(fx: &Fixture, record: &mut dyn FnMut(serde_json::Value)) {
+    let sizes = SmallCacheSizes::new(fx.config.model_mib);
+    let rels = [big_rel(sizes.model)];
+    let small = format!("{}MiB", sizes.cache);
+    let systems: [(String, Option<&str>); 3] = [
+        (format!("modelfs, {} MiB cache", sizes.cache), Some(&small)),
+        ("modelfs, no cache".to_string(), None),
+        ("modelfs, 16 GiB cache".to_string(), Some("16GiB")),
+    ];
+    let mut runs: Vec<Vec<Loads>> = systems.iter().map(|_| Vec::new()).collect();
+    let mut failed: Vec<Option<String>> = systems.iter().map(|_| None).collect();
+    for _ in 0..fx.config.repeat.max(1) {
+        for (i, (_, size)) in systems.iter().enumerate() {
+            if failed[i].is_none() {
+                match modelfs_loads(fx, *size, &rels) {
+                    Ok(run) => runs[i].push(run),
+                    Err(e) => failed[i] = Some(e),
+                }
+            }
+        }
+    }
+    for (((name, _), mut done), failed) in systems.iter().zip(runs).zip(failed) {
+        let result = match failed {
+            Some(e) => Err(e),
+            None => {
+                done.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+                Ok(done.swap_remove(done.len() / 2))
+            }
+        };
+        record(json_loads("small_cache", name, sizes.model, &result));
+    }
+}
+
+/// Two models loaded alternately, `ALTERNATE_LOADS` times each, through a cache that holds
+/// one of them and through no cache: total time and S3 bytes.
+fn alternate_cases(fx: &Fixture, record: &mut dyn FnMut(serde_json::Value)) {
+    let sizes = SmallCacheSizes::new(fx.config.model_mib);
+    let mib = sizes.alternate_model;
+    let pair = [big_rel(mib), alternate_rel(mib)];
+    let rels: Vec<String> = (0..ALTERNATE_LOADS).flat_map(|_| pair.clone()).collect();
+    let cache = format!("{}MiB", sizes.alternate_cache);
+    for (name, size) in [
+        (
+            format!("modelfs, {} MiB cache", sizes.alternate_cache),
+            Some(cache.as_str()),
+        ),
+        ("modelfs, no cache".to_string(), None),
+    ] {
+        let result = modelfs_loads(fx, size, &rels);
+        record(json_loads("alternate", &name, mib, &result));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Report mode: every case once, JSON out.
 
 fn json_case(
@@ -1150,9 +1390,6 @@ fn cmd_output(cmd: &str, args: &[&str]) -> String {
 fn report_mode(out_path: &Path) {
     let fx = Fixture::start(Config::from_env());
     let mut cases = Vec::new();
-    let only: Option<Vec<String>> = std::env::var("MODELFS_BENCH_ONLY")
-        .ok()
-        .map(|s| s.split(',').map(str::to_string).collect());
     let mut record = |v: serde_json::Value| {
         eprintln!("{v}");
         cases.push(v);
@@ -1172,10 +1409,7 @@ fn report_mode(out_path: &Path) {
     };
     let mib = fx.config.model_mib;
     for w in WORKLOADS {
-        if only
-            .as_ref()
-            .is_some_and(|o| !o.iter().any(|x| x == w.id()))
-        {
+        if !fx.config.chosen(w.id()) {
             continue;
         }
         for mode in [Mode::Cold, Mode::Warm] {
@@ -1188,7 +1422,17 @@ fn report_mode(out_path: &Path) {
             }
         }
     }
-    if only.as_ref().is_none_or(|o| o.iter().any(|x| x == "cost")) {
+    let chosen = |case: &str| fx.config.chosen(case);
+    if wanted(System::Modelfs) && (chosen("small_cache") || chosen("alternate")) {
+        seed_small_cache_models(&fx);
+        if chosen("small_cache") {
+            small_cache_cases(&fx, &mut record);
+        }
+        if chosen("alternate") {
+            alternate_cases(&fx, &mut record);
+        }
+    }
+    if chosen("cost") {
         for &size in &fx.config.cost_mib.clone() {
             for system in [System::Modelfs, System::Mountpoint, System::Limit]
                 .into_iter()

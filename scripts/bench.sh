@@ -13,7 +13,8 @@
 #   MODELFS_BENCH_LATENCY_MS=20 MODELFS_BENCH_PER_RESPONSE_MIBPS=90 MODELFS_BENCH_AGGREGATE_MIBPS=0
 #   MODELFS_BENCH_WORKDIR=/tmp/modelfs-bench  (the seeded store is kept and reused)
 #   MOUNT_S3=/path/to/binary            use this mountpoint-s3 wrapper instead of building one
-#   MODELFS_BENCH_ONLY=mmap_load,cost   run a subset (the report then only has those)
+#   MODELFS_BENCH_ONLY=mmap_load,cost   run a subset (the report then only has those); the
+#                                       caches smaller than the models: small_cache,alternate
 #   MODELFS_BENCH_SYSTEMS=modelfs,"link limit"  only these systems (quick checks while tuning)
 #   MODELFS_BENCH_LOG=debug              modelfs log level (logs in the workdir)
 #   MODELFS_BENCH_HOLD_S=60              keep each modelfs mount that long after measuring it

@@ -63,6 +63,56 @@ def find(cases, section, workload, mode, system, mib=None):
     return None
 
 
+def gib(n):
+    return f"{n / (1 << 30):.2f} GiB"
+
+
+def small_cache_sections(w, cases):
+    """Caches smaller than the models (issue 24): time and the bytes S3 sent, against no cache."""
+    small = [c for c in cases if c["section"] == "small_cache"]
+    if small:
+        mib = small[0]["model_mib"]
+        w(f"## A model larger than the disk cache (cold `load_file` of a {mib} MiB model)")
+        w("")
+        w("safetensors `load_file` (mmap, tensors in name order) on a fresh modelfs mount whose"
+          " cache cannot hold the model, with no cache, and with a cache that can; one model, page"
+          " cache dropped. S3 bytes = what the endpoint sent during the load.")
+        w("")
+        w("| cache | time | rate | S3 bytes | S3 ÷ file | time ÷ no cache |")
+        w("|---|---|---|---|---|---|")
+        ref = next((c for c in small if c["system"] == "modelfs, no cache" and "error" not in c), None)
+        for c in small:
+            if "error" in c:
+                w(f"| {c['system'].removeprefix('modelfs, ')} | NOT MEASURED: {c['error']} | | | | |")
+                continue
+            share = c["s3_bytes"] / c["file_bytes"] if c.get("file_bytes") else None
+            vs = f"{c['seconds'] / ref['seconds']:.2f}×" if ref and ref["seconds"] > 0 else "–"
+            w(f"| {c['system'].removeprefix('modelfs, ')} | {fmt_s(c)} | {fmt_rate(c, 'bytes')} | "
+              f"{gib(c['s3_bytes'])} | {f'{share:.3f}×' if share else '–'} | {vs} |")
+        w("")
+    alt = [c for c in cases if c["section"] == "alternate"]
+    if alt:
+        mib = alt[0]["model_mib"]
+        w(f"## Two {mib} MiB models loaded alternately through a cache that holds one")
+        w("")
+        w("The two models loaded one after the other, A B A B …, each load cold (page cache dropped"
+          " before it, not timed); time and S3 bytes summed over the loads.")
+        w("")
+        w("| cache | loads | total time | total S3 bytes | S3 ÷ files loaded | time ÷ no cache | S3 ÷ no cache |")
+        w("|---|---|---|---|---|---|---|")
+        ref = next((c for c in alt if c["system"] == "modelfs, no cache" and "error" not in c), None)
+        for c in alt:
+            if "error" in c:
+                w(f"| {c['system'].removeprefix('modelfs, ')} | NOT MEASURED: {c['error']} | | | | | |")
+                continue
+            share = c["s3_bytes"] / c["file_bytes"] if c.get("file_bytes") else None
+            t = f"{c['seconds'] / ref['seconds']:.2f}×" if ref and ref["seconds"] > 0 else "–"
+            b = f"{c['s3_bytes'] / ref['s3_bytes']:.2f}×" if ref and ref["s3_bytes"] > 0 else "–"
+            w(f"| {c['system'].removeprefix('modelfs, ')} | {c['loads']} | {fmt_s(c)} | {gib(c['s3_bytes'])} | "
+              f"{f'{share:.3f}×' if share else '–'} | {t} | {b} |")
+        w("")
+
+
 def main():
     src, out, readme = sys.argv[1], sys.argv[2], sys.argv[3]
     doc = json.load(open(src))
@@ -147,6 +197,7 @@ def main():
               f" data: cached blocks plus downloads in flight. Target for its peak RSS: the budget +"
               f" 128 MiB = {budget + 128} MiB.")
             w("")
+    small_cache_sections(w, cases)
     missing = [c for c in cases if "error" in c]
     if missing:
         w("## ⚠ Cases that were not measured")

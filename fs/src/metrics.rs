@@ -21,6 +21,9 @@ use std::time::Duration;
 
 use crate::cache::TierStats;
 
+/// Loads of a model the disk cache could not hold.
+const TOO_SMALL: &str = "modelfs_cache_too_small_loads_total";
+
 /// Upper bounds of the latency histogram buckets, in seconds.
 const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -230,7 +233,7 @@ pub fn render() -> String {
     }
     let _ = writeln!(
         out,
-        "# TYPE modelfs_cache_too_small_loads_total counter\nmodelfs_cache_too_small_loads_total {}",
+        "# TYPE {TOO_SMALL} counter\n{TOO_SMALL} {}",
         m.too_small_loads.load(Ordering::Relaxed)
     );
     let _ = writeln!(

@@ -73,6 +73,11 @@ impl MemoryTier {
         self.cache.get(key).await
     }
 
+    /// Whether `key` is in memory (not counted as a hit or a miss).
+    pub fn contains(&self, key: &BlockKey) -> bool {
+        self.cache.contains_key(key)
+    }
+
     /// Keeps `block` in memory.
     pub async fn insert(&self, key: BlockKey, block: Bytes) {
         TierStats::bump(&self.stats.writes);

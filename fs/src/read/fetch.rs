@@ -3,15 +3,16 @@
 //! (in-flight futures are shared); background fetches wait for a slot of a bounded pool while
 //! demand reads never wait behind them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio::sync::Semaphore;
 
+use super::stream::{BlockCollector, Lease, Stream};
 use crate::cache::disk::CacheEntry;
 use crate::cache::{BlockKey, DiskCache, MemoryTier};
 use crate::error::FsError;
@@ -63,6 +64,39 @@ fn block_key(origin: &Arc<str>, version: &ObjectVersion, index: u64) -> BlockKey
         key: version.key.clone(),
         etag: version.etag.clone(),
         index,
+    }
+}
+
+/// One object version from one origin: `(origin, key, etag)`.
+type VersionKey = (Arc<str>, Arc<str>, Arc<str>);
+
+/// Where a span's blocks go as they arrive.
+#[derive(Clone)]
+enum Landing {
+    /// Into the file's disk entry (into the memory tier when the disk turns them away).
+    Disk(Arc<CacheEntry>),
+    /// Held by a streamed load until read (see `stream`); `entry` is the file's disk entry,
+    /// read from (never written to) when a span fails.
+    Stream {
+        stream: Weak<Stream>,
+        lease: Arc<Lease>,
+        entry: Option<Arc<CacheEntry>>,
+    },
+}
+
+impl Landing {
+    fn entry(&self) -> Option<&Arc<CacheEntry>> {
+        match self {
+            Landing::Disk(entry) => Some(entry),
+            Landing::Stream { entry, .. } => entry.as_ref(),
+        }
+    }
+
+    fn stream(&self) -> Option<&Weak<Stream>> {
+        match self {
+            Landing::Disk(_) => None,
+            Landing::Stream { stream, .. } => Some(stream),
+        }
     }
 }
 
@@ -130,6 +164,10 @@ pub struct SharedTiers {
     background_slots: Arc<Semaphore>,
     in_flight: Arc<Mutex<HashMap<BlockKey, InFlight>>>,
     verifications: Arc<AtomicUsize>,
+    /// Streamed loads (files the disk cache cannot hold) in progress, one per version.
+    streams: Arc<Mutex<HashMap<VersionKey, Weak<Stream>>>>,
+    /// Versions whose streamed load has been warned about (once each).
+    warned_too_small: Arc<Mutex<HashSet<VersionKey>>>,
 }
 
 impl std::fmt::Debug for SharedTiers {
@@ -157,6 +195,8 @@ impl SharedTiers {
             background_slots: Arc::new(Semaphore::new(config.prefetch_concurrency.max(1))),
             in_flight: Arc::default(),
             verifications: Arc::default(),
+            streams: Arc::default(),
+            warned_too_small: Arc::default(),
         }
     }
 
@@ -206,6 +246,180 @@ impl Fetcher {
     /// The tiers this engine reads through.
     pub fn tiers(&self) -> &SharedTiers {
         &self.tiers
+    }
+
+    fn version_key(&self, version: &ObjectVersion) -> VersionKey {
+        (
+            self.origin.clone(),
+            version.key.clone(),
+            version.etag.clone(),
+        )
+    }
+
+    /// The streamed load of `version` in progress, if any.
+    pub(super) fn stream(&self, version: &ObjectVersion) -> Option<Arc<Stream>> {
+        let streams = self.tiers.streams.lock().unwrap_or_else(|e| e.into_inner());
+        streams.get(&self.version_key(version))?.upgrade()
+    }
+
+    /// The streamed load of `version`, started with `start` if none is in progress; true
+    /// when it was started here.
+    pub(super) fn stream_of(
+        &self,
+        version: &ObjectVersion,
+        start: impl FnOnce() -> Stream,
+    ) -> (Arc<Stream>, bool) {
+        let mut streams = self.tiers.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let key = self.version_key(version);
+        if let Some(running) = streams.get(&key).and_then(Weak::upgrade) {
+            return (running, false);
+        }
+        streams.retain(|_, weak| weak.strong_count() > 0);
+        let stream = Arc::new(start());
+        streams.insert(key, Arc::downgrade(&stream));
+        (stream, true)
+    }
+
+    /// True the first time it is asked for `version`: its streamed load is warned about once.
+    pub(super) fn first_too_small(&self, version: &ObjectVersion) -> bool {
+        self.tiers
+            .warned_too_small
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(self.version_key(version))
+    }
+
+    /// Keeps block `index` of `version` in the memory tier.
+    pub(super) async fn keep_in_memory(&self, version: &ObjectVersion, index: u64, bytes: Bytes) {
+        let key = block_key(&self.origin, version, index);
+        self.tiers.memory.insert(key, bytes).await;
+    }
+
+    /// Fetches blocks `blocks` of `version` ahead of `stream`'s readers, as spans that hold
+    /// `lease` until their blocks have been read. Blocks a reader asked for, held already, in
+    /// flight, in memory or on disk are left out.
+    pub(super) fn stream_span(
+        self: &Arc<Self>,
+        version: &ObjectVersion,
+        entry: Option<&Arc<CacheEntry>>,
+        stream: &Arc<Stream>,
+        blocks: std::ops::Range<u64>,
+        lease: Lease,
+    ) {
+        let landing = Landing::Stream {
+            stream: Arc::downgrade(stream),
+            lease: Arc::new(lease),
+            entry: entry.cloned(),
+        };
+        let mut in_flight = self
+            .tiers
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for index in blocks {
+            let key = block_key(&self.origin, version, index);
+            if in_flight.contains_key(&key)
+                || stream.has_or_was_read(index)
+                || self.tiers.memory.contains(&key)
+                || entry.is_some_and(|e| e.is_checked(index))
+            {
+                continue;
+            }
+            match runs.last_mut() {
+                Some((_, end)) if *end == index => *end += 1,
+                _ => runs.push((index, index + 1)),
+            }
+        }
+        for (a, b) in runs {
+            drop(self.start_span(
+                &mut in_flight,
+                version,
+                landing.clone(),
+                a..b,
+                Priority::Background,
+            ));
+        }
+    }
+
+    /// Gets blocks `first..=last` of `version` held by `stream`, for its reader: the missing
+    /// ones are fetched as one span, run on towards `until` while the blocks after them are
+    /// missing too (as [`Fetcher::fetch_to_disk`] does), held until read, when the stream's
+    /// lead has room right away; otherwise the caller's block path fetches them. Blocks in
+    /// flight are waited for. Returns once `first..=last` have landed or their fetch gave up.
+    pub(super) async fn fetch_to_stream(
+        self: &Arc<Self>,
+        version: &ObjectVersion,
+        entry: Option<&Arc<CacheEntry>>,
+        stream: &Arc<Stream>,
+        blocks: std::ops::RangeInclusive<u64>,
+        until: u64,
+    ) {
+        let (first, last) = (*blocks.start(), *blocks.end());
+        let until = until
+            .max(last + 1)
+            .min(version.size.div_ceil(self.tiers.block_size));
+        let waits: Vec<InFlight> = {
+            let mut in_flight = self
+                .tiers
+                .in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let mut runs: Vec<(u64, u64)> = Vec::new();
+            for index in first..until {
+                let ahead = index > last;
+                let key = block_key(&self.origin, version, index);
+                let present = in_flight.contains_key(&key)
+                    || stream.holds(index)
+                    || self.tiers.memory.contains(&key)
+                    || entry.is_some_and(|e| e.is_checked(index));
+                // Blocks ahead run on only while they are missing and nobody reads them.
+                if ahead && (present || stream.has_or_was_read(index)) {
+                    break;
+                }
+                if present {
+                    continue;
+                }
+                match runs.last_mut() {
+                    Some((_, end)) if *end == index => *end += 1,
+                    _ if ahead => break,
+                    _ => runs.push((index, index + 1)),
+                }
+            }
+            let lease = (!runs.is_empty())
+                .then(|| stream.try_lease(&self.tiers.background_slots))
+                .flatten();
+            if let Some(lease) = lease {
+                let landing = Landing::Stream {
+                    stream: Arc::downgrade(stream),
+                    lease: Arc::new(lease),
+                    entry: entry.cloned(),
+                };
+                for (a, b) in runs {
+                    // The span runs as its own task; its blocks are in the table from here on.
+                    drop(self.start_span(
+                        &mut in_flight,
+                        version,
+                        landing.clone(),
+                        a..b,
+                        Priority::Demand,
+                    ));
+                }
+            }
+            blocks
+                .filter_map(|index| {
+                    in_flight
+                        .get(&block_key(&self.origin, version, index))
+                        .cloned()
+                })
+                .collect()
+        };
+        futures::future::join_all(waits.into_iter().map(InFlight::landed)).await;
+    }
+
+    /// A background slot, for a caller that holds it itself (a streamed span).
+    pub(super) async fn background_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.slot(Priority::Background).await
     }
 
     /// If `entry` is complete but not verified, checks every block's CRC on a blocking thread
@@ -294,6 +508,7 @@ impl Fetcher {
         let Some((first, last)) = missing_range(entry, first, last).await else {
             return Ok(());
         };
+        self.store_from_memory(version, entry, first..last).await;
         // Blocks already in flight (a reader's, another sweep's) are waited for, not fetched
         // again, nor are blocks stored meanwhile; the runs between are spans of their own.
         let (spans, waits) = {
@@ -322,7 +537,8 @@ impl Fetcher {
             let spans: Vec<_> = runs
                 .into_iter()
                 .map(|(a, b)| {
-                    self.start_span(&mut in_flight, version, entry, a..b, Priority::Background)
+                    let landing = Landing::Disk(entry.clone());
+                    self.start_span(&mut in_flight, version, landing, a..b, Priority::Background)
                 })
                 .collect();
             (spans, waits)
@@ -332,6 +548,40 @@ impl Fetcher {
             existing.landed().await;
         }
         results.into_iter().collect()
+    }
+
+    /// Writes the blocks of `blocks` that have no record in `entry` but are in the memory tier
+    /// (fetched while the disk could not take them, before the cache made room for the file)
+    /// to disk from there, instead of fetching them again.
+    async fn store_from_memory(
+        &self,
+        version: &ObjectVersion,
+        entry: &Arc<CacheEntry>,
+        blocks: std::ops::Range<u64>,
+    ) {
+        let Some(cache) = self.tiers.disk.clone() else {
+            return;
+        };
+        let mut found = Vec::new();
+        for index in blocks.filter(|&index| !entry.is_checked(index)) {
+            let key = block_key(&self.origin, version, index);
+            if let Some(bytes) = self.tiers.memory.peek(&key).await {
+                found.push((index, bytes));
+            }
+        }
+        if found.is_empty() {
+            return;
+        }
+        let entry = entry.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for (index, bytes) in found {
+                // Present blocks are never written over (readers may have them mapped).
+                if matches!(entry.entry.record(index), Ok(None)) {
+                    cache.write_block(&entry, index, &bytes);
+                }
+            }
+        })
+        .await;
     }
 
     /// Gets blocks `first..=last` of `entry` onto disk for a reader of a file being loaded.
@@ -373,8 +623,12 @@ impl Fetcher {
             let mut runs: Vec<(u64, u64)> = Vec::new();
             for index in unrecorded {
                 let ahead = index > last;
-                if in_flight.contains_key(&block_key(&self.origin, version, index))
+                let key = block_key(&self.origin, version, index);
+                // Blocks in memory (the disk turned them away) are read from there; a sweep
+                // writes them to disk without fetching them again.
+                if in_flight.contains_key(&key)
                     || entry.is_checked(index)
+                    || self.tiers.memory.contains(&key)
                 {
                     if ahead {
                         break;
@@ -389,7 +643,8 @@ impl Fetcher {
             }
             for (a, b) in runs {
                 // The span runs as its own task; its blocks are in the table from here on.
-                drop(self.start_span(&mut in_flight, version, entry, a..b, Priority::Demand));
+                let landing = Landing::Disk(entry.clone());
+                drop(self.start_span(&mut in_flight, version, landing, a..b, Priority::Demand));
             }
             (first..=last)
                 .filter_map(|index| {
@@ -404,23 +659,23 @@ impl Fetcher {
 
     /// Starts the download of blocks `first..last` as one span (its own task) and registers
     /// each block in the in-flight table, where readers wait for the span and then read the
-    /// block from the tier it landed in.
+    /// block from where it landed.
     fn start_span(
         self: &Arc<Self>,
         in_flight: &mut HashMap<BlockKey, InFlight>,
         version: &ObjectVersion,
-        entry: &Arc<CacheEntry>,
+        landing: Landing,
         blocks: std::ops::Range<u64>,
         priority: Priority,
     ) -> Shared<BoxFuture<'static, Result<(), FsError>>> {
         let (first, last) = (blocks.start, blocks.end);
-        let (this, version2, entry2) = (self.clone(), version.clone(), entry.clone());
+        let (this, version2, landing2) = (self.clone(), version.clone(), landing.clone());
         // How many blocks of the span are stored: a reader waits for its own block, not for
         // the whole span (a sequential reader at the sweep's front waits half as long).
         let (progress, stored) = tokio::sync::watch::channel(0u64);
         let task = tokio::spawn(async move {
             let result = this
-                .load_span(&version2, &entry2, first..last, priority, &progress)
+                .load_span(&version2, &landing2, first..last, priority, &progress)
                 .await;
             let mut in_flight = this
                 .tiers
@@ -439,12 +694,15 @@ impl Fetcher {
             let position = index - first;
             let (progress, this) = (stored.clone(), self.clone());
             let mut stored = stored.clone();
-            let (pinned, held) = (version.clone(), entry.clone());
+            // Not the landing itself: a streamed span's lease is the span's to let go.
+            let (pinned, entry) = (version.clone(), landing.entry().cloned());
+            let held_by = landing.stream().cloned();
             let block = async move {
-                // Stored, kept in memory, or the span failed (it dropped its sender): the
-                // block path finds out which.
+                // Landed, or the span failed (it dropped its sender): the block path finds
+                // out which.
                 let _ = stored.wait_for(|&done| done > position).await;
-                this.load_after_span(&pinned, &held, index).await
+                this.load_after_span(&pinned, entry.as_ref(), held_by.as_ref(), index)
+                    .await
             }
             .boxed()
             .shared();
@@ -457,21 +715,27 @@ impl Fetcher {
         span
     }
 
-    /// Block `index` for a reader that waited for the span holding it: from memory (where a
-    /// span the disk could not take is kept), from disk, or (the span failed) fetched now.
+    /// Block `index` for a reader that waited for the span holding it: from its stream (a
+    /// streamed load's), from memory (where a span the disk could not take is kept), from
+    /// disk, or (the span failed) fetched now.
     async fn load_after_span(
         &self,
         version: &ObjectVersion,
-        entry: &Arc<CacheEntry>,
+        entry: Option<&Arc<CacheEntry>>,
+        stream: Option<&Weak<Stream>>,
         index: u64,
     ) -> Result<Bytes, FsError> {
+        let held = stream
+            .and_then(Weak::upgrade)
+            .and_then(|stream| stream.peek(index));
+        if let Some(block) = held {
+            return Ok(block);
+        }
         let key = block_key(&self.origin, version, index);
         if let Some(block) = self.tiers.memory.get(&key).await {
             return Ok(block);
         }
-        let (bytes, _) = self
-            .load(version, Some(entry), index, Priority::Demand)
-            .await?;
+        let (bytes, _) = self.load(version, entry, index, Priority::Demand).await?;
         self.tiers.memory.insert(key, bytes.clone()).await;
         Ok(bytes)
     }
@@ -479,11 +743,19 @@ impl Fetcher {
     async fn load_span(
         &self,
         version: &ObjectVersion,
-        entry: &Arc<CacheEntry>,
+        landing: &Landing,
         blocks: std::ops::Range<u64>,
         priority: Priority,
         progress: &tokio::sync::watch::Sender<u64>,
     ) -> Result<(), FsError> {
+        let entry = match landing {
+            Landing::Disk(entry) => entry,
+            Landing::Stream { stream, lease, .. } => {
+                return self
+                    .stream_into(version, blocks, priority, stream, lease, progress)
+                    .await;
+            }
+        };
         let _slot = self.slot(priority).await;
         let (first, last) = (blocks.start, blocks.end);
         tracing::trace!(first, last, priority = priority.label(), "span start");
@@ -528,6 +800,52 @@ impl Fetcher {
             let block = bytes.slice(from..(from + bs as usize).min(bytes.len()));
             self.tiers.memory.insert(key, block).await;
         }
+        Ok(())
+    }
+
+    /// Fetches `blocks` of `version` with one GET for `stream`, which holds each block (and
+    /// with it `lease`) as soon as it is complete, until it has been read.
+    async fn stream_into(
+        &self,
+        version: &ObjectVersion,
+        blocks: std::ops::Range<u64>,
+        priority: Priority,
+        stream: &Weak<Stream>,
+        lease: &Arc<Lease>,
+        progress: &tokio::sync::watch::Sender<u64>,
+    ) -> Result<(), FsError> {
+        let (first, last) = (blocks.start, blocks.end);
+        tracing::trace!(
+            first,
+            last,
+            priority = priority.label(),
+            "stream span start"
+        );
+        for _ in blocks.clone() {
+            crate::metrics::metrics().fetched_block(priority.label());
+        }
+        let mut blocks = BlockCollector::new(blocks, self.tiers.block_size, version.size);
+        let range = blocks.range();
+        let mut sink = |at: u64, piece: &[u8]| {
+            let done = blocks
+                .push(at, piece)
+                .map_err(|message| StoreError::Other {
+                    operation: "stream span".into(),
+                    message,
+                })?;
+            for (index, bytes) in done {
+                // Every open of the file is closed: nobody is left to read it.
+                if let Some(stream) = stream.upgrade() {
+                    stream.hold(index, bytes, lease);
+                }
+                progress.send_replace(index - first + 1);
+            }
+            Ok(())
+        };
+        self.store
+            .get_range_into(&version.key, range, &version.etag, &mut sink)
+            .await?;
+        super::stream::span_fetched(stream, first, last);
         Ok(())
     }
 

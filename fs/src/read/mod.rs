@@ -10,7 +10,9 @@
 //! - a [`Readahead`] window grows on sequential reads (tolerating the kernel's out-of-order
 //!   async reads) and resets on jumps; random reads fetch only the aligned blocks they touch;
 //! - once a model file is being loaded ([`model_file`]), a [`sweep`] fetches every remaining
-//!   block at full concurrency from the read position, while demand reads go first.
+//!   block at full concurrency from the read position, while demand reads go first; a model
+//!   the disk cache cannot hold is streamed through memory instead ([`stream`]), never
+//!   fetched twice.
 //!
 //! Cache keys include the ETag, so a block of one version is never served for another.
 
@@ -18,6 +20,7 @@ mod fetch;
 mod header_scan;
 pub mod model_file;
 mod readahead;
+mod stream;
 mod sweep;
 mod sweep_plan;
 mod tensor_order;
@@ -106,8 +109,41 @@ struct AccessState {
     readahead: Readahead,
     load: LoadDetector,
     jumps: sweep_plan::ReadJumps,
-    /// The sweep's plan, once the file is being swept.
-    sweep: Option<Arc<sweep_plan::SweepPlan>>,
+    /// How the file's load is served, once it is being loaded.
+    loading: Loading,
+}
+
+/// How a file being loaded is served.
+#[derive(Debug, Default)]
+enum Loading {
+    /// Not being loaded (as far as this open knows).
+    #[default]
+    No,
+    /// Swept to disk (from the moment the load shows, while the cache decides whether it can
+    /// hold the file).
+    Disk(Arc<sweep_plan::SweepPlan>),
+    /// Streamed through memory: the disk cache cannot hold it.
+    Stream(Arc<stream::Stream>),
+}
+
+impl Loading {
+    fn plan(&self) -> Option<&Arc<sweep_plan::SweepPlan>> {
+        match self {
+            Loading::No => None,
+            Loading::Disk(plan) => Some(plan),
+            Loading::Stream(stream) => Some(stream.plan()),
+        }
+    }
+}
+
+/// Where a read's missing blocks come from.
+enum Route {
+    /// One by one, through the tiers (readahead may run ahead).
+    Blocks,
+    /// Streamed to disk in spans (a file being loaded that the cache holds).
+    Disk,
+    /// Held by the file's stream, or fetched one by one into memory (see [`stream`]).
+    Stream(Arc<stream::Stream>),
 }
 
 /// One open file: its pinned version, its disk cache entry (if any) and its access pattern.
@@ -245,7 +281,7 @@ impl BlockReader {
                 readahead: Readahead::default(),
                 load,
                 jumps: sweep_plan::ReadJumps::default(),
-                sweep: None,
+                loading: Loading::No,
             }),
         }
     }
@@ -320,7 +356,7 @@ impl BlockReader {
                 start = Some(known);
             }
         }
-        let swept = self.plan_background(file, offset, end, start);
+        let route = self.plan_background(file, offset, end, start);
 
         let bs = self.config.block_size;
         let (first, last) = (offset / bs, (end - 1) / bs);
@@ -330,7 +366,7 @@ impl BlockReader {
         // A file being loaded streams its missing blocks to disk, reads them back from the
         // page cache in one piece, and fetches a little ahead of each reader; anything that
         // did not land there goes the block path below.
-        if let Some(entry) = file.disk.as_ref().filter(|_| swept) {
+        if let (Some(entry), Route::Disk) = (file.disk.as_ref(), &route) {
             let until = first + sweep::SPAN_BLOCKS;
             self.fetcher
                 .fetch_to_disk(&file.version, entry, first, last, until)
@@ -340,11 +376,41 @@ impl BlockReader {
             }
         }
         let entry = file.disk.as_ref();
-        let blocks = try_join_all((first..=last).map(|index| {
+        let stream = match &route {
+            Route::Stream(stream) => Some(stream),
+            _ => None,
+        };
+        if let Some(stream) = stream {
+            stream.note_reading(first..=last);
+            let until = first + sweep::SPAN_BLOCKS;
             self.fetcher
-                .block(&file.version, entry, index, Priority::Demand)
+                .fetch_to_stream(&file.version, entry, stream, first..=last, until)
+                .await;
+        }
+        let blocks = try_join_all((first..=last).map(|index| async move {
+            match stream.and_then(|stream| stream.peek(index)) {
+                Some(held) => Ok(held),
+                None => {
+                    self.fetcher
+                        .block(&file.version, entry, index, Priority::Demand)
+                        .await
+                }
+            }
         }))
         .await?;
+        if let Some(stream) = stream {
+            // A block fetched ahead is let go once all of it has been read.
+            for (index, block) in (first..=last).zip(&blocks) {
+                let block_start = index * bs;
+                let from = offset.max(block_start) - block_start;
+                let to = end.min(block_start + block.len() as u64) - block_start;
+                if let Some(done) = stream.consumed(index, from..to) {
+                    self.fetcher
+                        .keep_in_memory(&file.version, index, done)
+                        .await;
+                }
+            }
+        }
         if let [block] = blocks.as_slice() {
             let start = (offset - first * bs) as usize;
             return Ok(block.slice(start..start + (end - offset) as usize));
@@ -433,21 +499,32 @@ impl BlockReader {
     }
 
     /// Decides what to fetch in the background for a read of `offset..end`; `file_start` is
-    /// what is known of the file's first bytes (a safetensors header). Returns whether the
-    /// file is being swept (loaded, with a disk tier).
+    /// what is known of the file's first bytes (a safetensors header). Returns where the
+    /// read's missing blocks come from.
     fn plan_background(
         self: &Arc<Self>,
         file: &Arc<OpenObject>,
         offset: u64,
         end: u64,
         file_start: Option<Bytes>,
-    ) -> bool {
+    ) -> Route {
         let bs = self.config.block_size;
-        let (ahead, swept) = {
+        let no_room = file.disk.as_ref().is_some_and(|e| e.no_room().is_some());
+        let (ahead, route) = {
             let mut access = file.access.lock().unwrap_or_else(|e| e.into_inner());
             let access = &mut *access;
             let jumped = !access.load.in_header(offset) && access.jumps.observe(offset, end);
-            if access.load.observe(offset, end, bs, file.version.size) && file.disk.is_some() {
+            // Another open of this file streams it (a loader's threads each open it): its
+            // reads go through that stream too.
+            if no_room && !matches!(access.loading, Loading::Stream(_)) {
+                if let Some(stream) = self.fetcher.stream(&file.version) {
+                    access.loading = Loading::Stream(stream);
+                }
+            }
+            if access.load.observe(offset, end, bs, file.version.size)
+                && file.disk.is_some()
+                && matches!(access.loading, Loading::No)
+            {
                 let plan = Arc::new(sweep_plan::SweepPlan::new(
                     offset / bs,
                     bs,
@@ -468,26 +545,32 @@ impl BlockReader {
                     header,
                     self.config.prefetch_concurrency,
                 );
-                access.sweep = Some(plan);
-            } else if let Some(plan) = access.sweep.as_ref().filter(|_| jumped) {
+                access.loading = Loading::Disk(plan);
+            } else if let Some(plan) = access.loading.plan().filter(|_| jumped) {
                 plan.note_jump(offset);
             }
+            let route = match &access.loading {
+                Loading::Stream(stream) => Route::Stream(stream.clone()),
+                Loading::Disk(_) if !no_room => Route::Disk,
+                _ => Route::Blocks,
+            };
             // Inside the header nothing is prefetched; once a sweep fetches the whole file
             // in 8 MiB spans, 1 MiB readahead GETs would only take its slots and cut its
-            // spans into single blocks.
-            let swept = access.sweep.is_some();
-            let ahead = if access.load.in_header(offset) || swept {
-                0..0
-            } else {
-                access.readahead.observe(
-                    offset,
-                    end,
-                    bs,
-                    self.config.max_readahead_blocks,
-                    file.version.size.div_ceil(bs),
-                )
-            };
-            (ahead, swept)
+            // spans into single blocks. Nor for a file the cache cannot hold: its stream
+            // reads ahead, and readahead would fetch blocks the stream holds.
+            let ahead =
+                if access.load.in_header(offset) || no_room || !matches!(route, Route::Blocks) {
+                    0..0
+                } else {
+                    access.readahead.observe(
+                        offset,
+                        end,
+                        bs,
+                        self.config.max_readahead_blocks,
+                        file.version.size.div_ceil(bs),
+                    )
+                };
+            (ahead, route)
         };
         for index in ahead {
             if file
@@ -508,7 +591,7 @@ impl BlockReader {
                 }
             });
         }
-        swept
+        route
     }
 }
 
@@ -621,6 +704,16 @@ mod tests {
     }
 
     fn logged_reader_with_disk(key: &str, data: &[u8], config: ReadConfig) -> LoggedReader {
+        logged_reader_with_cache(key, data, config, 1 << 30)
+    }
+
+    /// [`logged_reader_with_disk`] with a disk cache limited to `limit` bytes.
+    fn logged_reader_with_cache(
+        key: &str,
+        data: &[u8],
+        config: ReadConfig,
+        limit: u64,
+    ) -> LoggedReader {
         let memory = Arc::new(MemoryStore::new());
         let info = memory.put(key, data.to_vec());
         let log = Arc::new(RangeLog {
@@ -630,7 +723,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let disk = DiskCache::open(&crate::cache::DiskCacheConfig {
             dir: dir.path().to_path_buf(),
-            size: crate::cache::CacheSize::Bytes(1 << 30),
+            size: crate::cache::CacheSize::Bytes(limit),
         })
         .unwrap();
         let reader = BlockReader::new(log.clone(), "bucket", config, Some(disk.clone()));
@@ -773,6 +866,54 @@ mod tests {
         );
         let got = reader.read(&file, 0, size).await.unwrap();
         assert!(got[..] == data[..], "byte-exact");
+    }
+
+    #[tokio::test]
+    async fn a_model_the_disk_cannot_hold_is_streamed_through_memory_and_fetched_once() {
+        let bs = 1u64 << 16;
+        let data = pattern(96 * bs as usize);
+        let config = ReadConfig {
+            block_size: bs,
+            prefetch_concurrency: 8,
+            ..ReadConfig::default()
+        };
+        // A cache of a sixth of the file.
+        let LoggedReader {
+            log,
+            reader,
+            version,
+            _dir,
+            ..
+        } = logged_reader_with_cache("m.bin", &data, config, 16 * bs);
+        let file = Arc::new(reader.open(version).await);
+        let entry = file.disk.clone().unwrap();
+        // A loader's reads, front to back, 128 KiB at a time.
+        let step = 2 * bs as usize;
+        for at in (0..data.len()).step_by(step) {
+            let got = reader.read(&file, at as u64, step as u64).await.unwrap();
+            assert!(got[..] == data[at..at + step], "bytes at {at}");
+            // The sweep decides while the reader goes on; give it a turn.
+            tokio::task::yield_now().await;
+        }
+        let no_room = entry.no_room().expect("the cache refused the file");
+        assert_eq!(no_room.limit, 16 * bs);
+        let fetched: u64 = log
+            .ranges
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.end - r.start)
+            .sum();
+        let size = data.len() as u64;
+        assert!(
+            fetched <= size + size / 20,
+            "{fetched} bytes fetched for {size}"
+        );
+        let stored = entry.entry.records().unwrap().iter().flatten().count() as u64;
+        assert!(
+            stored <= 16,
+            "{stored} blocks written for a file the cache cannot hold"
+        );
     }
 
     #[tokio::test]

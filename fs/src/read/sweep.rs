@@ -4,7 +4,9 @@
 //! threads in model order) find most of their blocks already local; a safetensors load by
 //! name takes its blocks in name order instead (see `tensor_order`). Runs only with a disk
 //! tier (without one, prefetched blocks would push each other out of memory); stops when the
-//! file is closed.
+//! file is closed. Before it starts, the disk cache admits the file
+//! ([`DiskCache::admit`](crate::cache::DiskCache::admit)): stored whole, or, when it cannot
+//! fit beside the files in use, streamed through memory instead (see `stream`).
 
 use std::sync::{Arc, Weak};
 
@@ -14,6 +16,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use super::fetch::Fetcher;
 use super::sweep_plan::SweepPlan;
 use super::tensor_order::TensorLayout;
+use crate::cache::disk::Admission;
 
 use super::OpenObject;
 
@@ -35,28 +38,35 @@ pub fn spawn(
     };
     tracing::trace!(key = %file.version.key, "model file loading: sweep planned");
     let weak: Weak<OpenObject> = Arc::downgrade(file);
-    let size = file.version.size;
+    let version = file.version.clone();
+    let size = version.size;
     tokio::spawn(async move {
-        let present = {
+        let decided = {
             let (entry, disk) = (entry.clone(), fetcher.tiers().disk().cloned());
             tokio::task::spawn_blocking(move || {
-                if let Some(disk) = disk {
-                    disk.preallocate(&entry);
-                }
+                let admission = disk.map(|disk| disk.admit(&entry));
                 let layout = header.and_then(|header| TensorLayout::parse(&header, size));
-                entry.entry.records().map(|present| (present, layout))
+                entry
+                    .entry
+                    .records()
+                    .map(|present| (present, layout, admission))
             })
             .await
             .ok()
             .and_then(Result::ok)
         };
-        let Some((present, layout)) = present else {
+        let Some((present, layout, admission)) = decided else {
             return;
         };
-        plan.skip_present(|i| present.get(i as usize).is_some_and(Option::is_some));
         if let Some(layout) = layout {
             plan.set_layout(layout);
         }
+        if let Some(Admission::TooSmall(no_room)) = admission {
+            let file = weak.upgrade();
+            super::stream::join_or_start(&fetcher, &version, file, plan, no_room, concurrency);
+            return;
+        }
+        plan.skip_present(|i| present.get(i as usize).is_some_and(Option::is_some));
         tracing::debug!(
             missing = present.iter().filter(|r| r.is_none()).count(),
             in_name_order = plan.in_name_order(),

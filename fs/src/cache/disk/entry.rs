@@ -299,6 +299,11 @@ impl Entry {
         }
     }
 
+    /// The entry's directory name in its shard.
+    pub fn stem(&self) -> &str {
+        &self.stem
+    }
+
     fn record_offset(&self, index: u64) -> u64 {
         HEADER_LEN + index * RECORD_LEN
     }

@@ -26,6 +26,11 @@
 //!   the limit (data and map files both count). Start-up reads no data and scans nothing:
 //!   it starts from the usage the last scan recorded (`v1/usage`) and re-measures in the
 //!   background.
+//! - **Whole files or nothing for loads**: a file being loaded is admitted
+//!   ([`DiskCache::admit`]) before its sweep starts: its data file is allocated whole, after
+//!   evicting least recently used entries nobody has open if needed; a file that cannot fit
+//!   beside the entries in use is not written at all (the read path streams it), so a load
+//!   never downloads bytes the cache then declines to store.
 //! - **Degrades, never fails**: every disk error (full, read-only, I/O) is counted, warned
 //!   about once, and the read is served from S3 instead.
 
@@ -44,7 +49,7 @@ use std::time::{Duration, SystemTime};
 
 use std::os::unix::fs::MetadataExt;
 
-use block_set::BlockSet;
+pub use block_set::BlockSet;
 pub use entry::{Entry, EntryId, ReadBlockError};
 pub use safe_dir::Dir;
 pub use span_writer::SpanWriter;
@@ -98,6 +103,27 @@ pub struct DiskCacheConfig {
     pub size: CacheSize,
 }
 
+/// What the disk cache does with a file being loaded ([`DiskCache::admit`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Stored whole: its data file is allocated (room made first if needed), so none of its
+    /// blocks is turned away.
+    Stored,
+    /// Not stored at all: it cannot fit beside the entries in use.
+    TooSmall(NoRoom),
+}
+
+/// Why a file being loaded is not stored: the sizes an operator needs to size the cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoRoom {
+    /// Bytes the file takes on disk once stored.
+    pub needed: u64,
+    /// The cache's limit in bytes.
+    pub limit: u64,
+    /// Bytes of other entries in use (open in any process), which no eviction may remove.
+    pub pinned: u64,
+}
+
 /// One cache entry in use by this process. While it exists the process holds a shared lock
 /// on it, so no eviction removes it.
 #[derive(Debug)]
@@ -109,6 +135,12 @@ pub struct CacheEntry {
     /// Blocks this process wrote, or read and found intact: their bytes on disk (in the page
     /// cache) are known good, so reading them again needs no checksum.
     checked: BlockSet,
+    /// Set when a load found that the cache cannot hold the file: from then on its blocks
+    /// are not written (they would only push out other entries, then be turned away).
+    no_room: std::sync::OnceLock<NoRoom>,
+    /// The data file is allocated whole ([`DiskCache::admit`]): writing its blocks takes no
+    /// more room.
+    allocated: AtomicBool,
 }
 
 impl CacheEntry {
@@ -137,6 +169,12 @@ impl CacheEntry {
     pub fn is_verified(&self) -> bool {
         self.verified.load(Ordering::Acquire)
     }
+
+    /// Why the file is not stored, once a load found that the cache cannot hold it; its
+    /// blocks are then never written.
+    pub fn no_room(&self) -> Option<NoRoom> {
+        self.no_room.get().copied()
+    }
 }
 
 /// The disk tier. Cheap to share (`Arc`); all methods are blocking file I/O and are called
@@ -155,6 +193,9 @@ pub struct DiskCache {
     /// Bytes reserved for writes that have not finished (see [`Reservation`]).
     unwritten: Arc<AtomicU64>,
     evicting: AtomicBool,
+    /// Held by each measuring pass (eviction, admission), so two never count the same
+    /// entries away at once.
+    passes: Mutex<()>,
     open: Mutex<HashMap<String, Weak<CacheEntry>>>,
     warned: Mutex<std::collections::HashSet<&'static str>>,
     /// Counters of this tier.
@@ -193,6 +234,7 @@ impl DiskCache {
             written_since_scan: AtomicU64::new(0),
             unwritten: Arc::default(),
             evicting: AtomicBool::new(false),
+            passes: Mutex::new(()),
             open: Mutex::new(HashMap::new()),
             warned: Mutex::new(Default::default()),
             stats: Arc::new(TierStats::default()),
@@ -262,6 +304,8 @@ impl DiskCache {
             verified: AtomicBool::new(already_verified),
             verifying: AtomicBool::new(false),
             checked: BlockSet::new(id.blocks()),
+            no_room: std::sync::OnceLock::new(),
+            allocated: AtomicBool::new(false),
         });
         // Count the entry's map (and the directory) until the next scan measures it.
         let overhead =
@@ -389,7 +433,7 @@ impl DiskCache {
     /// eviction pass starts and the block is only served, not stored).
     /// Returns whether the block is now on disk.
     pub fn write_block(self: &Arc<Self>, entry: &CacheEntry, index: u64, bytes: &[u8]) -> bool {
-        let Some(_reservation) = self.reserve(bytes.len() as u64) else {
+        let Some(_reservation) = self.reserve(entry, bytes.len() as u64) else {
             return false;
         };
         let written = entry.entry.write_block(index, bytes);
@@ -405,7 +449,7 @@ impl DiskCache {
     ) -> Option<SpanWriter> {
         let id = &entry.entry.id;
         let len: u64 = blocks.clone().map(|i| id.block_len(i)).sum();
-        let reservation = self.reserve(len)?;
+        let reservation = self.reserve(entry, len)?;
         Some(SpanWriter::new(
             self.clone(),
             entry.clone(),
@@ -426,10 +470,21 @@ impl DiskCache {
             .is_ok()
     }
 
-    /// Counts `len` bytes about to be written against the limit, until the returned
+    /// Counts `len` bytes about to be written to `entry` against the limit, until the returned
     /// reservation is dropped after the write; `None` (and an eviction pass started) when
-    /// they would cross the limit.
-    fn reserve(self: &Arc<Self>, len: u64) -> Option<Reservation> {
+    /// they would cross the limit. Nothing is counted for an entry allocated whole, and
+    /// nothing is written to one the cache cannot hold (no eviction either: it would only
+    /// push out entries that fit).
+    fn reserve(self: &Arc<Self>, entry: &CacheEntry, len: u64) -> Option<Reservation> {
+        if entry.no_room.get().is_some() {
+            return None;
+        }
+        if entry.allocated.load(Ordering::Acquire) {
+            return Some(Reservation {
+                unwritten: self.unwritten.clone(),
+                len: 0,
+            });
+        }
         // The filesystem allocates whole 4 KiB blocks: a file's short last block costs one.
         let len = len.next_multiple_of(4096);
         if !self.charge(len) {
@@ -475,31 +530,148 @@ impl DiskCache {
         }
     }
 
-    /// Allocates the whole data file of `entry` in one go (a model being loaded will fill it),
-    /// so its blocks, written out of order, still lie contiguously on disk and a complete
-    /// entry reads back at the disk's sequential speed. Skipped when the limit would be
-    /// crossed or the filesystem cannot.
-    pub fn preallocate(&self, entry: &CacheEntry) {
-        use std::os::fd::AsRawFd;
-        let Ok(meta) = entry.entry.data.metadata() else {
-            return;
+    /// Decides, before a load's sweep, whether `entry` is stored whole or not at all, so a
+    /// load never downloads blocks the cache then turns away (a full cache used to serve them
+    /// "not stored", and the readers fetched them again). The file is stored when it fits
+    /// beside the entries in use by any process: least recently used entries nobody has open
+    /// are evicted first if needed, and the data file is allocated in one go (its blocks,
+    /// written out of order, then lie contiguously, and writing them takes no more room).
+    /// Otherwise, or when the filesystem cannot allocate it (other files share it), the entry
+    /// is marked [`CacheEntry::no_room`] and nothing of it is written. Blocking (scans the
+    /// cache when it must make room).
+    pub fn admit(&self, entry: &CacheEntry) -> Admission {
+        if let Some(no_room) = entry.no_room() {
+            return Admission::TooSmall(no_room);
+        }
+        if let Some(stored) = self.try_allocate(entry) {
+            return stored;
+        }
+        let _pass = self.passes.lock().unwrap_or_else(|e| e.into_inner());
+        // Decided, or room made, by another load while this one waited.
+        if let Some(no_room) = entry.no_room() {
+            return Admission::TooSmall(no_room);
+        }
+        if let Some(stored) = self.try_allocate(entry) {
+            return stored;
+        }
+        let refused = match self.make_room(entry) {
+            Ok(Ok(())) => match self.try_allocate(entry) {
+                Some(stored) => return stored,
+                // Others wrote into the room meanwhile: counted as held by them.
+                None => NoRoom {
+                    needed: entry.entry.id.size,
+                    limit: self.limit(),
+                    pinned: self.usage(),
+                },
+            },
+            Ok(Err(no_room)) => no_room,
+            Err(e) => {
+                self.warn_once("eviction", &e);
+                NoRoom {
+                    needed: entry.entry.id.size,
+                    limit: self.limit(),
+                    pinned: self.usage(),
+                }
+            }
         };
-        let missing = meta
-            .size()
-            .next_multiple_of(4096)
-            .saturating_sub(meta.blocks() * 512);
-        if missing == 0 || !self.charge(missing) {
-            return;
+        Admission::TooSmall(*entry.no_room.get_or_init(|| refused))
+    }
+
+    /// Charges and allocates what `entry`'s data file lacks, if it fits under the limit now.
+    /// Measured at each try: the file's readers write blocks meanwhile.
+    fn try_allocate(&self, entry: &CacheEntry) -> Option<Admission> {
+        let missing = unallocated(entry);
+        (missing == 0 || self.charge(missing)).then(|| self.allocate(entry, missing))
+    }
+
+    /// Allocates the `missing` bytes of `entry`'s data file, already charged to the usage.
+    fn allocate(&self, entry: &CacheEntry, missing: u64) -> Admission {
+        use std::os::fd::AsRawFd;
+        if missing > 0 {
+            let size = libc::off_t::try_from(entry.entry.id.size).unwrap_or(libc::off_t::MAX);
+            // SAFETY: a valid fd for the life of `entry`; mode 0 only allocates blocks.
+            if unsafe { libc::fallocate(entry.entry.data.as_raw_fd(), 0, 0, size) } != 0 {
+                let full = io::Error::last_os_error().raw_os_error() == Some(libc::ENOSPC);
+                self.uncharge(missing);
+                if full {
+                    // The filesystem holds less than the limit says (other files share it).
+                    let refused = NoRoom {
+                        needed: entry.entry.id.size,
+                        limit: self.limit(),
+                        pinned: self.usage(),
+                    };
+                    return Admission::TooSmall(*entry.no_room.get_or_init(|| refused));
+                }
+                // Not supported here: the room is there; its blocks are counted as written.
+                return Admission::Stored;
+            }
         }
-        let size = libc::off_t::try_from(meta.size()).unwrap_or(libc::off_t::MAX);
-        // SAFETY: a valid fd for the life of `entry`; mode 0 only allocates blocks.
-        if unsafe { libc::fallocate(entry.entry.data.as_raw_fd(), 0, 0, size) } != 0 {
-            let _ = self
-                .usage
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
-                    Some(used.saturating_sub(missing))
-                });
+        entry.allocated.store(true, Ordering::Release);
+        Admission::Stored
+    }
+
+    fn uncharge(&self, len: u64) {
+        let _ = self
+            .usage
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                Some(used.saturating_sub(len))
+            });
+    }
+
+    /// Measures the cache and evicts least recently used entries nobody has open until the
+    /// rest of `entry`'s data file fits under the limit; `Err` (and nothing evicted) when it
+    /// cannot, even with every such entry gone. Called with `passes` held.
+    fn make_room(&self, entry: &CacheEntry) -> io::Result<Result<(), NoRoom>> {
+        let before = self.usage();
+        let unwritten = self.unwritten.load(Ordering::Acquire);
+        let entries = scan(&self.objects)?;
+        let missing = unallocated(entry);
+        let mut usage: u64 = entries.iter().map(|e| e.bytes).sum::<u64>() + 4096;
+        let limit = self.compute_limit(usage)?;
+        self.written_since_scan.store(0, Ordering::Relaxed);
+        let own = entry.entry.stem();
+        let mut needed = missing;
+        let (mut pinned, mut candidates) = (0, Vec::new());
+        for scanned in entries {
+            if scanned.name == own {
+                needed += scanned.bytes;
+            } else if is_in_use(&scanned) {
+                pinned += scanned.bytes;
+            } else {
+                candidates.push(scanned);
+            }
         }
+        let result = if pinned + needed + 4096 > limit {
+            Err(NoRoom {
+                needed,
+                limit,
+                pinned,
+            })
+        } else {
+            candidates.sort_by_key(|e| e.last_used);
+            // Writes in flight land too: room for them as well.
+            for candidate in candidates {
+                if usage + missing + unwritten <= limit {
+                    break;
+                }
+                match remove_if_unused(&candidate) {
+                    Ok(true) => {
+                        usage = usage.saturating_sub(candidate.bytes);
+                        TierStats::bump(&self.stats.evictions);
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::debug!(dir = %candidate.dir.display(), "evict: {e}"),
+                }
+            }
+            Ok(())
+        };
+        // As in `evict_pass`: what was written or reserved during the scan counts again.
+        let during = self.usage().saturating_sub(before);
+        self.usage
+            .store(usage + during + unwritten, Ordering::Relaxed);
+        self.limit.store(limit, Ordering::Relaxed);
+        write_usage_record(&self.v1, usage);
+        Ok(result)
     }
 
     /// Waits until this process holds the download lock of block `index` (or `max_wait`
@@ -595,6 +767,7 @@ impl DiskCache {
     /// Measures the cache and, if it is near or over its limit, removes least-recently-used entries
     /// that no process has open until usage is below 90% of the limit.
     pub fn evict_pass(&self) -> io::Result<()> {
+        let _pass = self.passes.lock().unwrap_or_else(|e| e.into_inner());
         let before = self.usage();
         // Bytes reserved but not written yet are not on disk for the scan to find.
         let unwritten = self.unwritten.load(Ordering::Acquire);
@@ -776,6 +949,28 @@ pub fn scan(objects: &Dir) -> io::Result<Vec<ScannedEntry>> {
         }
     }
     Ok(found)
+}
+
+/// Bytes of `entry`'s data file not allocated on disk yet.
+fn unallocated(entry: &CacheEntry) -> u64 {
+    match entry.entry.data.metadata() {
+        Ok(meta) => meta
+            .size()
+            .next_multiple_of(4096)
+            .saturating_sub(meta.blocks() * 512),
+        Err(_) => entry.entry.id.size.next_multiple_of(4096),
+    }
+}
+
+/// Whether a process holds the entry found by a scan (an entry that cannot be checked counts
+/// as held: it is not evicted either).
+fn is_in_use(entry: &ScannedEntry) -> bool {
+    let map = entry
+        .shard
+        .open_dir(&entry.name)
+        .and_then(|dir| dir.open_file("map", safe_dir::Open::Read));
+    // Closing the file drops the lock taken to test it.
+    !matches!(map.and_then(|map| lock::try_flock(&map, true)), Ok(true))
 }
 
 /// Removes the entry found by a scan unless a process holds it; true if removed.

@@ -76,6 +76,51 @@ fn writes_past_the_limit_are_skipped_not_failed() {
 }
 
 #[test]
+fn a_load_is_stored_whole_after_making_room_or_not_at_all() {
+    const MIB: u64 = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), CacheSize::Bytes(10 * MIB));
+    let old = cache.entry(&id("old", 6 * MIB)).unwrap();
+    fill(&cache, &old);
+    drop(old);
+    let held = cache.entry(&id("held", 3 * MIB)).unwrap();
+    fill(&cache, &held);
+    // 6 MiB more fit once the entry nobody has open is gone, not beside it.
+    let load = cache.entry(&id("load", 6 * MIB)).unwrap();
+    assert_eq!(cache.admit(&load), Admission::Stored);
+    assert_eq!(cache.stats.snapshot().evictions, 1);
+    assert!(held.entry.is_current(), "an entry in use stays");
+    let errors = cache.stats.snapshot().errors;
+    fill(&cache, &load);
+    let stored = load.entry.records().unwrap().iter().flatten().count();
+    assert_eq!(stored, 6, "no block of an admitted load is turned away");
+    assert_eq!(cache.stats.snapshot().errors, errors);
+
+    // With both open, another 6 MiB cannot fit: refused with the sizes, nothing evicted
+    // (not even an entry nobody has open), nothing of it ever written.
+    let spare = cache.entry(&id("spare", MIB / 2)).unwrap();
+    fill(&cache, &spare);
+    drop(spare);
+    let big = cache.entry(&id("big", 6 * MIB)).unwrap();
+    let Admission::TooSmall(no_room) = cache.admit(&big) else {
+        panic!("admitted beside 9 MiB in use under a 10 MiB limit");
+    };
+    assert_eq!(no_room.limit, 10 * MIB);
+    assert!(no_room.pinned >= 9 * MIB, "{no_room:?}");
+    assert!(no_room.needed >= 6 * MIB, "{no_room:?}");
+    assert_eq!(big.no_room(), Some(no_room));
+    assert_eq!(cache.stats.snapshot().evictions, 1);
+    assert!(!cache.write_block(&big, 0, &vec![1u8; MIB as usize]));
+    assert!(cache.span_writer(&big, 0..2).is_none());
+    assert_eq!(cache.stats.snapshot().errors, errors, "refused, not failed");
+    assert_eq!(
+        cache.admit(&big),
+        Admission::TooSmall(no_room),
+        "decided once"
+    );
+}
+
+#[test]
 fn a_second_cache_instance_sees_the_first_ones_blocks() {
     let dir = tempfile::tempdir().unwrap();
     let a = open(dir.path(), CacheSize::Bytes(1 << 30));
