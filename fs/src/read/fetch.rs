@@ -67,6 +67,34 @@ fn block_key(origin: &Arc<str>, version: &ObjectVersion, index: u64) -> BlockKey
     }
 }
 
+/// The runs `(start, end)` of consecutive blocks to fetch for a reader of blocks up to `last`:
+/// every candidate up to `last` that is not `present`, and after `last` the candidates that
+/// continue the last run, until one is present, `stop_ahead`, or not next in line.
+fn runs_to_fetch(
+    candidates: impl IntoIterator<Item = u64>,
+    last: u64,
+    mut present: impl FnMut(u64) -> bool,
+    mut stop_ahead: impl FnMut(u64) -> bool,
+) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for index in candidates {
+        let ahead = index > last;
+        let here = present(index);
+        if ahead && (here || stop_ahead(index)) {
+            break;
+        }
+        if here {
+            continue;
+        }
+        match runs.last_mut() {
+            Some((_, end)) if *end == index => *end += 1,
+            _ if ahead => break,
+            _ => runs.push((index, index + 1)),
+        }
+    }
+    runs
+}
+
 /// One object version from one origin: `(origin, key, etag)`.
 type VersionKey = (Arc<str>, Arc<str>, Arc<str>);
 
@@ -365,27 +393,19 @@ impl Fetcher {
                 .in_flight
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            let mut runs: Vec<(u64, u64)> = Vec::new();
-            for index in first..until {
-                let ahead = index > last;
-                let key = block_key(&self.origin, version, index);
-                let present = in_flight.contains_key(&key)
-                    || stream.holds(index)
-                    || self.tiers.memory.contains(&key)
-                    || entry.is_some_and(|e| e.is_checked(index));
-                // Blocks ahead run on only while they are missing and nobody reads them.
-                if ahead && (present || stream.has_or_was_read(index)) {
-                    break;
-                }
-                if present {
-                    continue;
-                }
-                match runs.last_mut() {
-                    Some((_, end)) if *end == index => *end += 1,
-                    _ if ahead => break,
-                    _ => runs.push((index, index + 1)),
-                }
-            }
+            let runs = runs_to_fetch(
+                first..until,
+                last,
+                |index| {
+                    let key = block_key(&self.origin, version, index);
+                    in_flight.contains_key(&key)
+                        || stream.holds(index)
+                        || self.tiers.memory.contains(&key)
+                        || entry.is_some_and(|e| e.is_checked(index))
+                },
+                // Blocks ahead run on only while nobody reads them.
+                |index| stream.has_or_was_read(index),
+            );
             let lease = (!runs.is_empty())
                 .then(|| stream.try_lease(&self.tiers.background_slots))
                 .flatten();
@@ -406,15 +426,25 @@ impl Fetcher {
                     ));
                 }
             }
-            blocks
-                .filter_map(|index| {
-                    in_flight
-                        .get(&block_key(&self.origin, version, index))
-                        .cloned()
-                })
-                .collect()
+            self.in_flight_of(&in_flight, version, blocks)
         };
         futures::future::join_all(waits.into_iter().map(InFlight::landed)).await;
+    }
+
+    /// The downloads in flight of `blocks` of `version`.
+    fn in_flight_of(
+        &self,
+        in_flight: &HashMap<BlockKey, InFlight>,
+        version: &ObjectVersion,
+        blocks: std::ops::RangeInclusive<u64>,
+    ) -> Vec<InFlight> {
+        blocks
+            .filter_map(|index| {
+                in_flight
+                    .get(&block_key(&self.origin, version, index))
+                    .cloned()
+            })
+            .collect()
     }
 
     /// A background slot, for a caller that holds it itself (a streamed span).
@@ -620,39 +650,25 @@ impl Fetcher {
                 .in_flight
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            let mut runs: Vec<(u64, u64)> = Vec::new();
-            for index in unrecorded {
-                let ahead = index > last;
-                let key = block_key(&self.origin, version, index);
-                // Blocks in memory (the disk turned them away) are read from there; a sweep
-                // writes them to disk without fetching them again.
-                if in_flight.contains_key(&key)
-                    || entry.is_checked(index)
-                    || self.tiers.memory.contains(&key)
-                {
-                    if ahead {
-                        break;
-                    }
-                    continue;
-                }
-                match runs.last_mut() {
-                    Some((_, end)) if *end == index => *end += 1,
-                    _ if ahead => break,
-                    _ => runs.push((index, index + 1)),
-                }
-            }
+            // Blocks in memory (the disk turned them away) are read from there; a sweep
+            // writes them to disk without fetching them again.
+            let runs = runs_to_fetch(
+                unrecorded,
+                last,
+                |index| {
+                    let key = block_key(&self.origin, version, index);
+                    in_flight.contains_key(&key)
+                        || entry.is_checked(index)
+                        || self.tiers.memory.contains(&key)
+                },
+                |_| false,
+            );
             for (a, b) in runs {
                 // The span runs as its own task; its blocks are in the table from here on.
                 let landing = Landing::Disk(entry.clone());
                 drop(self.start_span(&mut in_flight, version, landing, a..b, Priority::Demand));
             }
-            (first..=last)
-                .filter_map(|index| {
-                    in_flight
-                        .get(&block_key(&self.origin, version, index))
-                        .cloned()
-                })
-                .collect()
+            self.in_flight_of(&in_flight, version, first..=last)
         };
         futures::future::join_all(waits.into_iter().map(InFlight::landed)).await;
     }
@@ -1078,5 +1094,31 @@ impl Fetcher {
             .store
             .get_range(&version.key, range, &version.etag)
             .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs_to_fetch;
+
+    #[test]
+    fn runs_cover_the_missing_blocks_and_run_on_only_while_the_next_ones_are_missing() {
+        let present = |i: u64| i == 2 || i == 9;
+        // Up to 4: 0..2 and 3..5 (2 is there); on past 4 while 5, 6… are missing, stopped at 9.
+        assert_eq!(
+            runs_to_fetch(0..12, 4, present, |_| false),
+            [(0, 2), (3, 9)]
+        );
+        // A block ahead someone else reads stops the run.
+        assert_eq!(
+            runs_to_fetch(0..12, 4, present, |i| i == 6),
+            [(0, 2), (3, 6)]
+        );
+        // Ahead of a gap in the candidates: no new run starts.
+        assert_eq!(
+            runs_to_fetch([0, 1, 7, 8], 1, |_| false, |_| false),
+            [(0, 2)]
+        );
+        assert!(runs_to_fetch(0..4, 3, |_| true, |_| false).is_empty());
     }
 }

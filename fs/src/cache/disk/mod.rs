@@ -610,6 +610,31 @@ impl DiskCache {
         Admission::Stored
     }
 
+    /// Removes `candidates` that no process has open, least recently used first, until
+    /// `enough` holds for the usage left (starting from `usage`); returns that usage.
+    fn evict_lru(
+        &self,
+        mut candidates: Vec<ScannedEntry>,
+        mut usage: u64,
+        enough: impl Fn(u64) -> bool,
+    ) -> u64 {
+        candidates.sort_by_key(|e| e.last_used);
+        for candidate in candidates {
+            if enough(usage) {
+                break;
+            }
+            match remove_if_unused(&candidate) {
+                Ok(true) => {
+                    usage = usage.saturating_sub(candidate.bytes);
+                    TierStats::bump(&self.stats.evictions);
+                }
+                Ok(false) => {}
+                Err(e) => tracing::debug!(dir = %candidate.dir.display(), "evict: {e}"),
+            }
+        }
+        usage
+    }
+
     fn uncharge(&self, len: u64) {
         let _ = self
             .usage
@@ -648,21 +673,10 @@ impl DiskCache {
                 pinned,
             })
         } else {
-            candidates.sort_by_key(|e| e.last_used);
             // Writes in flight land too: room for them as well.
-            for candidate in candidates {
-                if usage + missing + unwritten <= limit {
-                    break;
-                }
-                match remove_if_unused(&candidate) {
-                    Ok(true) => {
-                        usage = usage.saturating_sub(candidate.bytes);
-                        TierStats::bump(&self.stats.evictions);
-                    }
-                    Ok(false) => {}
-                    Err(e) => tracing::debug!(dir = %candidate.dir.display(), "evict: {e}"),
-                }
-            }
+            usage = self.evict_lru(candidates, usage, |usage| {
+                usage + missing + unwritten <= limit
+            });
             Ok(())
         };
         // As in `evict_pass`: what was written or reserved during the scan counts again.
@@ -771,27 +785,14 @@ impl DiskCache {
         let before = self.usage();
         // Bytes reserved but not written yet are not on disk for the scan to find.
         let unwritten = self.unwritten.load(Ordering::Acquire);
-        let mut entries = scan(&self.objects)?;
+        let entries = scan(&self.objects)?;
         // The usage record itself takes a block.
         let mut usage: u64 = entries.iter().map(|e| e.bytes).sum::<u64>() + 4096;
         let limit = self.compute_limit(usage)?;
         self.written_since_scan.store(0, Ordering::Relaxed);
         if usage > limit || usage + (64 << 20) > limit {
             let target = limit / 10 * 9;
-            entries.sort_by_key(|e| e.last_used);
-            for candidate in entries {
-                if usage <= target {
-                    break;
-                }
-                match remove_if_unused(&candidate) {
-                    Ok(true) => {
-                        usage = usage.saturating_sub(candidate.bytes);
-                        TierStats::bump(&self.stats.evictions);
-                    }
-                    Ok(false) => {}
-                    Err(e) => tracing::debug!(dir = %candidate.dir.display(), "evict: {e}"),
-                }
-            }
+            usage = self.evict_lru(entries, usage, |usage| usage <= target);
         }
         // Blocks this process wrote while the pass ran may be missing from the scan, and so
         // may those reserved before it: count them again rather than risk crossing the limit
