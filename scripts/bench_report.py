@@ -67,6 +67,16 @@ def gib(n):
     return f"{n / (1 << 30):.2f} GiB"
 
 
+def no_cache_row(rows):
+    """The measured "modelfs, no cache" row of `rows`: what the other rows are compared with."""
+    return next((c for c in rows if c["system"] == "modelfs, no cache" and "error" not in c), None)
+
+
+def ratio(value, reference, digits=2):
+    """`value` ÷ `reference` as "1.23×", or "–" without a reference."""
+    return f"{value / reference:.{digits}f}×" if reference else "–"
+
+
 def small_cache_sections(w, cases):
     """Caches smaller than the models (issue 24): time and the bytes S3 sent, against no cache."""
     small = [c for c in cases if c["section"] == "small_cache"]
@@ -80,15 +90,15 @@ def small_cache_sections(w, cases):
         w("")
         w("| cache | time | rate | S3 bytes | S3 ÷ file | time ÷ no cache |")
         w("|---|---|---|---|---|---|")
-        ref = next((c for c in small if c["system"] == "modelfs, no cache" and "error" not in c), None)
+        ref = no_cache_row(small)
         for c in small:
             if "error" in c:
                 w(f"| {c['system'].removeprefix('modelfs, ')} | NOT MEASURED: {c['error']} | | | | |")
                 continue
-            share = c["s3_bytes"] / c["file_bytes"] if c.get("file_bytes") else None
-            vs = f"{c['seconds'] / ref['seconds']:.2f}×" if ref and ref["seconds"] > 0 else "–"
+            share = ratio(c["s3_bytes"], c.get("file_bytes"), 3) if c["s3_bytes"] else "–"
+            vs = ratio(c["seconds"], ref["seconds"] if ref else None)
             w(f"| {c['system'].removeprefix('modelfs, ')} | {fmt_s(c)} | {fmt_rate(c, 'bytes')} | "
-              f"{gib(c['s3_bytes'])} | {f'{share:.3f}×' if share else '–'} | {vs} |")
+              f"{gib(c['s3_bytes'])} | {share} | {vs} |")
         w("")
     alt = [c for c in cases if c["section"] == "alternate"]
     if alt:
@@ -100,16 +110,16 @@ def small_cache_sections(w, cases):
         w("")
         w("| cache | loads | total time | total S3 bytes | S3 ÷ files loaded | time ÷ no cache | S3 ÷ no cache |")
         w("|---|---|---|---|---|---|---|")
-        ref = next((c for c in alt if c["system"] == "modelfs, no cache" and "error" not in c), None)
+        ref = no_cache_row(alt)
         for c in alt:
             if "error" in c:
                 w(f"| {c['system'].removeprefix('modelfs, ')} | NOT MEASURED: {c['error']} | | | | | |")
                 continue
-            share = c["s3_bytes"] / c["file_bytes"] if c.get("file_bytes") else None
-            t = f"{c['seconds'] / ref['seconds']:.2f}×" if ref and ref["seconds"] > 0 else "–"
-            b = f"{c['s3_bytes'] / ref['s3_bytes']:.2f}×" if ref and ref["s3_bytes"] > 0 else "–"
+            share = ratio(c["s3_bytes"], c.get("file_bytes"), 3) if c["s3_bytes"] else "–"
+            t = ratio(c["seconds"], ref["seconds"] if ref else None)
+            b = ratio(c["s3_bytes"], ref["s3_bytes"] if ref else None)
             w(f"| {c['system'].removeprefix('modelfs, ')} | {c['loads']} | {fmt_s(c)} | {gib(c['s3_bytes'])} | "
-              f"{f'{share:.3f}×' if share else '–'} | {t} | {b} |")
+              f"{share} | {t} | {b} |")
         w("")
 
 

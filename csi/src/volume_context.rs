@@ -263,12 +263,6 @@ impl MountSpec {
             }
         }
         let get = |key: &'static str| context.get(key).map(|v| v.trim()).filter(|v| !v.is_empty());
-        let invalid =
-            |key: &'static str, value: &str, reason: &str| VolumeContextError::InvalidAttribute {
-                key,
-                value: value.to_string(),
-                reason: reason.to_string(),
-            };
 
         let bucket = get(BUCKET).ok_or(VolumeContextError::Missing(BUCKET))?;
         validate_bucket(bucket).map_err(|reason| invalid(BUCKET, bucket, reason))?;
@@ -402,13 +396,16 @@ fn parse_workflow_ref(raw: &str) -> Result<(String, String), &'static str> {
     Ok((name.to_string(), key.to_string()))
 }
 
+/// Volume attribute `key`'s `value` is malformed, for `reason`.
+fn invalid(key: &'static str, value: &str, reason: &str) -> VolumeContextError {
+    VolumeContextError::InvalidAttribute {
+        key,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
 fn parse_warm(patterns: Option<&str>, timeout: Option<&str>) -> Result<Warm, VolumeContextError> {
-    let invalid =
-        |key: &'static str, value: &str, reason: &str| VolumeContextError::InvalidAttribute {
-            key,
-            value: value.to_string(),
-            reason: reason.to_string(),
-        };
     let wait = match timeout {
         Some(raw) => {
             let wait = parse_duration(raw).map_err(|reason| invalid(WARM_TIMEOUT, raw, &reason))?;
@@ -458,11 +455,11 @@ fn parse_authentication(
     };
     match (value, unsigned) {
         (None, true) => Ok(Authentication::Unsigned),
-        (Some(value), true) => Err(VolumeContextError::InvalidAttribute {
-            key: AUTHENTICATION_SOURCE,
-            value: value.to_string(),
-            reason: "an unsigned volume (noSignRequest) uses no credentials".to_string(),
-        }),
+        (Some(value), true) => Err(invalid(
+            AUTHENTICATION_SOURCE,
+            value,
+            "an unsigned volume (noSignRequest) uses no credentials",
+        )),
         (None | Some("pod"), false) => Ok(Authentication::Pod),
         (Some("driver"), false) if inline => Err(refuse(
             "driver",
@@ -470,11 +467,11 @@ fn parse_authentication(
              may use the driver's",
         )),
         (Some("driver"), false) => Ok(Authentication::Driver),
-        (Some(other), false) => Err(VolumeContextError::InvalidAttribute {
-            key: AUTHENTICATION_SOURCE,
-            value: other.to_string(),
-            reason: "expected pod or driver".to_string(),
-        }),
+        (Some(other), false) => Err(invalid(
+            AUTHENTICATION_SOURCE,
+            other,
+            "expected pod or driver",
+        )),
     }
 }
 
@@ -562,11 +559,11 @@ fn parse_bool(key: &'static str, value: Option<&str>) -> Result<bool, VolumeCont
     match value.map(str::to_ascii_lowercase).as_deref() {
         None | Some("false") => Ok(false),
         Some("true") => Ok(true),
-        Some(_) => Err(VolumeContextError::InvalidAttribute {
+        Some(_) => Err(invalid(
             key,
-            value: value.unwrap_or_default().to_string(),
-            reason: "expected true or false".to_string(),
-        }),
+            value.unwrap_or_default(),
+            "expected true or false",
+        )),
     }
 }
 

@@ -227,26 +227,33 @@ impl Cgroups {
     /// Every process below these cgroups.
     fn pids(&self) -> Vec<i32> {
         let mut pids = Vec::new();
-        for dir in &self.0 {
-            let mut stack = vec![dir.clone()];
-            while let Some(d) = stack.pop() {
-                if let Ok(text) = std::fs::read_to_string(d.join("cgroup.procs")) {
-                    pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
-                }
-                if let Ok(entries) = std::fs::read_dir(&d) {
-                    stack.extend(
-                        entries
-                            .flatten()
-                            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
-                            .map(|e| e.path()),
-                    );
-                }
+        for d in self.0.iter().flat_map(|dir| cgroup_tree(dir)) {
+            if let Ok(text) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
             }
         }
         pids.sort_unstable();
         pids.dedup();
         pids
     }
+}
+
+/// `root` and every cgroup below it, each before its children.
+fn cgroup_tree(root: &Path) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            stack.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                    .map(|e| e.path()),
+            );
+        }
+        dirs.push(d);
+    }
+    dirs
 }
 
 impl Drop for Cgroups {
@@ -265,20 +272,7 @@ impl Drop for Cgroups {
         }
         for dir in &self.0 {
             // Children first: a cgroup directory goes only once it has none.
-            let mut dirs = Vec::new();
-            let mut stack = vec![dir.clone()];
-            while let Some(d) = stack.pop() {
-                if let Ok(entries) = std::fs::read_dir(&d) {
-                    stack.extend(
-                        entries
-                            .flatten()
-                            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
-                            .map(|e| e.path()),
-                    );
-                }
-                dirs.push(d);
-            }
-            for d in dirs.iter().rev() {
+            for d in cgroup_tree(dir).iter().rev() {
                 let _ = std::fs::remove_dir(d);
             }
         }
