@@ -7,7 +7,8 @@
 //! * a GetObject body that breaks off with an error after some bytes (the server aborts the
 //!   connection), that ends cleanly but early while `Content-Length` promised the whole range,
 //!   that stalls (some bytes, then nothing for a while, then the rest), whose `Content-Length`
-//!   says fewer or more bytes than the body carries, or that carries bytes beyond the range;
+//!   says fewer or more bytes than the body carries, that carries bytes beyond the range, or
+//!   that has one byte flipped while every header (length, ETag, checksums) stays true;
 //! * listings cut into pages of a few keys ([`Faults::set_list_page_size`]), as a bucket with
 //!   many keys gives, to exercise continuation tokens.
 //!
@@ -92,6 +93,12 @@ pub enum Fault {
         /// Bytes beyond the range.
         extra: u64,
     },
+    /// The byte at `at` of the body is inverted; its length and every header stay as they
+    /// are, so only a checksum over the content (S3's full-object checksum) can tell.
+    FlipByte {
+        /// The position of the flipped byte in the body.
+        at: u64,
+    },
 }
 
 impl Fault {
@@ -143,6 +150,7 @@ impl Fault {
             Fault::Stall { .. } => 5,
             Fault::ContentLength { .. } => 6,
             Fault::ExtraBytes { .. } => 7,
+            Fault::FlipByte { .. } => 8,
         }
     }
 }
@@ -225,6 +233,8 @@ pub struct FaultStats {
     pub content_length: u64,
     /// Bodies with bytes beyond the range.
     pub extra_bytes: u64,
+    /// Bodies with a flipped byte.
+    pub flipped: u64,
     /// Listing pages cut short by [`Faults::set_list_page_size`] (not counted in `total`).
     pub short_pages: u64,
 }
@@ -240,6 +250,7 @@ impl FaultStats {
             + self.stalled
             + self.content_length
             + self.extra_bytes
+            + self.flipped
     }
 }
 
@@ -271,7 +282,7 @@ impl Default for Faults {
 }
 
 /// How many kinds of [`Fault`] there are (the counters' slots).
-const FAULT_KINDS: usize = 8;
+const FAULT_KINDS: usize = 9;
 
 /// 2^-64 as a float, to turn 64 random bits into a number in [0, 1).
 const UNIT: f64 = 1.0 / 18_446_744_073_709_551_616.0;
@@ -380,7 +391,7 @@ impl Faults {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> FaultStats {
-        let [internal_error, slow_down, precondition_failed, reset, truncated, stalled, content_length, extra_bytes] =
+        let [internal_error, slow_down, precondition_failed, reset, truncated, stalled, content_length, extra_bytes, flipped] =
             self.counts.each_ref().map(|c| c.load(Ordering::Relaxed));
         FaultStats {
             internal_error,
@@ -391,6 +402,7 @@ impl Faults {
             stalled,
             content_length,
             extra_bytes,
+            flipped,
             short_pages: self.short_pages.load(Ordering::Relaxed),
         }
     }
@@ -430,6 +442,8 @@ pub(crate) struct FaultBody<S> {
     cut: Option<(u64, AtCut)>,
     /// Filler bytes still to send after the inner stream ends.
     extra: u64,
+    /// The position of the byte to invert ([`Fault::FlipByte`]).
+    flip: Option<u64>,
     /// The announced length is not the body's: hide the body's length from the HTTP layer.
     length_unknown: bool,
     /// The announced length exceeds the body: wait [`FLUSH_GRACE`] before ending.
@@ -459,10 +473,15 @@ impl<S> FaultBody<S> {
             Fault::ExtraBytes { extra } => extra,
             _ => 0,
         };
+        let flip = match fault {
+            Fault::FlipByte { at: position } => Some(at(position)),
+            _ => None,
+        };
         FaultBody {
             inner,
             cut,
             extra,
+            flip,
             length_unknown: matches!(fault, Fault::ContentLength { .. }),
             ends_short: matches!(fault, Fault::ContentLength { delta } if delta > 0),
             promised: len + extra,
@@ -474,6 +493,15 @@ impl<S> FaultBody<S> {
     }
 
     fn emit(&mut self, chunk: Bytes) -> Poll<Option<Result<Bytes, StdError>>> {
+        let chunk = match self.flip {
+            Some(at) if (self.sent..self.sent + chunk.len() as u64).contains(&at) => {
+                self.flip = None;
+                let mut flipped = chunk.to_vec();
+                flipped[(at - self.sent) as usize] ^= 0xFF;
+                Bytes::from(flipped)
+            }
+            _ => chunk,
+        };
         self.sent += chunk.len() as u64;
         self.promised = self.promised.saturating_sub(chunk.len() as u64);
         Poll::Ready(Some(Ok(chunk)))
@@ -744,6 +772,19 @@ mod tests {
             let cut = after.min(39) as usize;
             assert!(failed, "after {after}");
             assert_eq!(got, expected(cut), "after {after}");
+        }
+    }
+
+    #[tokio::test]
+    async fn flip_byte_inverts_one_byte_and_keeps_the_length() {
+        for (at, chunk) in [(0, 10), (15, 10), (1000, 7)] {
+            let body = FaultBody::new(source(40, chunk), 40, Fault::FlipByte { at });
+            assert_eq!(body.remaining_length().exact(), Some(40));
+            let (got, failed) = drain(body).await;
+            assert!(!failed, "at {at}");
+            let mut want = expected(40);
+            want[at.min(39) as usize] ^= 0xFF;
+            assert_eq!(got, want, "at {at}");
         }
     }
 

@@ -18,6 +18,9 @@ pub struct TierStats {
     pub corrupt: AtomicU64,
     /// Failed or skipped disk operations (full, read-only, I/O error): served from S3 instead.
     pub errors: AtomicU64,
+    /// Complete entries whose content did not match S3's full-object checksum: not sealed,
+    /// dropped and fetched again (disk).
+    pub checksum_mismatch: AtomicU64,
 }
 
 /// A point-in-time copy of [`TierStats`].
@@ -35,6 +38,8 @@ pub struct TierSnapshot {
     pub corrupt: u64,
     /// See [`TierStats::errors`].
     pub errors: u64,
+    /// See [`TierStats::checksum_mismatch`].
+    pub checksum_mismatch: u64,
 }
 
 impl TierStats {
@@ -53,6 +58,7 @@ impl TierStats {
             evictions: get(&self.evictions),
             corrupt: get(&self.corrupt),
             errors: get(&self.errors),
+            checksum_mismatch: get(&self.checksum_mismatch),
         }
     }
 }
@@ -61,8 +67,14 @@ impl std::fmt::Display for TierSnapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "hits={} misses={} writes={} evictions={} corrupt={} errors={}",
-            self.hits, self.misses, self.writes, self.evictions, self.corrupt, self.errors
+            "hits={} misses={} writes={} evictions={} corrupt={} errors={} checksum_mismatch={}",
+            self.hits,
+            self.misses,
+            self.writes,
+            self.evictions,
+            self.corrupt,
+            self.errors,
+            self.checksum_mismatch
         )
     }
 }

@@ -369,6 +369,7 @@ impl Namespace {
                     key: node.key.as_str().into(),
                     etag: meta.etag.as_str().into(),
                     size: meta.size,
+                    checksum: None,
                 }
             })
             .collect()
@@ -387,11 +388,13 @@ impl Namespace {
             let meta = lock(&node.meta);
             meta.validated_at.elapsed() < self.ttl && self.store.proves_read(&node.key, &meta.etag)
         };
+        let mut checksum = None;
         if !proven {
             let info = self.store.head(&node.key).await.map_err(|e| match e {
                 crate::store::StoreError::NotFound { key } => FsError::NotFound(key),
                 other => FsError::Store(other),
             })?;
+            checksum = info.checksum;
             *lock(&node.meta) = NodeMeta {
                 size: info.size,
                 etag: info.etag,
@@ -405,6 +408,7 @@ impl Namespace {
             key: node.key.as_str().into(),
             etag: meta.etag.as_str().into(),
             size: meta.size,
+            checksum,
         })
     }
 

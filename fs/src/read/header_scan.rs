@@ -69,6 +69,7 @@ mod tests {
             key: "a.safetensors".into(),
             etag: "\"e\"".into(),
             size: 10,
+            checksum: None,
         };
         assert!(scans.claim(&v));
         assert!(!scans.claim(&v), "one learning per header");

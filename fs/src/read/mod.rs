@@ -255,7 +255,8 @@ impl BlockReader {
                     size: version.size,
                     block_size: self.config.block_size,
                 };
-                tokio::task::spawn_blocking(move || cache.entry(&id))
+                let checksum = version.checksum;
+                tokio::task::spawn_blocking(move || cache.entry_for(&id, checksum))
                     .await
                     .ok()
                     .flatten()
@@ -629,6 +630,7 @@ mod tests {
             key: info.key.as_str().into(),
             etag: info.etag.as_str().into(),
             size: info.size,
+            checksum: info.checksum,
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ListPage, ObjectInfo, ObjectStore, StoreError};
+use super::{FullObjectChecksum, ListPage, ObjectInfo, ObjectStore, StoreError};
 
 /// A bucket held in memory. ETags are a per-store counter, so every put makes a new version.
 #[derive(Debug, Default)]
@@ -42,9 +42,18 @@ impl MemoryStore {
             size: data.len() as u64,
             etag: format!("\"v{version}\""),
             last_modified: SystemTime::now(),
+            checksum: None,
         };
         self.lock().insert(key.to_string(), (info.clone(), data));
         info
+    }
+
+    /// Gives `key`'s current version the full-object checksum `checksum` (what its HEAD then
+    /// answers), whether or not it matches the bytes: tests of the checks use both.
+    pub fn set_checksum(&self, key: &str, checksum: Option<FullObjectChecksum>) {
+        if let Some((info, _)) = self.lock().get_mut(key) {
+            info.checksum = checksum;
+        }
     }
 
     /// Removes `key`.

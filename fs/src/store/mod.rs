@@ -4,6 +4,7 @@
 //! can be tested against [`MemoryStore`], and end-to-end tests use [`S3Store`] against a real
 //! S3 protocol server.
 
+mod checksum;
 mod credentials;
 mod error;
 #[cfg(any(test, feature = "test-util"))]
@@ -19,6 +20,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use checksum::{ChecksumDigest, ChecksumHeaders, FullObjectChecksum};
 pub use credentials::{ReplaceableCredentials, SessionCredentials};
 pub use error::StoreError;
 #[cfg(any(test, feature = "test-util"))]
@@ -38,11 +40,16 @@ pub struct ObjectInfo {
     pub etag: String,
     /// When the object was last written.
     pub last_modified: SystemTime,
+    /// The object's full-object checksum, when a HeadObject brought one (listings never do).
+    pub checksum: Option<FullObjectChecksum>,
 }
 
 /// One version of one object, pinned by an open: every read of the handle asks for exactly
 /// this ETag, so a handle never mixes bytes of two versions.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+///
+/// Two values are the same version when key, ETag and size agree: the checksum is what is
+/// known about the version (an open that pinned it from a listing knows none), not part of it.
+#[derive(Clone, Debug)]
 pub struct ObjectVersion {
     /// The full object key.
     pub key: Arc<str>,
@@ -50,6 +57,22 @@ pub struct ObjectVersion {
     pub etag: Arc<str>,
     /// The size of this version in bytes.
     pub size: u64,
+    /// S3's full-object checksum of this version, when the HeadObject that pinned it gave one.
+    pub checksum: Option<FullObjectChecksum>,
+}
+
+impl PartialEq for ObjectVersion {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.key, &self.etag, self.size) == (&other.key, &other.etag, other.size)
+    }
+}
+
+impl Eq for ObjectVersion {}
+
+impl std::hash::Hash for ObjectVersion {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (&self.key, &self.etag, self.size).hash(state);
+    }
 }
 
 /// One page of a `ListObjectsV2` with a delimiter.

@@ -17,7 +17,8 @@ use bytes::{Bytes, BytesMut};
 use futures::TryFutureExt;
 
 use super::{
-    ListPage, ObjectInfo, ObjectStore, RangeSink, ReplaceableCredentials, StoreError, StoreOrigin,
+    ChecksumHeaders, FullObjectChecksum, ListPage, ObjectInfo, ObjectStore, RangeSink,
+    ReplaceableCredentials, StoreError, StoreOrigin,
 };
 use crate::metrics::metrics;
 
@@ -473,6 +474,7 @@ impl ObjectStore for S3Store {
                     size: o.size().unwrap_or(0).max(0) as u64,
                     etag: o.e_tag().unwrap_or_default().to_string(),
                     last_modified: to_system_time(o.last_modified()),
+                    checksum: None,
                 })
             })
             .collect();
@@ -500,6 +502,7 @@ impl ObjectStore for S3Store {
                     .head_object()
                     .bucket(&self.bucket)
                     .key(key)
+                    .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
                     .send()
                     .map_err(|e| self.classify(e, "HeadObject", key))
             })
@@ -509,6 +512,15 @@ impl ObjectStore for S3Store {
             size: out.content_length().unwrap_or(0).max(0) as u64,
             etag: out.e_tag().unwrap_or_default().to_string(),
             last_modified: to_system_time(out.last_modified()),
+            checksum: FullObjectChecksum::from_headers(
+                key,
+                &ChecksumHeaders {
+                    crc64nvme: out.checksum_crc64_nvme(),
+                    crc32c: out.checksum_crc32_c(),
+                    crc32: out.checksum_crc32(),
+                    checksum_type: out.checksum_type().map(|t| t.as_str()),
+                },
+            ),
         })
     }
 

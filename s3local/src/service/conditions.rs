@@ -102,6 +102,7 @@ mod tests {
             size: 10,
             etag: "\"abc\"".into(),
             last_modified: UNIX_EPOCH + Duration::from_millis(1_000_500),
+            checksum: None,
         }
     }
 

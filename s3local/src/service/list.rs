@@ -146,6 +146,7 @@ mod tests {
                     size: k.len() as u64,
                     etag: "\"e\"".into(),
                     last_modified: UNIX_EPOCH,
+                    checksum: None,
                 };
                 (k.to_string(), meta)
             })

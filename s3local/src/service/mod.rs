@@ -14,11 +14,12 @@ use std::sync::Arc;
 
 use hyper::header::{self, HeaderMap, HeaderValue};
 use s3s::dto::{
-    Bucket, CommonPrefix, CreateBucketInput, CreateBucketOutput, DeleteBucketInput,
-    DeleteBucketOutput, DeleteObjectInput, DeleteObjectOutput, ETag, EncodingType, GetObjectInput,
-    GetObjectOutput, HeadBucketInput, HeadBucketOutput, HeadObjectInput, HeadObjectOutput,
-    ListBucketsInput, ListBucketsOutput, ListObjectsV2Input, ListObjectsV2Output, Object,
-    ObjectStorageClass, PutObjectInput, PutObjectOutput, StreamingBlob, Timestamp, TimestampFormat,
+    Bucket, ChecksumMode, ChecksumType, CommonPrefix, CreateBucketInput, CreateBucketOutput,
+    DeleteBucketInput, DeleteBucketOutput, DeleteObjectInput, DeleteObjectOutput, ETag,
+    EncodingType, GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput,
+    HeadObjectInput, HeadObjectOutput, ListBucketsInput, ListBucketsOutput, ListObjectsV2Input,
+    ListObjectsV2Output, Object, ObjectStorageClass, PutObjectInput, PutObjectOutput,
+    StreamingBlob, Timestamp, TimestampFormat,
 };
 use s3s::service::{S3Service, S3ServiceBuilder};
 use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
@@ -28,7 +29,7 @@ use crate::encoding::url_encode;
 use crate::faults::{Fault, FaultBody, Faults, Op};
 use crate::shaping::{Pace, Shaper, Shaping};
 use crate::stats::{Counters, RequestStats};
-use crate::store::{FileStore, ObjectMeta, StoreError};
+use crate::store::{FileStore, ObjectChecksum, ObjectMeta, StoreError};
 use body::FileBody;
 use conditions::{resolve_range, Preconditions, Verdict};
 use list::{list_page, Entry, ListQuery, Marker};
@@ -194,6 +195,9 @@ fn store_error(err: StoreError) -> S3Error {
             S3ErrorCode::BucketNotEmpty,
             "The bucket you tried to delete is not empty",
         ),
+        StoreError::BadDigest { .. } => {
+            S3Error::with_message(S3ErrorCode::BadDigest, err.to_string())
+        }
         StoreError::Body { .. } => S3Error::with_source(S3ErrorCode::IncompleteBody, err.into()),
         StoreError::Io { .. } => S3Error::internal_error(err),
     }
@@ -228,6 +232,64 @@ fn content_type(key: &str) -> &'static str {
         Some("txt" | "md") => "text/plain",
         _ => "application/octet-stream",
     }
+}
+
+/// The `x-amz-checksum-*` fields of a response: crc64nvme, crc32c, crc32 and the type.
+#[derive(Default)]
+struct ChecksumFields {
+    crc64nvme: Option<String>,
+    crc32c: Option<String>,
+    crc32: Option<String>,
+    checksum_type: Option<ChecksumType>,
+}
+
+impl ChecksumFields {
+    /// The fields for the object's full-object checksum, when `wanted` (the request said
+    /// `x-amz-checksum-mode: ENABLED`, or it is a PutObject answer) and the object has one.
+    fn of(checksum: Option<ObjectChecksum>, wanted: bool) -> ChecksumFields {
+        let Some(checksum) = checksum.filter(|_| wanted) else {
+            return ChecksumFields::default();
+        };
+        let value = Some(checksum.to_base64());
+        let mut fields = ChecksumFields {
+            checksum_type: Some(ChecksumType::from_static(ChecksumType::FULL_OBJECT)),
+            ..ChecksumFields::default()
+        };
+        match checksum {
+            ObjectChecksum::Crc64Nvme(_) => fields.crc64nvme = value,
+            ObjectChecksum::Crc32c(_) => fields.crc32c = value,
+            ObjectChecksum::Crc32(_) => fields.crc32 = value,
+        }
+        fields
+    }
+}
+
+fn checksum_mode_enabled(mode: Option<&ChecksumMode>) -> bool {
+    mode.is_some_and(|m| m.as_str().eq_ignore_ascii_case(ChecksumMode::ENABLED))
+}
+
+/// The full-object checksum a PutObject request sent (`x-amz-checksum-crc64nvme`, `-crc32c`
+/// or `-crc32`), or `InvalidRequest` when its value is not one.
+fn claimed_checksum(input: &PutObjectInput) -> S3Result<Option<ObjectChecksum>> {
+    let sent = [
+        ("crc64nvme", input.checksum_crc64nvme.as_deref()),
+        ("crc32c", input.checksum_crc32c.as_deref()),
+        ("crc32", input.checksum_crc32.as_deref()),
+    ];
+    let Some((algorithm, value)) = sent
+        .into_iter()
+        .find_map(|(algorithm, value)| Some((algorithm, value?)))
+    else {
+        return Ok(None);
+    };
+    ObjectChecksum::from_base64(algorithm, value)
+        .map(Some)
+        .ok_or_else(|| {
+            S3Error::with_message(
+                S3ErrorCode::InvalidRequest,
+                format!("Value for x-amz-checksum-{algorithm} header is invalid."),
+            )
+        })
 }
 
 fn content_range(range: &std::ops::Range<u64>, size: u64) -> String {
@@ -400,7 +462,15 @@ impl S3 for LocalS3Service {
         }
         self.status_fault(Op::HeadObject)?;
         // A Range on HEAD is ignored (RFC 9110 allows it): the full length is reported.
+        let checksum = ChecksumFields::of(
+            meta.checksum,
+            checksum_mode_enabled(input.checksum_mode.as_ref()),
+        );
         let output = HeadObjectOutput {
+            checksum_crc64nvme: checksum.crc64nvme,
+            checksum_crc32c: checksum.crc32c,
+            checksum_crc32: checksum.crc32,
+            checksum_type: checksum.checksum_type,
             accept_ranges: Some("bytes".to_string()),
             content_length: Some(size_i64(meta.size)?),
             content_type: Some(content_type(&meta.key).to_string()),
@@ -461,7 +531,16 @@ impl S3 for LocalS3Service {
                 )
             }
         };
+        // Like S3: a ranged GET carries no full-object checksum.
+        let checksum = ChecksumFields::of(
+            meta.checksum,
+            input.range.is_none() && checksum_mode_enabled(input.checksum_mode.as_ref()),
+        );
         let output = GetObjectOutput {
+            checksum_crc64nvme: checksum.crc64nvme,
+            checksum_crc32c: checksum.crc32c,
+            checksum_crc32: checksum.crc32,
+            checksum_type: checksum.checksum_type,
             body: Some(body),
             content_length: Some(size_i64(content_length)?),
             content_range,
@@ -507,16 +586,26 @@ impl S3 for LocalS3Service {
                 });
             }
         }
-        let meta = upload(Arc::clone(&self.store), input.bucket, input.key, input.body)
-            .await
-            .map_err(|err| match err {
-                UploadError::Store(err) => store_error(err),
-                UploadError::Body(source) => {
-                    S3Error::with_source(S3ErrorCode::IncompleteBody, source)
-                }
-                UploadError::Task(join) => S3Error::internal_error(join),
-            })?;
+        let claimed = claimed_checksum(&input)?;
+        let meta = upload(
+            Arc::clone(&self.store),
+            input.bucket,
+            input.key,
+            input.body,
+            claimed,
+        )
+        .await
+        .map_err(|err| match err {
+            UploadError::Store(err) => store_error(err),
+            UploadError::Body(source) => S3Error::with_source(S3ErrorCode::IncompleteBody, source),
+            UploadError::Task(join) => S3Error::internal_error(join),
+        })?;
+        let checksum = ChecksumFields::of(meta.checksum, true);
         Ok(S3Response::new(PutObjectOutput {
+            checksum_crc64nvme: checksum.crc64nvme,
+            checksum_crc32c: checksum.crc32c,
+            checksum_crc32: checksum.crc32,
+            checksum_type: checksum.checksum_type,
             e_tag: Some(etag(&meta)),
             size: Some(size_i64(meta.size)?),
             ..PutObjectOutput::default()

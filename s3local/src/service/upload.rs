@@ -7,7 +7,7 @@ use futures::StreamExt;
 use s3s::dto::StreamingBlob;
 use tokio::sync::mpsc;
 
-use crate::store::{FileStore, ObjectMeta, StoreError};
+use crate::store::{FileStore, ObjectChecksum, ObjectMeta, StoreError};
 
 /// Chunks in flight between the request body and the blocking writer.
 const QUEUE: usize = 16;
@@ -36,16 +36,21 @@ pub(crate) enum UploadError {
 
 /// Writes `body` to `key` in `bucket`: the body is read here while a blocking task writes
 /// and hashes it, the two connected by a bounded queue (so a slow disk slows the client).
-/// If the body fails or ends early, nothing is published.
+/// If the body fails or ends early, or does not match the checksum the client `claimed`,
+/// nothing is published.
 pub(crate) async fn upload(
     store: Arc<FileStore>,
     bucket: String,
     key: String,
     body: Option<StreamingBlob>,
+    claimed: Option<ObjectChecksum>,
 ) -> Result<ObjectMeta, UploadError> {
     let (tx, mut rx) = mpsc::channel::<Message>(QUEUE);
     let writer = tokio::task::spawn_blocking(move || -> Result<Option<ObjectMeta>, StoreError> {
-        let mut writer = store.writer(&bucket, &key)?;
+        let mut writer = match claimed {
+            Some(claimed) => store.writer_claiming(&bucket, &key, claimed)?,
+            None => store.writer(&bucket, &key)?,
+        };
         loop {
             match rx.blocking_recv() {
                 Some(Message::Data(chunk)) => writer.append(&chunk)?,

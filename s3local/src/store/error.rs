@@ -48,6 +48,15 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    /// The content does not match the checksum the uploader sent with it (S3's `BadDigest`);
+    /// nothing was stored.
+    #[error("the content of {key:?} does not match its {algorithm} checksum")]
+    BadDigest {
+        /// The key being written.
+        key: String,
+        /// The checksum's algorithm (`crc64nvme`, `crc32c`, `crc32`).
+        algorithm: &'static str,
+    },
     /// The reader (or request body) supplying an object's bytes failed.
     #[error("reading the content of {key:?}: {source}")]
     Body {
@@ -77,7 +86,9 @@ impl From<StoreError> for io::Error {
             StoreError::NoSuchBucket { .. } | StoreError::NoSuchKey { .. } => {
                 io::ErrorKind::NotFound
             }
-            StoreError::InvalidBucketName { .. } => io::ErrorKind::InvalidInput,
+            StoreError::InvalidBucketName { .. } | StoreError::BadDigest { .. } => {
+                io::ErrorKind::InvalidInput
+            }
             StoreError::BucketNotEmpty { .. } => io::ErrorKind::DirectoryNotEmpty,
             StoreError::Io { source, .. } | StoreError::Body { source, .. } => source.kind(),
         };

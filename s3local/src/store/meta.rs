@@ -4,6 +4,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+use super::checksum::ObjectChecksum;
+
 /// What the store knows about one object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectMeta {
@@ -15,6 +17,8 @@ pub struct ObjectMeta {
     pub etag: String,
     /// When the object was written.
     pub last_modified: SystemTime,
+    /// The full-object checksum (`None` for objects stored before the store kept one).
+    pub checksum: Option<ObjectChecksum>,
 }
 
 impl ObjectMeta {
@@ -37,7 +41,7 @@ impl ObjectMeta {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos();
-        let doc = json!({
+        let mut doc = json!({
             "version": 1,
             "key": self.key,
             "size": self.size,
@@ -45,6 +49,9 @@ impl ObjectMeta {
             // u128 does not fit JSON numbers everywhere; nanoseconds until 2554 fit a u64.
             "last_modified_unix_nanos": u64::try_from(nanos).unwrap_or(u64::MAX),
         });
+        if let Some(checksum) = self.checksum {
+            doc["checksum"] = json!(checksum.to_string());
+        }
         doc.to_string().into_bytes()
     }
 
@@ -57,6 +64,11 @@ impl ObjectMeta {
             size: doc.get("size")?.as_u64()?,
             etag: doc.get("etag")?.as_str()?.to_string(),
             last_modified: UNIX_EPOCH + Duration::from_nanos(nanos),
+            // Sidecars written before checksums were kept have none.
+            checksum: doc
+                .get("checksum")
+                .and_then(Value::as_str)
+                .and_then(ObjectChecksum::parse),
         })
     }
 }
@@ -71,13 +83,26 @@ mod tests {
             size: 42,
             etag: "\"0123abcd\"".into(),
             last_modified: UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
+            checksum: Some(ObjectChecksum::Crc64Nvme(0x0123_4567_89ab_cdef)),
         }
     }
 
     #[test]
     fn sidecar_round_trip() {
         let meta = sample();
-        assert_eq!(ObjectMeta::from_sidecar(&meta.to_sidecar()), Some(meta));
+        assert_eq!(
+            ObjectMeta::from_sidecar(&meta.to_sidecar()),
+            Some(meta.clone())
+        );
+        let older = ObjectMeta {
+            checksum: None,
+            ..meta
+        };
+        assert_eq!(
+            ObjectMeta::from_sidecar(&older.to_sidecar()),
+            Some(older),
+            "sidecars without a checksum still load"
+        );
         assert_eq!(ObjectMeta::from_sidecar(b"{}"), None);
         assert_eq!(ObjectMeta::from_sidecar(b"not json"), None);
     }

@@ -11,6 +11,7 @@
 //! gets a metadata/bytes pair of one version and keeps reading it from its open file even if
 //! the key is overwritten or deleted meanwhile.
 
+mod checksum;
 mod error;
 mod layout;
 mod meta;
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
+pub use checksum::{ChecksumWriter, ObjectChecksum};
 pub use error::{Result, StoreError};
 pub use meta::ObjectMeta;
 pub use writer::ObjectWriter;
@@ -184,9 +186,22 @@ impl FileStore {
         writer.commit()
     }
 
-    /// Starts a streaming write of `key`; see [`ObjectWriter`].
+    /// Starts a streaming write of `key`; see [`ObjectWriter`]. The object's checksum is
+    /// CRC64NVME, computed on the way.
     pub fn writer(&self, bucket: &str, key: &str) -> Result<ObjectWriter> {
-        ObjectWriter::create(self.bucket(bucket)?, key)
+        ObjectWriter::create(self.bucket(bucket)?, key, None)
+    }
+
+    /// [`FileStore::writer`] for content the uploader sent `claimed` for: the object keeps
+    /// that checksum, and the commit fails with [`StoreError::BadDigest`] (storing nothing)
+    /// when the content does not match it.
+    pub fn writer_claiming(
+        &self,
+        bucket: &str,
+        key: &str,
+        claimed: ObjectChecksum,
+    ) -> Result<ObjectWriter> {
+        ObjectWriter::create(self.bucket(bucket)?, key, Some(claimed))
     }
 
     /// Deletes `key`. Deleting a key that does not exist succeeds, as on S3.

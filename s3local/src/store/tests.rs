@@ -217,3 +217,41 @@ fn concurrent_overwrites_never_tear() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().expect("writer");
 }
+
+#[test]
+fn objects_keep_a_full_object_checksum_across_reopen_and_claims_are_checked() {
+    let (dir, store) = store();
+    let meta = store.put_bytes("b", "k", b"123456789").expect("put");
+    let crc64 = ObjectChecksum::Crc64Nvme(0xae8b_1486_0a79_9888);
+    assert_eq!(meta.checksum, Some(crc64), "CRC64NVME by default");
+    let crc32c = ObjectChecksum::Crc32c(0xe306_9283);
+    let mut claiming = store.writer_claiming("b", "c", crc32c).expect("writer");
+    claiming.append(b"123456789").expect("append");
+    assert_eq!(claiming.commit().expect("commit").checksum, Some(crc32c));
+    let mut lying = store
+        .writer_claiming("b", "c", ObjectChecksum::Crc32c(1))
+        .expect("writer");
+    lying.append(b"other").expect("append");
+    assert!(matches!(
+        lying.commit(),
+        Err(StoreError::BadDigest {
+            algorithm: "crc32c",
+            ..
+        })
+    ));
+    assert_eq!(
+        store.get_bytes("b", "c").expect("get"),
+        b"123456789",
+        "kept"
+    );
+    drop(store);
+    let reopened = FileStore::open(dir.path()).expect("reopen");
+    assert_eq!(
+        reopened.head("b", "k").and_then(|m| m.checksum),
+        Some(crc64)
+    );
+    assert_eq!(
+        reopened.head("b", "c").and_then(|m| m.checksum),
+        Some(crc32c)
+    );
+}

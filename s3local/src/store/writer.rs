@@ -9,6 +9,7 @@ use std::time::SystemTime;
 
 use md5::{Digest, Md5};
 
+use super::checksum::{ChecksumWriter, ObjectChecksum};
 use super::error::{Result, StoreError};
 use super::meta::ObjectMeta;
 use super::Bucket;
@@ -28,13 +29,22 @@ pub struct ObjectWriter {
     tmp: PathBuf,
     file: Option<BufWriter<File>>,
     md5: Md5,
+    /// The full-object checksum: of the uploader's algorithm when it sent one, else CRC64NVME.
+    checksum: ChecksumWriter,
+    /// What the uploader said the checksum is.
+    claimed: Option<ObjectChecksum>,
     size: u64,
     committed: bool,
 }
 
 impl ObjectWriter {
-    /// Starts a write of `key` into `bucket`.
-    pub(crate) fn create(bucket: Arc<Bucket>, key: &str) -> Result<ObjectWriter> {
+    /// Starts a write of `key` into `bucket`, checked against `claimed` at the commit.
+    pub(crate) fn create(
+        bucket: Arc<Bucket>,
+        key: &str,
+        claimed: Option<ObjectChecksum>,
+    ) -> Result<ObjectWriter> {
+        let checksum = ChecksumWriter::new(claimed);
         let tmp = bucket.layout.temp_path("part");
         let file =
             File::create(&tmp).map_err(StoreError::io("creating a temporary object file", &tmp))?;
@@ -44,6 +54,8 @@ impl ObjectWriter {
             tmp,
             file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
             md5: Md5::new(),
+            checksum,
+            claimed,
             size: 0,
             committed: false,
         })
@@ -80,12 +92,21 @@ impl ObjectWriter {
             source: e.into_error(),
         })?;
         drop(file);
+        let checksum = self.checksum.finish();
+        if let Some(claimed) = self.claimed.filter(|claimed| *claimed != checksum) {
+            // Dropping the writer removes the temporary file.
+            return Err(StoreError::BadDigest {
+                key: self.key.clone(),
+                algorithm: claimed.algorithm(),
+            });
+        }
         let digest = std::mem::take(&mut self.md5).finalize();
         let meta = ObjectMeta {
             key: self.key.clone(),
             size: self.size,
             etag: format!("\"{}\"", hex(&digest)),
             last_modified: SystemTime::now(),
+            checksum: Some(checksum),
         };
         self.bucket.install(&meta, &self.tmp)?;
         self.committed = true;
@@ -101,6 +122,7 @@ impl Write for ObjectWriter {
             .ok_or_else(|| io::Error::other("object writer is closed"))?;
         let n = file.write(buf)?;
         self.md5.update(&buf[..n]);
+        self.checksum.update(&buf[..n]);
         self.size += n as u64;
         Ok(n)
     }

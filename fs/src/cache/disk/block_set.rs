@@ -41,6 +41,13 @@ impl BlockSet {
     pub fn contains_all(&self, range: RangeInclusive<u64>) -> bool {
         range.into_iter().all(|index| self.contains(index))
     }
+
+    /// Removes every index.
+    pub fn clear(&self) {
+        for word in self.words.iter() {
+            word.store(0, Ordering::Release);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -60,5 +67,7 @@ mod tests {
         assert!(!set.contains_all(62..=64));
         set.insert(500);
         assert!(!set.contains(500), "out of bounds is never a member");
+        set.clear();
+        assert!(!set.contains(0) && !set.contains(129));
     }
 }

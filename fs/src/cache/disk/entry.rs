@@ -9,7 +9,9 @@
 //! CRC, so a block torn by a crash or flipped on disk is detected, dropped and fetched again.
 //! A complete entry whose every block was verified gets a `verified` seal naming the data
 //! file's inode, size, ctime and mtime; while those are unchanged it may be read directly
-//! (FUSE passthrough) without checking again. Any write to the file voids the seal.
+//! (FUSE passthrough) without checking again. Any write to the file voids the seal. A seal
+//! made after the content matched S3's full-object checksum names it on a second line
+//! (`crc64nvme:<base64>`); an open that knows the checksum trusts only such a seal.
 //! Entries are created in a temporary directory and renamed into place, so another process
 //! sees either no entry or a whole one.
 
@@ -23,6 +25,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use super::safe_dir::{is_foreign, Dir, Open};
+use crate::store::FullObjectChecksum;
 
 const MAGIC: &[u8; 8] = b"MODELFS1";
 /// 2: the identity names the origin (endpoint and addressing style); entries of format 1
@@ -465,13 +468,22 @@ impl Entry {
 
     /// Records that every block passed its checksum, for the data file exactly as it is now.
     pub fn seal(&self) -> io::Result<()> {
+        self.seal_checked(None)
+    }
+
+    /// [`Entry::seal`], also recording that the content matched S3's full-object checksum
+    /// `checked` (a second line of the seal), so opens that know the checksum trust it too.
+    pub fn seal_checked(&self, checked: Option<FullObjectChecksum>) -> io::Result<()> {
         let tmp = format!(".verified-{}", unique());
+        let mut seal = self.data_identity()?;
+        if let Some(checksum) = checked {
+            seal.push('\n');
+            seal.push_str(&checksum.to_string());
+        }
         let written = self
             .dir_fd
             .open_file(&tmp, Open::CreateNew)
-            .and_then(|mut file| {
-                std::io::Write::write_all(&mut file, self.data_identity()?.as_bytes())
-            })
+            .and_then(|mut file| std::io::Write::write_all(&mut file, seal.as_bytes()))
             .and_then(|()| self.dir_fd.rename(&tmp, "verified"));
         if written.is_err() {
             let _ = self.dir_fd.unlink(&tmp);
@@ -481,10 +493,19 @@ impl Entry {
 
     /// Whether a seal exists and the data file has not changed since it was written.
     pub fn is_sealed(&self) -> bool {
-        match (self.dir_fd.read_to_string("verified"), self.data_identity()) {
-            (Ok(sealed), Ok(now)) => sealed == now,
-            _ => false,
-        }
+        self.is_sealed_for(None)
+    }
+
+    /// [`Entry::is_sealed`], and, when `expected` is given, the seal records that the content
+    /// matched that full-object checksum (a seal made without it is checked again).
+    pub fn is_sealed_for(&self, expected: Option<FullObjectChecksum>) -> bool {
+        let (Ok(sealed), Ok(now)) = (self.dir_fd.read_to_string("verified"), self.data_identity())
+        else {
+            return false;
+        };
+        let mut lines = sealed.split('\n');
+        lines.next() == Some(now.as_str())
+            && expected.is_none_or(|checksum| lines.next() == Some(checksum.to_string().as_str()))
     }
 
     /// Removes the seal.
@@ -515,6 +536,70 @@ impl Entry {
             }
         }
         Ok((present, corrupt))
+    }
+}
+
+impl Entry {
+    /// [`Entry::verify_except`], also computing the content's full-object checksum of
+    /// `expected`'s algorithm in the same pass, in block order; the third value is `None`
+    /// when a block is missing or damaged (there is no whole content to check). CRC32C is
+    /// combined from the block records (no reads beyond the verification's); the others read
+    /// the blocks trusted without checking too.
+    pub fn verify_with_checksum(
+        &self,
+        known_good: impl Fn(u64) -> bool,
+        expected: FullObjectChecksum,
+    ) -> io::Result<(u64, u64, Option<FullObjectChecksum>)> {
+        let (mut present, mut corrupt, mut whole) = (0, 0, true);
+        let combine = matches!(expected, FullObjectChecksum::Crc32c(_));
+        let mut digest = (!combine).then(|| expected.digest());
+        let records = self.records()?;
+        for (index, record) in (0..self.id.blocks()).zip(records.iter()) {
+            let bytes = if record.is_some() && known_good(index) {
+                present += 1;
+                match &digest {
+                    Some(_) if whole => {
+                        Some(self.read_range(index * self.id.block_size, self.id.block_len(index))?)
+                    }
+                    _ => None,
+                }
+            } else {
+                match self.read_block(index) {
+                    Ok(Some(bytes)) => {
+                        present += 1;
+                        Some(bytes)
+                    }
+                    Ok(None) => {
+                        whole = false;
+                        None
+                    }
+                    Err(ReadBlockError::Corrupt) => {
+                        corrupt += 1;
+                        whole = false;
+                        None
+                    }
+                    Err(ReadBlockError::Io(e)) => return Err(e),
+                }
+            };
+            if let (true, Some(digest), Some(bytes)) = (whole, digest.as_mut(), bytes) {
+                digest.update(&bytes);
+            }
+        }
+        if !whole {
+            return Ok((present, corrupt, None));
+        }
+        let computed = match digest {
+            Some(digest) => digest.finish(),
+            // Every record now matches its block: checked above, or written by this process.
+            None => FullObjectChecksum::Crc32c(records.iter().zip(0..).fold(
+                0,
+                |crc, (record, index)| {
+                    let len = self.id.block_len(index) as usize;
+                    crc32c::crc32c_combine(crc, record.unwrap_or_default(), len)
+                },
+            )),
+        };
+        Ok((present, corrupt, Some(computed)))
     }
 }
 

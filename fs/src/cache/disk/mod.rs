@@ -20,6 +20,10 @@
 //! - **Crash-safe**: CRC32C per block, checked when a process first reads the block from disk;
 //!   blocks it wrote or checked itself (and whole sealed entries) are read without checking
 //!   again, straight into the reply's buffer, however many blocks a read spans.
+//! - **What was uploaded**: when the open's HeadObject gave S3's full-object checksum
+//!   ([`FullObjectChecksum`]), a complete entry is sealed for passthrough only once its content
+//!   matches it (our CRCs only prove the bytes are what we received); an entry that does not
+//!   is dropped whole, logged as an error and counted (`checksum_mismatch`).
 //! - **Bounded**: usage is kept under the limit ([`CacheSize`]): a write that would cross it
 //!   is skipped and starts an eviction pass that removes least-recently-opened entries not in
 //!   use by any process (a shared `flock` marks entries in use) until usage is below 90% of
@@ -39,6 +43,7 @@ pub mod entry;
 pub mod lock;
 pub mod safe_dir;
 mod span_writer;
+pub mod verify_scheduler;
 
 use std::collections::HashMap;
 use std::io;
@@ -55,6 +60,7 @@ pub use safe_dir::Dir;
 pub use span_writer::SpanWriter;
 
 use super::TierStats;
+use crate::store::FullObjectChecksum;
 
 /// How large the disk cache may grow.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -141,6 +147,10 @@ pub struct CacheEntry {
     /// The data file is allocated whole ([`DiskCache::admit`]): writing its blocks takes no
     /// more room.
     allocated: AtomicBool,
+    /// S3's full-object checksum of the version, once an open that pinned it with a HEAD
+    /// brought it: checked before the entry is sealed. Not part of the entry's identity (the
+    /// ETag is), so opens that pinned the version from a listing share the entry.
+    expected: std::sync::OnceLock<FullObjectChecksum>,
 }
 
 impl CacheEntry {
@@ -174,6 +184,23 @@ impl CacheEntry {
     /// blocks are then never written.
     pub fn no_room(&self) -> Option<NoRoom> {
         self.no_room.get().copied()
+    }
+
+    /// The full-object checksum the entry is checked against before it is sealed, if known.
+    pub fn expected_checksum(&self) -> Option<FullObjectChecksum> {
+        self.expected.get().copied()
+    }
+
+    /// Learns the version's full-object checksum from a later open. An entry verified without
+    /// it counts as unverified again, unless its seal records that very checksum, so the next
+    /// open checks it before passthrough.
+    fn learn_checksum(&self, checksum: FullObjectChecksum) {
+        if self.expected.set(checksum).is_ok()
+            && self.is_verified()
+            && !self.entry.is_sealed_for(Some(checksum))
+        {
+            self.verified.store(false, Ordering::Release);
+        }
     }
 }
 
@@ -286,9 +313,22 @@ impl DiskCache {
     /// The entry for `id`, opened or created, locked as in use; `None` (after a warning) if
     /// the disk cannot hold it.
     pub fn entry(&self, id: &EntryId) -> Option<Arc<CacheEntry>> {
+        self.entry_for(id, None)
+    }
+
+    /// [`DiskCache::entry`] for a version whose full-object checksum S3 gave (`checksum`):
+    /// the entry is sealed for passthrough only once its content matches it.
+    pub fn entry_for(
+        &self,
+        id: &EntryId,
+        checksum: Option<FullObjectChecksum>,
+    ) -> Option<Arc<CacheEntry>> {
         let stem = id.stem();
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(existing) = open.get(&stem).and_then(Weak::upgrade) {
+            if let Some(checksum) = checksum {
+                existing.learn_checksum(checksum);
+            }
             return Some(existing);
         }
         let entry = match self.open_locked(id) {
@@ -298,7 +338,11 @@ impl DiskCache {
                 return None;
             }
         };
-        let already_verified = entry.is_sealed();
+        let already_verified = entry.is_sealed_for(checksum);
+        let expected = std::sync::OnceLock::new();
+        if let Some(checksum) = checksum {
+            let _ = expected.set(checksum);
+        }
         let entry = Arc::new(CacheEntry {
             entry,
             verified: AtomicBool::new(already_verified),
@@ -306,6 +350,7 @@ impl DiskCache {
             checked: BlockSet::new(id.blocks()),
             no_room: std::sync::OnceLock::new(),
             allocated: AtomicBool::new(false),
+            expected,
         });
         // Count the entry's map (and the directory) until the next scan measures it.
         let overhead =
@@ -316,10 +361,12 @@ impl DiskCache {
         Some(entry)
     }
 
-    fn set_verified(&self, entry: &CacheEntry, ok: bool) {
+    /// Records a verification's outcome; a good one seals the entry, naming the full-object
+    /// checksum it was `checked` against, if any.
+    fn set_verified(&self, entry: &CacheEntry, ok: bool, checked: Option<FullObjectChecksum>) {
         entry.verified.store(ok, Ordering::Release);
         if ok && self.usage() + 4096 <= self.limit() {
-            match entry.entry.seal() {
+            match entry.entry.seal_checked(checked) {
                 // The seal takes a block until the next scan measures it.
                 Ok(()) => {
                     self.usage.fetch_add(4096, Ordering::Relaxed);
@@ -365,7 +412,7 @@ impl DiskCache {
             Err(ReadBlockError::Corrupt) => {
                 TierStats::bump(&self.stats.corrupt);
                 TierStats::bump(&self.stats.misses);
-                self.set_verified(entry, false);
+                self.set_verified(entry, false, None);
                 tracing::warn!(
                     key = %entry.entry.id.key,
                     index,
@@ -726,23 +773,67 @@ impl DiskCache {
     /// Verifies every present block of `entry` (dropping damaged ones) and records the
     /// result; true if the entry is complete and intact. Blocks this process wrote or checked
     /// already are not read again: a load that downloaded the whole file seals it for free.
+    /// When the version carries S3's full-object checksum, the content must match it too
+    /// (computed in the same pass, which then reads the trusted blocks as well, except for
+    /// CRC32C, combined from the block records); an entry that does not is dropped whole.
     pub fn verify_complete(&self, entry: &CacheEntry) -> bool {
-        match entry
-            .entry
-            .verify_except(|index| entry.checked.contains(index))
-        {
-            Ok((present, corrupt)) => {
-                if corrupt > 0 {
-                    self.stats.corrupt.fetch_add(corrupt, Ordering::Relaxed);
-                    tracing::warn!(key = %entry.entry.id.key, corrupt, "disk cache blocks failed the checksum check; dropped");
-                }
-                let ok = corrupt == 0 && present == entry.entry.id.blocks();
-                self.set_verified(entry, ok);
-                ok
-            }
+        let expected = entry.expected_checksum();
+        let known_good = |index| entry.checked.contains(index);
+        let verified = match expected {
+            None => entry
+                .entry
+                .verify_except(known_good)
+                .map(|(present, corrupt)| (present, corrupt, None)),
+            Some(expected) => entry.entry.verify_with_checksum(known_good, expected),
+        };
+        let (present, corrupt, computed) = match verified {
+            Ok(verified) => verified,
             Err(e) => {
                 self.warn_once("verify", &e);
-                false
+                return false;
+            }
+        };
+        if corrupt > 0 {
+            self.stats.corrupt.fetch_add(corrupt, Ordering::Relaxed);
+            tracing::warn!(key = %entry.entry.id.key, corrupt, "disk cache blocks failed the checksum check; dropped");
+        }
+        let mut ok = corrupt == 0 && present == entry.entry.id.blocks();
+        if let (true, Some(expected), Some(computed)) = (ok, expected, computed) {
+            if computed != expected {
+                self.drop_mismatched(entry, expected, computed);
+                return false;
+            }
+        }
+        // A checksum learned while this ran was not checked: the next open checks it.
+        ok &= entry.expected_checksum() == expected;
+        self.set_verified(entry, ok, expected);
+        ok
+    }
+
+    /// Drops every block of `entry`, whose content is not what S3 says was uploaded: the
+    /// bytes we received were whole by our own CRCs but not the object's, so none of them is
+    /// trusted, and the next reads fetch them again.
+    fn drop_mismatched(
+        &self,
+        entry: &CacheEntry,
+        expected: FullObjectChecksum,
+        computed: FullObjectChecksum,
+    ) {
+        TierStats::bump(&self.stats.checksum_mismatch);
+        tracing::error!(
+            key = %entry.entry.id.key,
+            etag = %entry.entry.id.etag,
+            %expected,
+            %computed,
+            "disk cache entry does not match S3's full-object checksum; not sealed, dropped and fetched again"
+        );
+        entry.verified.store(false, Ordering::Release);
+        entry.entry.unseal();
+        entry.checked.clear();
+        for index in 0..entry.entry.id.blocks() {
+            if let Err(e) = entry.entry.clear(index) {
+                self.warn_once("drop", &e);
+                return;
             }
         }
     }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::store::FullObjectChecksum;
 
 fn id(key: &str, size: u64) -> EntryId {
     EntryId {
@@ -370,4 +371,115 @@ fn scans_and_eviction_never_follow_or_delete_through_links() {
         std::fs::read(tree.join("ab/data")).unwrap(),
         vec![1u8; 1 << 20]
     );
+}
+
+/// The whole content `fill` writes for an entry of `size` bytes.
+fn filled_content(size: u64) -> Vec<u8> {
+    let id = id("any", size);
+    (0..id.blocks())
+        .flat_map(|i| vec![i as u8; id.block_len(i) as usize])
+        .collect()
+}
+
+fn checksum_of(like: FullObjectChecksum, data: &[u8]) -> FullObjectChecksum {
+    let mut digest = like.digest();
+    digest.update(data);
+    digest.finish()
+}
+
+#[test]
+fn a_complete_entry_matching_the_full_object_checksum_is_sealed_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), CacheSize::Bytes(1 << 30));
+    let size = (3 << 20) + 5;
+    for like in [
+        FullObjectChecksum::Crc64Nvme(0),
+        FullObjectChecksum::Crc32c(0),
+        FullObjectChecksum::Crc32(0),
+    ] {
+        let expected = checksum_of(like, &filled_content(size));
+        let key = format!("match-{}", like.algorithm());
+        let entry = cache.entry_for(&id(&key, size), Some(expected)).unwrap();
+        fill(&cache, &entry);
+        assert!(cache.verify_complete(&entry), "{expected}");
+        assert!(entry.is_verified());
+        assert!(
+            entry.entry.is_sealed_for(Some(expected)),
+            "the seal names it"
+        );
+        drop(entry);
+        // Another process trusts the seal for an open that knows the checksum.
+        let other = open(dir.path(), CacheSize::Bytes(1 << 30));
+        let again = other.entry_for(&id(&key, size), Some(expected)).unwrap();
+        assert!(again.is_verified(), "{expected}");
+    }
+    assert_eq!(cache.stats.snapshot().checksum_mismatch, 0);
+}
+
+#[test]
+fn a_mismatch_with_the_full_object_checksum_drops_the_entry_unsealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), CacheSize::Bytes(1 << 30));
+    let size = (2 << 20) + 7;
+    let content = filled_content(size);
+    for (n, like) in [
+        FullObjectChecksum::Crc64Nvme(0),
+        FullObjectChecksum::Crc32c(0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // The checksum of other bytes: what S3 says was uploaded is not what we hold.
+        let mut uploaded = content.clone();
+        uploaded[1 << 20] ^= 1;
+        let expected = checksum_of(like, &uploaded);
+        let key = format!("mismatch-{}", like.algorithm());
+        let entry = cache.entry_for(&id(&key, size), Some(expected)).unwrap();
+        fill(&cache, &entry);
+        assert!(entry.entry.is_complete().unwrap());
+        assert!(!cache.verify_complete(&entry), "{expected}");
+        assert!(!entry.is_verified());
+        assert!(!entry.entry.is_sealed(), "never sealed");
+        assert_eq!(cache.stats.snapshot().checksum_mismatch, n as u64 + 1);
+        assert!(
+            entry.entry.records().unwrap().iter().all(Option::is_none),
+            "every block dropped"
+        );
+        assert!(!entry.is_checked(0), "nor trusted by this process");
+        assert_eq!(cache.read_block(&entry, 0), None, "fetched again");
+    }
+}
+
+#[test]
+fn without_a_full_object_checksum_sealing_is_unchanged_and_a_later_one_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), CacheSize::Bytes(1 << 30));
+    let size = 2 << 20;
+    let key = id("absent", size);
+    let entry = cache.entry(&key).unwrap();
+    fill(&cache, &entry);
+    assert!(cache.verify_complete(&entry));
+    assert!(entry.is_verified() && entry.entry.is_sealed());
+    // An open whose HEAD brought the checksum: the seal does not name it, so it is
+    // checked before the next passthrough, and sealed with it.
+    let expected = checksum_of(FullObjectChecksum::Crc64Nvme(0), &filled_content(size));
+    let same = cache.entry_for(&key, Some(expected)).unwrap();
+    assert!(Arc::ptr_eq(&same, &entry));
+    assert!(!entry.is_verified(), "not checked against the checksum yet");
+    assert!(cache.verify_complete(&entry));
+    assert!(entry.entry.is_sealed_for(Some(expected)));
+    // A composite checksum never reaches the cache: it is no full-object checksum.
+    let composite = FullObjectChecksum::from_headers(
+        "k",
+        &crate::store::ChecksumHeaders {
+            crc32c: Some("3q2+7w==-4"),
+            checksum_type: Some("COMPOSITE"),
+            ..Default::default()
+        },
+    );
+    assert_eq!(composite, None);
+    let other = cache.entry_for(&id("composite", size), composite).unwrap();
+    fill(&cache, &other);
+    assert!(cache.verify_complete(&other));
+    assert_eq!(cache.stats.snapshot().checksum_mismatch, 0);
 }

@@ -1,0 +1,222 @@
+//! S3's full-object checksums: what a HeadObject with `ChecksumMode=ENABLED` says the whole
+//! object's CRC is, as uploaded. The disk cache checks it before sealing an entry for
+//! passthrough, so a sealed entry holds the bytes that were uploaded, not only the bytes that
+//! were received.
+
+use std::fmt;
+
+use crc_fast::CrcAlgorithm;
+
+/// The CRC of a whole object, as S3 stores it for single-part uploads and for multipart
+/// uploads of type `FULL_OBJECT`. (`COMPOSITE` checksums of multipart uploads are CRCs of the
+/// parts' CRCs: they cannot be checked from the content alone, and are never one of these.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FullObjectChecksum {
+    /// `x-amz-checksum-crc64nvme` (S3's default since 2025).
+    Crc64Nvme(u64),
+    /// `x-amz-checksum-crc32c` (Castagnoli).
+    Crc32c(u32),
+    /// `x-amz-checksum-crc32` (ISO-HDLC).
+    Crc32(u32),
+}
+
+/// The checksum values a HeadObject answered, as their base64 header strings.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ChecksumHeaders<'a> {
+    /// `x-amz-checksum-crc64nvme`.
+    pub crc64nvme: Option<&'a str>,
+    /// `x-amz-checksum-crc32c`.
+    pub crc32c: Option<&'a str>,
+    /// `x-amz-checksum-crc32`.
+    pub crc32: Option<&'a str>,
+    /// `x-amz-checksum-type`: `FULL_OBJECT` or `COMPOSITE`.
+    pub checksum_type: Option<&'a str>,
+}
+
+impl FullObjectChecksum {
+    /// The full-object checksum the headers carry; `None` when there is none, when it is
+    /// `COMPOSITE` (or its value has a `-N` part count), or when a value is malformed (logged
+    /// at debug). A value without `x-amz-checksum-type` (servers older than that header)
+    /// counts as full-object unless it carries a part count.
+    pub fn from_headers(key: &str, headers: &ChecksumHeaders<'_>) -> Option<FullObjectChecksum> {
+        if headers
+            .checksum_type
+            .is_some_and(|t| !t.eq_ignore_ascii_case("FULL_OBJECT"))
+        {
+            return None;
+        }
+        let parsed = if let Some(value) = headers.crc64nvme {
+            decode_be::<8>(value).map(|b| FullObjectChecksum::Crc64Nvme(u64::from_be_bytes(b)))
+        } else if let Some(value) = headers.crc32c {
+            decode_be::<4>(value).map(|b| FullObjectChecksum::Crc32c(u32::from_be_bytes(b)))
+        } else if let Some(value) = headers.crc32 {
+            decode_be::<4>(value).map(|b| FullObjectChecksum::Crc32(u32::from_be_bytes(b)))
+        } else {
+            return None;
+        };
+        if parsed.is_none() {
+            tracing::debug!(
+                key,
+                ?headers,
+                "ignoring a checksum that is not a full-object CRC"
+            );
+        }
+        parsed
+    }
+
+    /// The algorithm's name as S3 spells it in header names (`crc64nvme`, `crc32c`, `crc32`).
+    pub fn algorithm(&self) -> &'static str {
+        match self {
+            FullObjectChecksum::Crc64Nvme(_) => "crc64nvme",
+            FullObjectChecksum::Crc32c(_) => "crc32c",
+            FullObjectChecksum::Crc32(_) => "crc32",
+        }
+    }
+
+    /// The value as S3 sends it: base64 of the big-endian bytes.
+    pub fn to_base64(&self) -> String {
+        match *self {
+            FullObjectChecksum::Crc64Nvme(v) => aws_smithy_types::base64::encode(v.to_be_bytes()),
+            FullObjectChecksum::Crc32c(v) | FullObjectChecksum::Crc32(v) => {
+                aws_smithy_types::base64::encode(v.to_be_bytes())
+            }
+        }
+    }
+
+    /// A running computation of the same algorithm, to check `self` against content.
+    pub fn digest(&self) -> ChecksumDigest {
+        let algorithm = match self {
+            FullObjectChecksum::Crc64Nvme(_) => CrcAlgorithm::Crc64Nvme,
+            FullObjectChecksum::Crc32c(_) => CrcAlgorithm::Crc32Iscsi,
+            FullObjectChecksum::Crc32(_) => CrcAlgorithm::Crc32IsoHdlc,
+        };
+        ChecksumDigest {
+            like: *self,
+            digest: crc_fast::Digest::new(algorithm),
+        }
+    }
+}
+
+impl fmt::Display for FullObjectChecksum {
+    /// `crc64nvme:<base64>`, the algorithm and the value as S3 sends it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.algorithm(), self.to_base64())
+    }
+}
+
+/// A full-object checksum being computed over content fed in order.
+pub struct ChecksumDigest {
+    like: FullObjectChecksum,
+    digest: crc_fast::Digest,
+}
+
+impl ChecksumDigest {
+    /// Feeds the next bytes of the content.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.digest.update(bytes);
+    }
+
+    /// The checksum of everything fed, of the algorithm it was started for.
+    pub fn finish(&self) -> FullObjectChecksum {
+        let value = self.digest.finalize();
+        match self.like {
+            FullObjectChecksum::Crc64Nvme(_) => FullObjectChecksum::Crc64Nvme(value),
+            // 32-bit CRCs come back in the low half.
+            FullObjectChecksum::Crc32c(_) => FullObjectChecksum::Crc32c(value as u32),
+            FullObjectChecksum::Crc32(_) => FullObjectChecksum::Crc32(value as u32),
+        }
+    }
+}
+
+impl fmt::Debug for ChecksumDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChecksumDigest")
+            .field("algorithm", &self.like.algorithm())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Decodes a base64 value of exactly `N` bytes; `None` for anything else (a composite
+/// checksum's `-N` suffix is not base64).
+fn decode_be<const N: usize>(value: &str) -> Option<[u8; N]> {
+    let bytes = aws_smithy_types::base64::decode(value.trim()).ok()?;
+    bytes.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full(
+        crc64nvme: Option<&str>,
+        crc32c: Option<&str>,
+        kind: Option<&str>,
+    ) -> Option<FullObjectChecksum> {
+        FullObjectChecksum::from_headers(
+            "k",
+            &ChecksumHeaders {
+                crc64nvme,
+                crc32c,
+                crc32: None,
+                checksum_type: kind,
+            },
+        )
+    }
+
+    #[test]
+    fn base64_big_endian_values_parse_and_print_back() {
+        let crc64 = FullObjectChecksum::Crc64Nvme(0x0123_4567_89ab_cdef);
+        let text = crc64.to_base64();
+        assert_eq!(text, "ASNFZ4mrze8=");
+        assert_eq!(full(Some(&text), None, Some("FULL_OBJECT")), Some(crc64));
+        let crc32c = FullObjectChecksum::Crc32c(0xdead_beef);
+        assert_eq!(crc32c.to_base64(), "3q2+7w==");
+        assert_eq!(
+            full(None, Some("3q2+7w=="), Some("FULL_OBJECT")),
+            Some(crc32c)
+        );
+        assert_eq!(crc32c.to_string(), "crc32c:3q2+7w==");
+    }
+
+    #[test]
+    fn composite_and_malformed_checksums_are_none() {
+        assert_eq!(full(None, Some("3q2+7w==-3"), Some("COMPOSITE")), None);
+        assert_eq!(full(None, Some("3q2+7w==-3"), None), None, "part count");
+        assert_eq!(full(None, Some("3q2+7w=="), Some("COMPOSITE")), None);
+        assert_eq!(
+            full(Some("3q2+7w=="), None, Some("FULL_OBJECT")),
+            None,
+            "4 bytes for crc64"
+        );
+        assert_eq!(full(Some("not base64!"), None, None), None);
+        assert_eq!(full(None, None, Some("FULL_OBJECT")), None);
+        assert!(
+            full(None, Some("3q2+7w=="), None).is_some(),
+            "no type header"
+        );
+    }
+
+    #[test]
+    fn digests_match_the_published_check_values() {
+        // The CRC catalogue's check values: each algorithm over "123456789".
+        for (like, check) in [
+            (
+                FullObjectChecksum::Crc64Nvme(0),
+                FullObjectChecksum::Crc64Nvme(0xae8b_1486_0a79_9888),
+            ),
+            (
+                FullObjectChecksum::Crc32c(0),
+                FullObjectChecksum::Crc32c(0xe306_9283),
+            ),
+            (
+                FullObjectChecksum::Crc32(0),
+                FullObjectChecksum::Crc32(0xcbf4_3926),
+            ),
+        ] {
+            let mut digest = like.digest();
+            digest.update(b"1234");
+            digest.update(b"56789");
+            assert_eq!(digest.finish(), check);
+        }
+    }
+}
