@@ -1,4 +1,5 @@
-//! `--metrics-addr`: serves `GET /metrics` in the Prometheus text format.
+//! `--metrics-addr`: serves `GET /metrics` in the Prometheus text format
+//! ([`modelfs_fs::metrics::render`]).
 
 use std::convert::Infallible;
 
@@ -20,7 +21,7 @@ pub fn bind(addr: &str) -> anyhow::Result<std::net::TcpListener> {
 async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let response = if req.uri().path() == "/metrics" {
         Response::builder()
-            .header("content-type", "text/plain; version=0.0.4")
+            .header("content-type", modelfs_fs::metrics::CONTENT_TYPE)
             .body(Full::new(Bytes::from(modelfs_fs::metrics::render())))
     } else {
         Response::builder()

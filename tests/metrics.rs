@@ -13,6 +13,29 @@ fn value(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
 }
 
+/// What a Prometheus text-format parser needs: each family described once, before its samples,
+/// and every sample a family's series with a number.
+fn assert_well_formed(body: &str) {
+    let mut families: Vec<&str> = Vec::new();
+    for line in body.lines() {
+        if let Some(described) = line.strip_prefix("# TYPE ") {
+            let name = described.split(' ').next().unwrap_or_default();
+            assert!(!families.contains(&name), "{name} described twice:\n{body}");
+            families.push(name);
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let (series, value) = line.rsplit_once(' ').expect("series and value");
+            let name = series.split('{').next().unwrap_or_default();
+            assert!(
+                families.iter().any(|f| name
+                    .strip_prefix(f)
+                    .is_some_and(|rest| ["", "_bucket", "_sum", "_count"].contains(&rest))),
+                "{name} has no # TYPE before it:\n{body}"
+            );
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}
+
 #[test]
 fn metrics_count_s3_requests_cache_tiers_and_fuse_reads() {
     let server = LocalServer::start("models");
@@ -43,6 +66,13 @@ fn metrics_count_s3_requests_cache_tiers_and_fuse_reads() {
     let text = common::scrape_metrics(&addr);
     m.unmount();
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let (head, body) = text.split_once("\r\n\r\n").expect("headers end");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("\r\ncontent-type: text/plain; version=0.0.4"),
+        "Prometheus text format: {head}"
+    );
+    assert_well_formed(body);
     let gets = value(
         &text,
         "modelfs_s3_requests_total{op=\"GetObject\",result=\"ok\"}",
