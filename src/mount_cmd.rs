@@ -10,6 +10,7 @@ use anyhow::Context;
 use modelfs_fs::cache::{CacheSize, DiskCache, DiskCacheConfig};
 use modelfs_fs::mount::{check_fuse_device, check_mountpoint, mount, MountConfig};
 use modelfs_fs::read::ReadConfig;
+use modelfs_fs::session::WarmLimit;
 use modelfs_fs::S3Location;
 
 use crate::daemon::{self, ReadyPipe};
@@ -58,6 +59,12 @@ pub struct MountArgs {
     /// read by the kernel directly when it supports passthrough and we have CAP_SYS_ADMIN).
     #[arg(long)]
     pub no_passthrough: bool,
+    /// Most bytes of a complete cached file read into the page cache ahead of the reader
+    /// when it is opened for loading (passthrough, 64 MiB or more, still open after 30 ms),
+    /// and never more than half of the memory available; 0 disables it. Default: half of
+    /// `MemAvailable` at the time.
+    #[arg(long, value_parser = parse_size)]
+    pub warm_read_ahead: Option<u64>,
     /// Serve Prometheus metrics on this address (e.g. `127.0.0.1:9464`): S3 requests and
     /// latency, cache tiers, prefetching, FUSE requests and latency.
     #[arg(long)]
@@ -65,6 +72,11 @@ pub struct MountArgs {
     /// Internal: fd on which a background child reports readiness.
     #[arg(long, hide = true)]
     pub ready_fd: Option<i32>,
+}
+
+/// The read-ahead bound of `--warm-read-ahead`: the flag's bytes, else the default share.
+pub fn warm_limit(flag: Option<u64>) -> WarmLimit {
+    flag.map_or(WarmLimit::Auto, WarmLimit::Bytes)
 }
 
 /// Runs `modelfs mount`; `argv` is the command line after the program name (re-used to
@@ -120,6 +132,7 @@ fn serve(
         },
         passthrough: !args.no_passthrough,
         fuse_threads: 4,
+        warm_read_ahead: warm_limit(args.warm_read_ahead),
     };
     let disk_cache = open_disk_cache(args.cache_dir.as_deref(), args.cache_size)?;
     let session = mount(&config, store, disk_cache.clone(), runtime.handle().clone())?;

@@ -67,6 +67,12 @@ pub struct MounterArgs {
     /// Never serve reads by FUSE passthrough.
     #[arg(long)]
     pub no_passthrough: bool,
+    /// Most bytes of a complete cached file read into the page cache ahead of the reader
+    /// when it is opened for loading (passthrough, 64 MiB or more, still open after 30 ms),
+    /// and never more than half of the memory available; 0 disables it. Default: half of
+    /// `MemAvailable` at the time.
+    #[arg(long, value_parser = parse_size)]
+    pub warm_read_ahead: Option<u64>,
     /// Serve Prometheus metrics on this address (e.g. `0.0.0.0:9464`).
     #[arg(long)]
     pub metrics_addr: Option<String>,
@@ -235,6 +241,7 @@ impl Mounter {
             read: self.read.clone(),
             passthrough: !self.args.no_passthrough,
             fuse_threads: 4,
+            warm_read_ahead: crate::mount_cmd::warm_limit(self.args.warm_read_ahead),
         };
         let warm_store = store.clone();
         let warming = (

@@ -13,7 +13,10 @@
 //! - [`read`]: the read path. An open pins an object version (key + ETag + size); reads are
 //!   split into fixed-size blocks fetched by ranged GETs carrying `If-Match`, single-flighted
 //!   and kept in a byte-bounded memory cache, with sequential readahead.
-//! - [`fuse`]: the adapter that turns kernel requests into calls on the pieces above and
+//! - [`session`]: the state and policy under the FUSE adapter: open files and directories,
+//!   each inode's I/O mode (passthrough or cached), warm read-ahead of files opened for
+//!   loading. Tested without a kernel.
+//! - [`fuse`]: the adapter that turns kernel requests into calls on the [`session`] and
 //!   errors into errnos. No policy lives there.
 //! - [`mount`]: pre-flight checks and the FUSE session.
 //! - [`cache`]: the memory and disk tiers.
@@ -29,6 +32,7 @@ pub mod metrics;
 pub mod mount;
 pub mod namespace;
 pub mod read;
+pub mod session;
 pub mod store;
 pub mod units;
 pub mod warm;

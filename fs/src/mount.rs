@@ -14,6 +14,7 @@ use crate::cache::DiskCache;
 use crate::fuse::{ModelFs, Ownership};
 use crate::namespace::Namespace;
 use crate::read::{BlockReader, ReadConfig, SharedTiers};
+use crate::session::{Session as VolumeSession, SessionConfig, WarmLimit};
 use crate::store::{ObjectStore, StoreError};
 use crate::S3Location;
 
@@ -36,6 +37,9 @@ pub struct MountConfig {
     pub passthrough: bool,
     /// Threads reading requests from `/dev/fuse`.
     pub fuse_threads: usize,
+    /// How much of a complete cached file opened for loading is read into the page cache
+    /// ahead of the reader.
+    pub warm_read_ahead: WarmLimit,
 }
 
 /// Why a mount did not happen. Nothing is left mounted after any of these.
@@ -202,14 +206,17 @@ fn volume_fs(
     let reader =
         BlockReader::with_tiers(store, &config.location.bucket, config.read.clone(), tiers);
     let block_size = u32::try_from(config.read.block_size).unwrap_or(1 << 20);
-    ModelFs::new(
+    let session = VolumeSession::new(
         namespace,
         reader,
-        runtime,
-        config.ownership,
-        block_size,
-        config.passthrough,
-    )
+        SessionConfig {
+            ownership: config.ownership,
+            block_size,
+            passthrough: config.passthrough,
+            warm_read_ahead: config.warm_read_ahead,
+        },
+    );
+    ModelFs::new(Arc::new(session), runtime)
 }
 
 /// The session settings shared by both ways of starting one.

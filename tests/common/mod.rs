@@ -11,6 +11,8 @@ pub mod kube_api;
 pub mod moto;
 pub mod mount;
 pub mod pod_identity_agent;
+pub mod process;
+pub mod residency;
 pub mod s3;
 pub mod suite;
 

@@ -113,6 +113,11 @@ impl<B> IoModesGuard<'_, B> {
         }
     }
 
+    /// How many passthrough opens `ino` has.
+    pub fn passthrough_opens(&self, ino: u64) -> u32 {
+        self.0.get(&ino).map_or(0, |io| io.passthrough)
+    }
+
     /// Records a release of an open in `mode`; the last passthrough release lets the
     /// inode's backing file go.
     pub fn release(&mut self, ino: u64, mode: IoMode) {

@@ -1,0 +1,239 @@
+//! Warm read-ahead through real mounts: a complete, verified cache entry opened in
+//! passthrough mode and held (a load) is read into the page cache ahead of the reader; one
+//! opened, read at its header and closed at once (a header scan) is not. Page-cache
+//! residency of the cache's data files is asked with `mincore(2)`. Needs root (drop_caches).
+
+mod common;
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::mount::Mount;
+use common::residency::{cache_data_file_of_size, resident_bytes};
+use common::s3::LocalServer;
+use common::suite::eventually;
+
+const BUCKET: &str = "models";
+const MIB: u64 = 1 << 20;
+
+fn seed(server: &LocalServer, key: &str, size: u64, seed: u64) -> PathBuf {
+    server
+        .store()
+        .put_from_reader(BUCKET, key, common::PseudoRandomReader::new(seed, size))
+        .expect("seed object");
+    server.store().data_path(BUCKET, key).expect("source path")
+}
+
+fn mount(server: &LocalServer, cache: &Path, extra: &[&str]) -> Mount {
+    let mut args = vec![
+        "--cache-dir",
+        cache.to_str().expect("utf-8 path"),
+        "--cache-size",
+        "4GiB",
+    ];
+    args.extend_from_slice(extra);
+    Mount::new(&server.endpoint, "s3://models/m", &args)
+}
+
+fn drop_page_cache() {
+    // Dirty pages are not dropped: write them back first.
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3").expect("drop caches (needs root)");
+}
+
+fn same_bytes(a: &Path, b: &Path) -> bool {
+    let (mut x, mut y) = (
+        std::fs::File::open(a).expect("open a"),
+        std::fs::File::open(b).expect("open b"),
+    );
+    let (mut bx, mut by) = (vec![0u8; MIB as usize], vec![0u8; MIB as usize]);
+    loop {
+        let n = read_full(&mut x, &mut bx);
+        let m = read_full(&mut y, &mut by);
+        if n != m || bx[..n] != by[..m] {
+            return false;
+        }
+        if n == 0 {
+            return true;
+        }
+    }
+}
+
+fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> usize {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]).expect("read") {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    filled
+}
+
+/// Reads both files whole through a first mount and unmounts it: the unmount waits for the
+/// verifications that seal the entries, so the next mount opens them in passthrough.
+fn fill_cache(server: &LocalServer, cache: &Path, files: &[(&str, &Path)]) {
+    let mut first = mount(server, cache, &[]);
+    for (rel, source) in files {
+        assert!(same_bytes(&first.join(rel), source), "{rel} differs");
+    }
+    first.unmount();
+}
+
+fn passthrough_opens(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains(" open") && l.contains("mode=Passthrough"))
+        .count()
+}
+
+#[test]
+fn a_file_held_open_is_read_ahead_and_a_header_scan_is_not() {
+    let server = LocalServer::start(BUCKET);
+    let (load_size, scan_size) = (96 * MIB, 96 * MIB + 4096);
+    let load_src = seed(&server, "m/checkpoints/load.safetensors", load_size, 31);
+    let scan_src = seed(&server, "m/checkpoints/scan.safetensors", scan_size, 32);
+    let cache = tempfile::tempdir().expect("cache dir");
+    let (load_rel, scan_rel) = (
+        "checkpoints/load.safetensors",
+        "checkpoints/scan.safetensors",
+    );
+    fill_cache(
+        &server,
+        cache.path(),
+        &[(load_rel, &load_src), (scan_rel, &scan_src)],
+    );
+    let load_data = cache_data_file_of_size(cache.path(), load_size).expect("load entry");
+    let scan_data = cache_data_file_of_size(cache.path(), scan_size).expect("scan entry");
+
+    let mut m = mount(&server, cache.path(), &[]);
+    drop_page_cache();
+    let resident = |p: &Path| resident_bytes(p).expect("mincore");
+    assert!(resident(&load_data) < 8 * MIB && resident(&scan_data) < 8 * MIB);
+
+    // A header scan: open, read the header's pages, close.
+    {
+        let mut f = std::fs::File::open(m.join(scan_rel)).expect("open scan");
+        let mut header = vec![0u8; 64 << 10];
+        f.read_exact(&mut header).expect("header");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let scanned = resident(&scan_data);
+    assert!(
+        scanned < 8 * MIB,
+        "a header scan must not read ahead: {} MiB resident",
+        scanned / MIB
+    );
+
+    // A load: the file is held open; its data file fills the page cache without a read.
+    let held = std::fs::File::open(m.join(load_rel)).expect("open load");
+    assert!(
+        eventually(Duration::from_secs(20), || resident(&load_data)
+            == load_size),
+        "held open, only {} of {} MiB became resident",
+        resident(&load_data) / MIB,
+        load_size / MIB
+    );
+    drop(held);
+    assert!(same_bytes(&m.join(load_rel), &load_src));
+
+    // Byte-exact while the read-ahead runs: drop the pages and read at once.
+    drop_page_cache();
+    assert!(same_bytes(&m.join(scan_rel), &scan_src));
+    m.unmount();
+    let log = m.log_text();
+    assert!(
+        passthrough_opens(&log) >= 3,
+        "opens were not passthrough:\n{log}"
+    );
+}
+
+#[test]
+fn warm_read_ahead_0_turns_it_off() {
+    let server = LocalServer::start(BUCKET);
+    let size = 80 * MIB;
+    let source = seed(&server, "m/checkpoints/off.safetensors", size, 33);
+    let cache = tempfile::tempdir().expect("cache dir");
+    let rel = "checkpoints/off.safetensors";
+    fill_cache(&server, cache.path(), &[(rel, &source)]);
+    let data = cache_data_file_of_size(cache.path(), size).expect("entry");
+
+    let mut m = mount(&server, cache.path(), &["--warm-read-ahead", "0"]);
+    drop_page_cache();
+    let mut held = std::fs::File::open(m.join(rel)).expect("open");
+    std::thread::sleep(Duration::from_secs(1));
+    let resident = resident_bytes(&data).expect("mincore");
+    assert!(
+        resident < 8 * MIB,
+        "read ahead although disabled: {} MiB",
+        resident / MIB
+    );
+    held.seek(SeekFrom::Start(size - 10)).expect("seek");
+    let mut tail = Vec::new();
+    held.read_to_end(&mut tail).expect("tail");
+    assert_eq!(tail.len(), 10);
+    drop(held);
+    m.unmount();
+    assert!(passthrough_opens(&m.log_text()) >= 1);
+}
+
+/// Timings for docs/benchmarks.md, not a check: a warm `cat` (1 MiB reads) of a large file
+/// through the mount after a remount and `drop_caches`, with and without warm read-ahead,
+/// and a single-stream read of a copy of the cache file on the same disk.
+/// `MODELFS_WARM_BENCH_MIB` (default 1024) sets the size; run with
+/// `cargo test --test warm_read_ahead -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement; writes the file three times"]
+fn measure_warm_cat() {
+    let mib: u64 = std::env::var("MODELFS_WARM_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let size = mib * MIB;
+    let server = LocalServer::start(BUCKET);
+    let source = seed(&server, "m/checkpoints/big.safetensors", size, 34);
+    let cache = tempfile::tempdir().expect("cache dir");
+    let rel = "checkpoints/big.safetensors";
+    fill_cache(&server, cache.path(), &[(rel, &source)]);
+    let data = cache_data_file_of_size(cache.path(), size).expect("entry");
+    let local = cache.path().join("local-copy");
+    std::fs::copy(&data, &local).expect("local copy");
+
+    let cat = |path: &Path| {
+        drop_page_cache();
+        let started = Instant::now();
+        let mut f = std::fs::File::open(path).expect("open");
+        let mut buf = vec![0u8; MIB as usize];
+        let mut total = 0u64;
+        while let n @ 1.. = f.read(&mut buf).expect("read") {
+            total += n as u64;
+        }
+        assert_eq!(total, size);
+        started.elapsed().as_secs_f64()
+    };
+    for run in 1..=3 {
+        let local_s = cat(&local);
+        let mut with = mount(&server, cache.path(), &[]);
+        let with_s = cat(&with.join(rel));
+        with.unmount();
+        let log = with.log_text();
+        assert!(passthrough_opens(&log) >= 1, "not passthrough:\n{log}");
+        if let Some(line) = log.lines().find(|l| l.contains("warm read-ahead:")) {
+            println!("{line}");
+        }
+        let mut without = mount(&server, cache.path(), &["--warm-read-ahead", "0"]);
+        let without_s = cat(&without.join(rel));
+        without.unmount();
+        let gib = size as f64 / (1u64 << 30) as f64;
+        println!(
+            "run {run}: {mib} MiB  local single stream {local_s:.2} s ({:.2} GiB/s)  \
+             mount, read-ahead {with_s:.2} s ({:.2} GiB/s)  mount, no read-ahead \
+             {without_s:.2} s ({:.2} GiB/s)",
+            gib / local_s,
+            gib / with_s,
+            gib / without_s
+        );
+    }
+    std::fs::remove_file(&local).expect("remove copy");
+}
