@@ -12,14 +12,21 @@
 //! Needs root (mounts, `drop_caches`), `target/release/modelfs` (`MODELFS_BIN`), and the
 //! mountpoint-s3 wrapper from `benches/mountpoint` (`MOUNT_S3`); without the latter every
 //! mountpoint-s3 case is reported as NOT MEASURED, loudly. Environment:
-//! `MODELFS_BENCH_MODEL_MIB` (big model, default 1024), `MODELFS_BENCH_COST_MIB` (default
-//! `256,1024,2048,4096`), `MODELFS_BENCH_DEADLINE_S` (per run, default 60),
-//! `MODELFS_BENCH_WORKDIR` (default `/tmp/modelfs-bench`; the seeded store is reused).
+//! `MODELFS_BENCH_MODEL_MIB` (big model, default 2048), `MODELFS_BENCH_COST_MIB` (default
+//! `2048,8192`), `MODELFS_BENCH_FLEET_MIB` (default 512), `MODELFS_BENCH_DEADLINE_S` (per run,
+//! default 60), `MODELFS_BENCH_WORKDIR` (default `/tmp/modelfs-bench`; the seeded store is
+//! reused).
+//!
+//! The endpoint runs on the first half of the CPUs this process may use, everything measured
+//! (daemons, reader threads, the link-limit client) on the other half ([`CpuSplit`]): on two
+//! cores, the server on CPU 0 and the rest on CPU 1, so a system's time and CPU are its own,
+//! not its contention with the server.
+//!
 //! `MODELFS_BENCH_ONLY=small_cache,alternate` runs only the caches-smaller-than-the-models
-//! scenarios (issue 24), sized from the big model (1 GiB by default): a model twice its size
-//! through a cache an eighth of that (2 GiB through 256 MiB), no cache and a large one; two
-//! models of its size alternated through a cache of 1.5 times it, and no cache, with the
-//! bytes S3 sent.
+//! scenarios (issue 24), sized from a 1 GiB model: a 2 GiB model through a 256 MiB cache, no
+//! cache and a large one; two 1 GiB models alternated through a 1.5 GiB cache, and no cache,
+//! with the bytes S3 sent. `MODELFS_BENCH_ONLY=fleet`: 16 modelfs mounts on separate caches
+//! cold-load one model at once (issue 22), with the GETs that took and their peak rate.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -56,6 +63,14 @@ const MODELFS_MEMORY_MIB: u64 = 512;
 const MODELFS_METRICS_ADDR: &str = "127.0.0.1:19473";
 /// Seconds every measurement waits after `sync` before dropping the page cache.
 const DISK_SETTLE_S: u64 = 2;
+/// Mounts of the fleet case: 16 nodes cold-starting one model (issue 22).
+const FLEET_MOUNTS: usize = 16;
+/// How often the fleet case samples the endpoint's GET counter.
+const FLEET_SAMPLE: Duration = Duration::from_millis(100);
+/// The model size the caches-smaller-than-the-models scenarios are sized from (issue 24's node).
+const SMALL_CACHE_BASE_MIB: u64 = 1024;
+/// Room left free besides what a cost cell writes, so a full disk never decides a result.
+const DISK_MARGIN: u64 = 1 << 30;
 
 // ---------------------------------------------------------------------------------------------
 // Configuration and fixture
@@ -70,6 +85,8 @@ fn env_u64(name: &str, default: u64) -> u64 {
 struct Config {
     model_mib: u64,
     cost_mib: Vec<u64>,
+    /// The model the fleet case loads (`MODELFS_BENCH_FLEET_MIB`).
+    fleet_mib: u64,
     deadline: Duration,
     /// Runs per workload case; the report shows the median (`MODELFS_BENCH_REPEAT`).
     repeat: usize,
@@ -85,7 +102,7 @@ impl Config {
     fn from_env() -> Config {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let cost_mib = std::env::var("MODELFS_BENCH_COST_MIB")
-            .unwrap_or_else(|_| "256,1024,2048,4096".to_string())
+            .unwrap_or_else(|_| "2048,8192".to_string())
             .split(',')
             .filter_map(|s| s.trim().parse().ok())
             .collect();
@@ -103,8 +120,9 @@ impl Config {
             (None, why)
         };
         Config {
-            model_mib: env_u64("MODELFS_BENCH_MODEL_MIB", 1024),
+            model_mib: env_u64("MODELFS_BENCH_MODEL_MIB", 2048),
             cost_mib,
+            fleet_mib: env_u64("MODELFS_BENCH_FLEET_MIB", 512),
             deadline: Duration::from_secs(env_u64("MODELFS_BENCH_DEADLINE_S", 60)),
             repeat: env_u64("MODELFS_BENCH_REPEAT", 3) as usize,
             workdir: std::env::var_os("MODELFS_BENCH_WORKDIR")
@@ -121,12 +139,133 @@ impl Config {
         }
     }
 
-    /// Whether the run includes `case` (a workload id, `cost`, `small_cache`, `alternate`).
+    /// Whether the run includes `case` (a workload id, `cost`, `small_cache`, `alternate`,
+    /// `fleet`).
     fn chosen(&self, case: &str) -> bool {
         self.only
             .as_ref()
             .is_none_or(|only| only.iter().any(|x| x == case))
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Which CPUs run what
+
+/// The endpoint on one half of the CPUs, the measured systems on the other: a system timed on
+/// the server's cores measures its contention with the server, not itself (issue 22).
+#[derive(Clone, Debug)]
+struct CpuSplit {
+    /// The local S3 server's threads.
+    server: Vec<usize>,
+    /// The bench's own threads (readers, the link-limit client) and every daemon it starts.
+    client: Vec<usize>,
+}
+
+impl CpuSplit {
+    /// The CPUs this process may use (as many as `available_parallelism`), the first half for
+    /// the server, the rest for the client; with one CPU both share it.
+    fn detect() -> CpuSplit {
+        let allowed = allowed_cpus();
+        if allowed.len() < 2 {
+            return CpuSplit {
+                server: allowed.clone(),
+                client: allowed,
+            };
+        }
+        let (server, client) = allowed.split_at(allowed.len() / 2);
+        CpuSplit {
+            server: server.to_vec(),
+            client: client.to_vec(),
+        }
+    }
+
+    /// For the report's Endpoint line.
+    fn describe(&self) -> String {
+        if self.server == self.client {
+            return format!(
+                "server, daemons and readers share CPU {} (one CPU: no split)",
+                cpu_list(&self.client)
+            );
+        }
+        format!(
+            "the server pinned to CPU {}; each daemon (modelfs, mountpoint-s3), the reader threads \
+             and the link-limit client to CPU {} (`sched_setaffinity`)",
+            cpu_list(&self.server),
+            cpu_list(&self.client)
+        )
+    }
+}
+
+fn cpu_list(cpus: &[usize]) -> String {
+    cpus.iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
+    // SAFETY: an all-zero `cpu_set_t` is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus.iter().filter(|&&cpu| cpu < libc::CPU_SETSIZE as usize) {
+        // SAFETY: `cpu` is below CPU_SETSIZE.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    set
+}
+
+/// The CPUs the calling thread may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: an all-zero `cpu_set_t` is the empty set, filled by the call.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is the calling thread.
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Vec::new();
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` is below CPU_SETSIZE.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect()
+}
+
+/// Keeps the calling thread, and every thread and process it starts from now on, on `cpus`.
+fn pin_current_thread(cpus: &[usize]) -> std::io::Result<()> {
+    let set = cpu_set(cpus);
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is the calling thread.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Starts `cmd`'s process on `cpus`, whatever thread spawns it.
+fn pin_command(cmd: &mut Command, cpus: &[usize]) {
+    use std::os::unix::process::CommandExt;
+    let set = cpu_set(cpus);
+    // SAFETY: the hook only makes one system call on memory it owns (async-signal-safe).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Bytes free for this process under `path` (`statvfs`).
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: an all-zero statvfs is a valid value for the call to fill.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c_path` is NUL-terminated; `st` is a valid statvfs.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 fn big_rel(mib: u64) -> String {
@@ -144,6 +283,9 @@ fn many_rel(i: usize) -> String {
 /// The shaped server, the seeded bucket and a local copy of the same bytes.
 struct Fixture {
     config: Config,
+    cpus: CpuSplit,
+    /// When the fixture started: the report gives the total run time.
+    started: Instant,
     server: LocalS3,
     local: PathBuf,
     shaping: Shaping,
@@ -155,7 +297,9 @@ fn big_spec(mib: u64) -> SafetensorsSpec {
     SafetensorsSpec::new(1000 + mib, mib * MIB)
 }
 
-fn seed_big(server: &LocalS3, local: &Path, mib: u64) {
+/// Seeds the big model of `mib` MiB in the store, and its local copy under `local` when given
+/// (only the workload tables' warm runs read one).
+fn seed_big(server: &LocalS3, local: Option<&Path>, mib: u64) {
     let spec = big_spec(mib);
     let key = format!("{PREFIX}/{}", big_rel(mib));
     if server.store().head(BUCKET, &key).is_none() {
@@ -165,6 +309,9 @@ fn seed_big(server: &LocalS3, local: &Path, mib: u64) {
             .put_from_reader(BUCKET, &key, SafetensorsReader::new(&spec))
             .expect("seed big model");
     }
+    let Some(local) = local else {
+        return;
+    };
     let path = local.join(big_rel(mib));
     if !path.exists() {
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
@@ -212,6 +359,21 @@ impl Fixture {
     }
 
     fn start(config: Config) -> Fixture {
+        let started = Instant::now();
+        // First this thread, so every thread and process the bench starts later (the client
+        // runtime, readers, daemons) is on the client's CPUs; the server pins its own threads.
+        let cpus = CpuSplit::detect();
+        if let Err(err) = pin_current_thread(&cpus.client) {
+            eprintln!(
+                "warning: cannot pin the bench to CPU {:?}: {err}",
+                cpus.client
+            );
+        }
+        eprintln!("CPUs: {}", cpus.describe());
+        eprintln!(
+            "estimated duration: ~{:.0} min",
+            estimate_seconds(&config) / 60.0
+        );
         let store_dir = config.workdir.join("store");
         let local = config.workdir.join("local");
         std::fs::create_dir_all(&store_dir).expect("workdir");
@@ -228,21 +390,15 @@ impl Fixture {
         };
         let mut server_config = LocalS3Config::new(&store_dir);
         server_config.shaping = shaping;
+        server_config.cpus = cpus.server.clone();
         let server = LocalS3::start(server_config).expect("start local S3");
         if !server.store().bucket_exists(BUCKET) {
             server.store().create_bucket(BUCKET).expect("bucket");
         }
-        // Only what the chosen cases read is seeded (the store is kept for later runs).
-        let mut sizes = if config.chosen("cost") {
-            config.cost_mib.clone()
-        } else {
-            Vec::new()
-        };
-        sizes.push(config.model_mib);
-        sizes.sort_unstable();
-        sizes.dedup();
-        for mib in sizes {
-            seed_big(&server, &local, mib);
+        // Only what the chosen cases read is seeded (the store is kept for later runs); the
+        // cost and fleet sections seed their models when they run, after checking the disk.
+        if WORKLOADS.iter().any(|w| config.chosen(w.id())) {
+            seed_big(&server, Some(&local), config.model_mib);
         }
         for i in (0..HEADER_FILES).filter(|_| config.chosen("header_scan")) {
             let spec = SafetensorsSpec::new(i as u64, HEADER_FILE_BYTES);
@@ -297,6 +453,8 @@ impl Fixture {
         let s3 = aws_sdk_s3::Client::from_conf(s3_config);
         Fixture {
             config,
+            cpus,
+            started,
             server,
             local,
             shaping,
@@ -411,16 +569,19 @@ impl Mount {
     ) -> Result<Mount, String> {
         // A fixed limit for modelfs: the default (keep 10% of the disk free) would make the
         // results depend on how full this machine's disk is.
-        Mount::start_sized(fx, system, cache.map(|dir| (dir, "16GiB")), tag)
+        let cache = cache.map(|dir| (dir, "16GiB"));
+        Mount::start_sized(fx, system, cache, tag, Some(MODELFS_METRICS_ADDR))
     }
 
     /// [`Mount::start`] with a cache directory and limit of the case's own; modelfs without
-    /// one runs with no disk cache at all.
+    /// one runs with no disk cache at all, and without `metrics` serves no metrics (mounts
+    /// running side by side cannot share the address).
     fn start_sized(
         fx: &Fixture,
         system: System,
         cache: Option<(&Path, &str)>,
         tag: &str,
+        metrics: Option<&str>,
     ) -> Result<Mount, String> {
         let path = fx.config.workdir.join(format!("mnt-{tag}"));
         if is_mounted(&path) {
@@ -442,7 +603,6 @@ impl Mount {
                         "--foreground",
                     ])
                     .args(["--memory-cache-size", &format!("{MODELFS_MEMORY_MIB}MiB")])
-                    .args(["--metrics-addr", MODELFS_METRICS_ADDR])
                     .arg("--log-file")
                     .arg(&log)
                     .args([
@@ -451,6 +611,9 @@ impl Mount {
                     ]);
                 if let Some((dir, size)) = cache {
                     cmd.arg("--cache-dir").arg(dir).args(["--cache-size", size]);
+                }
+                if let Some(addr) = metrics {
+                    cmd.args(["--metrics-addr", addr]);
                 }
                 cmd
             }
@@ -481,6 +644,7 @@ impl Mount {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
+        pin_command(&mut cmd, &fx.cpus.client);
         let mut child = cmd.spawn().map_err(|e| format!("spawn {system:?}: {e}"))?;
         let started = Instant::now();
         while !is_mounted(&path) {
@@ -503,7 +667,6 @@ impl Mount {
         })
     }
 
-    /// Peak resident memory of the daemon so far (VmHWM), KiB.
     /// CPU seconds (user + system) the daemon has used so far: steadier than wall time on a
     /// shared machine, and what a cold load costs on a node where the CPU is not free.
     fn cpu_seconds(&self) -> Option<f64> {
@@ -518,6 +681,7 @@ impl Mount {
         (per_second > 0).then(|| ticks as f64 / per_second as f64)
     }
 
+    /// Peak resident memory of the daemon so far (VmHWM), KiB.
     fn peak_rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
         status
@@ -1099,10 +1263,18 @@ fn run_case(
     }
 }
 
-fn systems_for(mode: Mode) -> [System; 3] {
+/// The systems a workload case compares. Cold `cat` also runs mountpoint-s3 `--cache`: the
+/// daemon CPU of filling a disk cache, beside modelfs filling its own.
+fn systems_for(mode: Mode, w: Workload) -> Vec<System> {
     match mode {
-        Mode::Cold => [System::Modelfs, System::Mountpoint, System::Limit],
-        Mode::Warm => [System::Modelfs, System::MountpointCache, System::Local],
+        Mode::Cold if w == Workload::Seq1M => vec![
+            System::Modelfs,
+            System::Mountpoint,
+            System::MountpointCache,
+            System::Limit,
+        ],
+        Mode::Cold => vec![System::Modelfs, System::Mountpoint, System::Limit],
+        Mode::Warm => vec![System::Modelfs, System::MountpointCache, System::Local],
     }
 }
 
@@ -1112,9 +1284,9 @@ fn systems_for(mode: Mode) -> [System; 3] {
 /// Each model of the alternation is loaded this often.
 const ALTERNATE_LOADS: usize = 4;
 
-/// The sizes of the small-cache scenarios, in MiB, from the big model's (`mib`): issue 24's
-/// node at the default 1 GiB (a 2 GiB checkpoint, `--cache-dir` with 256 MiB; two 1 GiB
-/// models through 1.5 GiB).
+/// The sizes of the small-cache scenarios, in MiB, from a model of `mib` (issue 24's node at
+/// [`SMALL_CACHE_BASE_MIB`]: a 2 GiB checkpoint, `--cache-dir` with 256 MiB; two 1 GiB models
+/// through 1.5 GiB).
 struct SmallCacheSizes {
     /// The model a small cache cannot hold, and that cache.
     model: u64,
@@ -1143,7 +1315,7 @@ fn alternate_rel(mib: u64) -> String {
 /// Seeds the models these scenarios load that the fixture does not hold yet (in the store
 /// only: no case reads a local copy of them).
 fn seed_small_cache_models(fx: &Fixture) {
-    let sizes = SmallCacheSizes::new(fx.config.model_mib);
+    let sizes = SmallCacheSizes::new(SMALL_CACHE_BASE_MIB);
     let alternate = sizes.alternate_model;
     for (rel, spec) in [
         (big_rel(sizes.model), big_spec(sizes.model)),
@@ -1184,7 +1356,13 @@ struct Loads {
 fn modelfs_loads(fx: &Fixture, cache_size: Option<&str>, rels: &[String]) -> Result<Loads, String> {
     let dir = fresh_dir(fx, "cache-small");
     let cache = cache_size.map(|size| (dir.as_path(), size));
-    let mount = Mount::start_sized(fx, System::Modelfs, cache, "modelfs")?;
+    let mount = Mount::start_sized(
+        fx,
+        System::Modelfs,
+        cache,
+        "modelfs",
+        Some(MODELFS_METRICS_ADDR),
+    )?;
     let mut run = Loads {
         outcome: Outcome {
             completed: true,
@@ -1255,7 +1433,7 @@ fn json_loads(
 /// A cold `load_file` of a model with a cache an eighth of its size, no cache and a large
 /// cache; `repeat` runs each, interleaved, the run of median time kept.
 fn small_cache_cases(fx: &Fixture, record: &mut dyn FnMut(serde_json::Value)) {
-    let sizes = SmallCacheSizes::new(fx.config.model_mib);
+    let sizes = SmallCacheSizes::new(SMALL_CACHE_BASE_MIB);
     let rels = [big_rel(sizes.model)];
     let small = format!("{}MiB", sizes.cache);
     let systems: [(String, Option<&str>); 3] = [
@@ -1290,7 +1468,7 @@ fn small_cache_cases(fx: &Fixture, record: &mut dyn FnMut(serde_json::Value)) {
 /// Two models loaded alternately, `ALTERNATE_LOADS` times each, through a cache that holds
 /// one of them and through no cache: total time and S3 bytes.
 fn alternate_cases(fx: &Fixture, record: &mut dyn FnMut(serde_json::Value)) {
-    let sizes = SmallCacheSizes::new(fx.config.model_mib);
+    let sizes = SmallCacheSizes::new(SMALL_CACHE_BASE_MIB);
     let mib = sizes.alternate_model;
     let pair = [big_rel(mib), alternate_rel(mib)];
     let rels: Vec<String> = (0..ALTERNATE_LOADS).flat_map(|_| pair.clone()).collect();
@@ -1305,6 +1483,331 @@ fn alternate_cases(fx: &Fixture, record: &mut dyn FnMut(serde_json::Value)) {
         let result = modelfs_loads(fx, size, &rels);
         record(json_loads("alternate", &name, mib, &result));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// How cost grows: whole-model loads at larger sizes (issue 22)
+
+/// The workloads of the cost section: the three ways a model is loaded whole.
+const COST_WORKLOADS: [Workload; 3] = [Workload::Seq1M, Workload::MmapLoad, Workload::Pread8];
+
+/// Disk a cold cost cell of `mib` MiB writes: the model in the store unless seeded already,
+/// and modelfs' cache of it (mountpoint-s3 runs without a cache here, and no cell reads a
+/// local copy).
+fn cost_disk_need(fx: &Fixture, mib: u64) -> u64 {
+    let key = format!("{PREFIX}/{}", big_rel(mib));
+    let seeded = fx.server.store().head(BUCKET, &key).is_some();
+    let store = if seeded { 0 } else { mib * MIB };
+    store + mib * MIB + DISK_MARGIN
+}
+
+/// Caches earlier cases left behind, removed before a size that needs the room.
+fn remove_leftover_caches(fx: &Fixture) {
+    for dir in ["cache-modelfs", "cache-mp", "cache-small"] {
+        let _ = std::fs::remove_dir_all(fx.config.workdir.join(dir));
+    }
+}
+
+/// Cold `cat`, `load_file` and 8 x 2 MiB preads at each cost size, one run per cell. A cell the
+/// workload tables measured in this run (same size, same cold case, median of their runs) is
+/// not run again: the report takes it from there. A size the disk cannot hold is skipped with
+/// the reason.
+fn cost_cases(
+    fx: &Fixture,
+    wanted: &dyn Fn(System) -> bool,
+    record: &mut dyn FnMut(serde_json::Value),
+) {
+    for &mib in &fx.config.cost_mib {
+        let todo: Vec<Workload> = COST_WORKLOADS
+            .into_iter()
+            .filter(|w| mib != fx.config.model_mib || !fx.config.chosen(w.id()))
+            .collect();
+        if todo.is_empty() {
+            continue;
+        }
+        remove_leftover_caches(fx);
+        let need = cost_disk_need(fx, mib);
+        let free = free_bytes(&fx.config.workdir).unwrap_or(0);
+        if free < need {
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            let why = format!(
+                "not run: needs {:.1} GiB free in {}, had {:.1}",
+                gib(need),
+                fx.config.workdir.display(),
+                gib(free)
+            );
+            eprintln!("cost, {mib} MiB: {why}");
+            record(serde_json::json!({
+                "section": "cost", "workload": "all", "mode": "cold", "system": "all",
+                "model_mib": mib, "skipped": why,
+            }));
+            continue;
+        }
+        seed_big(&fx.server, None, mib);
+        for w in todo {
+            for system in [System::Modelfs, System::Mountpoint, System::Limit]
+                .into_iter()
+                .filter(|&s| wanted(s))
+            {
+                let r = run_case(fx, system, Mode::Cold, w, mib);
+                record(json_case("cost", w.id(), Mode::Cold, system, mib, &r));
+            }
+        }
+        // An 8 GiB cache left behind would take the next size's room.
+        remove_leftover_caches(fx);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request economics at fleet scale (issue 22)
+
+/// What one fleet run did: every mount cold-loads the same model at the same time.
+#[derive(Clone, Debug, Default)]
+struct FleetRun {
+    /// Until the last load ended.
+    seconds: f64,
+    /// Bytes the loaders read, all mounts together.
+    delivered: u64,
+    /// Whether every load finished before the deadline.
+    completed: bool,
+    /// Requests the endpoint answered during the loads.
+    gets: u64,
+    heads: u64,
+    lists: u64,
+    /// Body bytes the endpoint sent.
+    s3_bytes: u64,
+    /// The most GETs counted between two samples at most 1 s apart, per second.
+    peak_gets_per_s: f64,
+    /// CPU seconds of all the daemons together.
+    daemon_cpu_s: f64,
+    /// The largest daemon's peak RSS.
+    peak_rss_kib: Option<u64>,
+}
+
+/// The highest count of events within any window of `window`, from `(time, running count)`
+/// samples, as a rate per `window`.
+fn peak_in_window(samples: &[(Instant, u64)], window: Duration) -> f64 {
+    let mut peak = 0;
+    let mut end = 0;
+    for (start, &(t0, c0)) in samples.iter().enumerate() {
+        end = end.max(start);
+        while end + 1 < samples.len() && samples[end + 1].0 - t0 <= window {
+            end += 1;
+        }
+        peak = peak.max(samples[end].1 - c0);
+    }
+    peak as f64
+}
+
+/// Mounts `system` [`FLEET_MOUNTS`] times (modelfs each on a cache directory of its own) and
+/// cold-loads the model of `mib` MiB through every mount at once, the way safetensors'
+/// `load_file` does, while a thread samples the endpoint's GET counter. Unmounts and removes
+/// the caches whatever happened.
+fn fleet_case(fx: &Fixture, system: System, mib: u64) -> Result<FleetRun, String> {
+    let cache_dir = |i: usize| fx.config.workdir.join(format!("fleet-cache-{i}"));
+    let mut mounts = Vec::new();
+    let mut started = Ok(());
+    for i in 0..FLEET_MOUNTS {
+        let cache = (system == System::Modelfs).then(|| fresh_dir(fx, &format!("fleet-cache-{i}")));
+        let cache = cache.as_deref().map(|dir| (dir, "16GiB"));
+        match Mount::start_sized(fx, system, cache, &format!("fleet-{i}"), None) {
+            Ok(mount) => mounts.push(mount),
+            Err(e) => {
+                started = Err(e);
+                break;
+            }
+        }
+    }
+    let result = started.and_then(|()| fleet_load(fx, &mounts, &big_rel(mib), mib));
+    for mount in mounts {
+        mount.stop();
+    }
+    for i in 0..FLEET_MOUNTS {
+        let _ = std::fs::remove_dir_all(cache_dir(i));
+    }
+    result
+}
+
+fn fleet_load(fx: &Fixture, mounts: &[Mount], rel: &str, mib: u64) -> Result<FleetRun, String> {
+    drop_caches();
+    fx.resident(&[rel.to_string()]);
+    back_memory(mib * mounts.len() as u64);
+    let cpu_before: Vec<Option<f64>> = mounts.iter().map(Mount::cpu_seconds).collect();
+    let before = fx.server.stats();
+    let deadline = Instant::now() + fx.config.deadline;
+    let done = AtomicBool::new(false);
+    let server = &fx.server;
+    let (samples, loads, seconds) = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut samples = vec![(Instant::now(), server.stats().get_object)];
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(FLEET_SAMPLE);
+                samples.push((Instant::now(), server.stats().get_object));
+            }
+            samples
+        });
+        let started = Instant::now();
+        let loaders: Vec<_> = mounts
+            .iter()
+            .map(|mount| {
+                let path = mount.path.join(rel);
+                scope.spawn(move || mmap_load(&path, &Deadline(deadline)))
+            })
+            .collect();
+        let loads: Vec<std::io::Result<Outcome>> = loaders
+            .into_iter()
+            .map(|loader| {
+                loader
+                    .join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("loader panicked")))
+            })
+            .collect();
+        let seconds = started.elapsed().as_secs_f64();
+        done.store(true, Ordering::Relaxed);
+        (sampler.join().unwrap_or_default(), loads, seconds)
+    });
+    let after = fx.server.stats();
+    let mut run = FleetRun {
+        seconds,
+        completed: true,
+        gets: after.get_object - before.get_object,
+        heads: after.head_object - before.head_object,
+        lists: after.list_objects_v2 - before.list_objects_v2,
+        s3_bytes: after.bytes_sent - before.bytes_sent,
+        peak_gets_per_s: peak_in_window(&samples, Duration::from_secs(1)),
+        peak_rss_kib: mounts.iter().filter_map(Mount::peak_rss_kib).max(),
+        ..FleetRun::default()
+    };
+    for (mount, before) in mounts.iter().zip(cpu_before) {
+        if let Some((now, before)) = mount.cpu_seconds().zip(before) {
+            run.daemon_cpu_s += now - before;
+        }
+    }
+    for load in loads {
+        let outcome = load.map_err(|e| e.to_string())?;
+        run.delivered += outcome.bytes;
+        run.completed &= outcome.completed;
+    }
+    Ok(run)
+}
+
+/// The fleet for modelfs and, when it is there, mountpoint-s3 (no cache: its cache is per
+/// node like ours, and changes no request of a cold load).
+fn fleet_cases(
+    fx: &Fixture,
+    wanted: &dyn Fn(System) -> bool,
+    record: &mut dyn FnMut(serde_json::Value),
+) {
+    let mib = fx.config.fleet_mib;
+    seed_big(&fx.server, None, mib);
+    for system in [System::Modelfs, System::Mountpoint]
+        .into_iter()
+        .filter(|&s| wanted(s))
+    {
+        let mut case = serde_json::json!({
+            "section": "fleet", "workload": "mmap_load", "mode": "cold",
+            "system": system.name(), "model_mib": mib, "mounts": FLEET_MOUNTS,
+        });
+        let measured = match fleet_case(fx, system, mib) {
+            Ok(f) => serde_json::json!({
+                "seconds": f.seconds, "bytes": f.delivered, "items": FLEET_MOUNTS,
+                "completed": f.completed, "gets": f.gets, "heads": f.heads, "lists": f.lists,
+                "s3_bytes": f.s3_bytes, "peak_gets_per_s": f.peak_gets_per_s,
+                "daemon_cpu_s": f.daemon_cpu_s, "peak_rss_kib": f.peak_rss_kib,
+            }),
+            Err(e) => serde_json::json!({ "error": e }),
+        };
+        if let (Some(case), serde_json::Value::Object(measured)) = (case.as_object_mut(), measured)
+        {
+            case.extend(measured);
+        }
+        record(case);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// How long a run takes
+
+/// A rough duration of the run `config` asks for, printed at the start: for every measured
+/// run, the preparation before it (sync and settle, the endpoint's copy read back, memory
+/// backed, a mount) and the run itself, at rates seen on a 2-core VM (GiB/s; a run is cut at
+/// the deadline).
+fn estimate_seconds(config: &Config) -> f64 {
+    let gib = |mib: u64| mib as f64 / 1024.0;
+    let cap = config.deadline.as_secs_f64();
+    let prepare = |mib: u64| DISK_SETTLE_S as f64 + 6.0 + 0.7 * gib(mib) + 0.3 * (3.0 * gib(mib));
+    let read = |system: System, w: Workload, mode: Mode, mib: u64| -> f64 {
+        let rate = match (system, mode, w) {
+            (System::Mountpoint | System::MountpointCache, Mode::Cold, Workload::MmapLoad) => 0.08,
+            (System::Mountpoint | System::MountpointCache, Mode::Cold, Workload::Pread8) => 0.01,
+            (System::Mountpoint | System::MountpointCache, Mode::Cold, _) => 0.5,
+            (System::MountpointCache, Mode::Warm, Workload::Pread8) => 0.3,
+            (_, Mode::Cold, _) => 0.9,
+            (_, Mode::Warm, _) => 0.6,
+        };
+        let seconds = match w {
+            Workload::HeaderScan => 1.0,
+            Workload::Random64K if mode == Mode::Cold => 6.0,
+            Workload::Random64K => 0.5,
+            Workload::LsLR => 4.0,
+            _ => gib(mib) / rate,
+        };
+        seconds.min(cap)
+    };
+    let mut total = 0.0;
+    let mib = config.model_mib;
+    for w in WORKLOADS.into_iter().filter(|w| config.chosen(w.id())) {
+        let resident = match w {
+            Workload::HeaderScan => HEADER_FILES as u64 * HEADER_FILE_BYTES / MIB,
+            Workload::LsLR => 0,
+            _ => mib,
+        };
+        for mode in [Mode::Cold, Mode::Warm] {
+            for system in systems_for(mode, w) {
+                let fill = match (mode, system) {
+                    (Mode::Warm, System::Modelfs) => read(system, w, Mode::Cold, mib) + 2.0,
+                    (Mode::Warm, System::MountpointCache) => {
+                        read(system, Workload::Seq1M, Mode::Cold, mib)
+                    }
+                    _ => 0.0,
+                };
+                let run = read(system, w, mode, mib);
+                // A run cut at the deadline ends its system's repetitions.
+                let runs = if run >= cap { 1 } else { config.repeat.max(1) };
+                total += (prepare(resident) + fill + run) * runs as f64;
+            }
+        }
+    }
+    if config.chosen("cost") {
+        // Sizes the disk cannot hold are skipped (`cost_cases`).
+        let free = free_bytes(&config.workdir)
+            .or_else(|| free_bytes(Path::new("/tmp")))
+            .unwrap_or(0);
+        for &size in config.cost_mib.iter().filter(|&&mib| 2 * mib * MIB < free) {
+            for w in COST_WORKLOADS {
+                if size == mib && config.chosen(w.id()) {
+                    continue;
+                }
+                for system in [System::Modelfs, System::Mountpoint, System::Limit] {
+                    total += prepare(size) + read(system, w, Mode::Cold, size);
+                }
+            }
+        }
+    }
+    let small = SmallCacheSizes::new(SMALL_CACHE_BASE_MIB);
+    if config.chosen("small_cache") {
+        total +=
+            3.0 * config.repeat.max(1) as f64 * (prepare(small.model) + gib(small.model) / 0.5);
+    }
+    if config.chosen("alternate") {
+        let loads = 2.0 * 2.0 * ALTERNATE_LOADS as f64;
+        total += loads * (prepare(small.alternate_model) + gib(small.alternate_model) / 0.5);
+    }
+    if config.chosen("fleet") {
+        let fleet = config.fleet_mib * FLEET_MOUNTS as u64;
+        total += 2.0 * (prepare(fleet) + 10.0 + (gib(fleet) / 0.3).min(cap));
+    }
+    total
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1413,7 +1916,7 @@ fn report_mode(out_path: &Path) {
             continue;
         }
         for mode in [Mode::Cold, Mode::Warm] {
-            let chosen: Vec<System> = systems_for(mode)
+            let chosen: Vec<System> = systems_for(mode, w)
                 .into_iter()
                 .filter(|&s| wanted(s))
                 .collect();
@@ -1433,15 +1936,10 @@ fn report_mode(out_path: &Path) {
         }
     }
     if chosen("cost") {
-        for &size in &fx.config.cost_mib.clone() {
-            for system in [System::Modelfs, System::Mountpoint, System::Limit]
-                .into_iter()
-                .filter(|&s| wanted(s))
-            {
-                let r = run_case(&fx, system, Mode::Cold, Workload::MmapLoad, size);
-                record(json_case("cost", "mmap_load", Mode::Cold, system, size, &r));
-            }
-        }
+        cost_cases(&fx, &wanted, &mut record);
+    }
+    if chosen("fleet") {
+        fleet_cases(&fx, &wanted, &mut record);
     }
 }
 
@@ -1461,6 +1959,11 @@ fn meta(fx: &Fixture) -> serde_json::Value {
             None => format!("NOT MEASURED: {}", fx.config.mount_s3_missing),
         },
         "model_mib": fx.config.model_mib,
+        "pinning": fx.cpus.describe(),
+        "estimate_s": estimate_seconds(&fx.config),
+        "elapsed_s": fx.started.elapsed().as_secs_f64(),
+        "fleet_mounts": FLEET_MOUNTS,
+        "cost_mib": if fx.config.chosen("cost") { fx.config.cost_mib.clone() } else { Vec::new() },
         "modelfs_memory_mib": MODELFS_MEMORY_MIB,
         "deadline_s": fx.config.deadline.as_secs(), "repeat": fx.config.repeat,
         "limit": format!("{LIMIT_CONCURRENCY} parallel ranged GETs of {} MiB into memory (aws-sdk-s3); header scan, random reads and listing: the same requests, one after the other", LIMIT_PART / MIB),
@@ -1482,7 +1985,7 @@ fn criterion_benches(c: &mut Criterion) {
             .warm_up_time(Duration::from_millis(1))
             .measurement_time(Duration::from_secs(5));
         for mode in [Mode::Cold, Mode::Warm] {
-            for system in systems_for(mode) {
+            for system in systems_for(mode, w) {
                 let label = format!(
                     "{}/{}",
                     if mode == Mode::Cold { "cold" } else { "warm" },

@@ -24,7 +24,8 @@
 //!   keys under their prefixes;
 //! * [`service`]: [`LocalS3Service`], the [`s3s::S3`] implementation over a store;
 //! * [`stats`]: [`RequestStats`], request counters tests assert on;
-//! * [`server`]: [`LocalS3`], an HTTP server on its own runtime and thread;
+//! * [`server`]: [`LocalS3`], an HTTP server on its own runtime and thread, optionally kept
+//!   to given CPUs ([`LocalS3Config::cpus`]);
 //! * [`faults`]: [`Faults`], failures injected at run time for reliability tests (error
 //!   statuses, broken, short, stalled or mislabelled bodies, tiny listing pages; off by
 //!   default);

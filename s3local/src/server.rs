@@ -48,6 +48,10 @@ pub struct LocalS3Config {
     pub readers: Vec<ReadOnlyUser>,
     /// An STS whose temporary credentials are honoured (none by default).
     pub sessions: Option<Arc<dyn SessionIssuer>>,
+    /// CPUs every thread of the server may run on (`sched_setaffinity`), so a benchmark can
+    /// keep the endpoint off the cores of the system it measures. Empty (the default): wherever
+    /// the scheduler puts them.
+    pub cpus: Vec<usize>,
 }
 
 impl LocalS3Config {
@@ -70,6 +74,7 @@ impl LocalS3Config {
             shaping: Shaping::default(),
             readers: Vec::new(),
             sessions: None,
+            cpus: Vec::new(),
         }
     }
 }
@@ -104,9 +109,10 @@ impl LocalS3 {
 
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
         let (ready_tx, ready_rx) = std_mpsc::sync_channel(1);
+        let cpus = config.cpus.clone();
         let thread = std::thread::Builder::new()
             .name(format!("s3local-{}", addr.port()))
-            .spawn(move || serve_thread(listener, http, shutdown_rx, ready_tx))?;
+            .spawn(move || serve_thread(listener, http, cpus, shutdown_rx, ready_tx))?;
         let started = ready_rx.recv().unwrap_or_else(|_| {
             Err(io::Error::other(
                 "the local S3 server thread exited during startup",
@@ -207,17 +213,55 @@ impl Drop for LocalS3 {
     }
 }
 
-/// Body of the server thread: builds the runtime, reports readiness, serves until told to
-/// stop, then drops every connection task.
+/// Restricts the calling thread to `cpus`; does nothing when `cpus` is empty.
+fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
+    if cpus.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: an all-zero `cpu_set_t` is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("CPU {cpu} is out of range"),
+            ));
+        }
+        // SAFETY: `cpu` is below CPU_SETSIZE, checked above.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is the calling thread.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Body of the server thread: pins itself, builds the runtime, reports readiness, serves until
+/// told to stop, then drops every connection task.
 fn serve_thread(
     listener: std::net::TcpListener,
     http: S3Service,
+    cpus: Vec<usize>,
     shutdown: oneshot::Receiver<()>,
     ready: std_mpsc::SyncSender<io::Result<()>>,
 ) {
+    if let Err(err) = pin_current_thread(&cpus) {
+        let _ = ready.send(Err(err));
+        return;
+    }
+    // Workers inherit this thread's CPUs; blocking-pool threads may be started from anywhere,
+    // so every runtime thread pins itself too.
+    let port = listener.local_addr().map_or(0, |addr| addr.port());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKERS)
-        .thread_name("s3local-worker")
+        .thread_name(format!("s3local-{port}w"))
+        .on_thread_start(move || {
+            if let Err(err) = pin_current_thread(&cpus) {
+                tracing::warn!(%err, "local S3 server: cannot pin a runtime thread");
+            }
+        })
         .enable_all()
         .build();
     let runtime = match runtime {
@@ -297,6 +341,65 @@ mod tests {
             std::net::TcpStream::connect(addr).is_err(),
             "listener closed"
         );
+    }
+
+    /// The CPUs a thread may run on, from its `status` file under `/proc`.
+    fn allowed_cpus(thread_dir: &str) -> String {
+        let status =
+            std::fs::read_to_string(format!("{thread_dir}/status")).expect("thread status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .expect("Cpus_allowed_list")
+            .trim()
+            .to_string()
+    }
+
+    #[test]
+    fn every_server_thread_runs_on_the_configured_cpus() {
+        // The last CPU this process may use, so the test also runs under `taskset`.
+        let mine = allowed_cpus("/proc/thread-self");
+        let cpu: usize = mine
+            .split(',')
+            .next_back()
+            .and_then(|range| range.split('-').next_back())
+            .and_then(|n| n.parse().ok())
+            .expect("a CPU");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = LocalS3Config::new(dir.path());
+        config.cpus = vec![cpu];
+        let server = LocalS3::start(config).expect("start");
+        // This server's threads only (other tests run servers at the same time).
+        let prefix = format!("s3local-{}", server.local_addr().port());
+        let mut server_threads = 0;
+        for task in std::fs::read_dir("/proc/self/task").expect("tasks") {
+            let tid = task
+                .expect("task")
+                .file_name()
+                .to_string_lossy()
+                .to_string();
+            let name =
+                std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).unwrap_or_default();
+            if name.starts_with(&prefix) {
+                server_threads += 1;
+                let allowed = allowed_cpus(&format!("/proc/self/task/{tid}"));
+                assert_eq!(allowed, cpu.to_string(), "thread {}", name.trim());
+            }
+        }
+        assert!(
+            server_threads > WORKERS,
+            "server thread and workers: {server_threads}"
+        );
+        // The test's own thread is not touched.
+        assert_eq!(allowed_cpus("/proc/thread-self"), mine);
+    }
+
+    #[test]
+    fn a_cpu_that_does_not_exist_fails_the_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = LocalS3Config::new(dir.path());
+        config.cpus = vec![usize::MAX];
+        assert!(LocalS3::start(config).is_err());
     }
 
     #[tokio::test]
