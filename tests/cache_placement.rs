@@ -2,30 +2,19 @@
 //! filesystem it is told to keep clear, before it mounts or creates anything; a cache on
 //! another filesystem passes the check. No S3 endpoint is needed: the check comes first.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::process::output_within;
 
 /// Runs `modelfs ARGS`, killed after 30 s if it has not exited (it should at once).
 fn modelfs(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_modelfs"))
-        .args(args)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn modelfs");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("modelfs {args:?} did not exit within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("output")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_modelfs"));
+    cmd.args(args).env("AWS_EC2_METADATA_DISABLED", "true");
+    output_within(&mut cmd, Duration::from_secs(30), || false, || {})
 }
 
 fn path(p: &Path) -> &str {

@@ -4,40 +4,27 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::mount::{endpoint_args, is_mounted, modelfs_bin, s3_env};
+use common::process::{output_within, unmount_lazily};
 use common::s3::{Endpoint, LocalServer};
 
 const BUCKET: &str = "models";
 
 /// Runs `cmd` to completion (killing it after 60 s); returns (success, stderr).
 fn run(mut cmd: Command, mountpoint: &Path) -> (bool, String) {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = Command::new("umount").arg("-l").arg(mountpoint).status();
-            panic!("modelfs mount did not finish in 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        std::io::Read::read_to_string(&mut e, &mut stderr).expect("stderr");
-    }
-    (status.success(), stderr)
+    let out = output_within(
+        &mut cmd,
+        Duration::from_secs(60),
+        || false,
+        || unmount_lazily(mountpoint),
+    );
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn mount_cmd(endpoint: &Endpoint, source: &str, mountpoint: &Path, foreground: bool) -> Command {

@@ -7,10 +7,11 @@ mod common;
 
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::mount::{endpoint_args, is_mounted, modelfs_bin, s3_env, Mount};
+use common::process::output_within;
 use common::s3::LocalServer;
 
 const BUCKET: &str = "models";
@@ -215,38 +216,27 @@ fn mount_expecting_failure(server: &LocalServer, args: &[&str]) -> (bool, String
     std::fs::create_dir(&mountpoint).expect("mkdir");
     let mut cmd = Command::new(modelfs_bin());
     s3_env(&mut cmd, &server.endpoint);
-    let mut child = cmd
-        .arg("mount")
+    cmd.arg("mount")
         .arg("s3://models/m")
         .arg(&mountpoint)
         .args(endpoint_args(&server.endpoint))
         .arg("--foreground")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline || is_mounted(&mountpoint) {
+        .args(args);
+    let out = output_within(
+        &mut cmd,
+        Duration::from_secs(60),
+        || is_mounted(&mountpoint),
+        || {
             let _ = Command::new("fusermount3")
                 .arg("-u")
                 .arg(&mountpoint)
                 .status();
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("modelfs mount {args:?} did not fail");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        std::io::Read::read_to_string(&mut e, &mut stderr).expect("stderr");
-    }
+        },
+    );
+    let (status, stderr) = (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     assert!(!is_mounted(&mountpoint));
     (status.success(), stderr)
 }

@@ -8,13 +8,14 @@ mod common;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use common::check::{pread_exact, within};
 use common::mount::{endpoint_args, is_mounted, modelfs_bin, s3_env, Mount};
+use common::process::{output_within, unmount_lazily};
 use common::s3::{Endpoint, LocalServer};
 use common::PseudoRandomReader;
 use modelfs_fs::store::S3Config;
@@ -232,30 +233,17 @@ fn mounting_a_silent_endpoint_fails_within_the_bound_with_a_clear_message() {
         .arg("s3://models")
         .arg(dir.path())
         .args(endpoint_args(&endpoint))
-        .args(["--foreground", "--first-byte-timeout", "2s"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .args(["--foreground", "--first-byte-timeout", "2s"]);
     let started = Instant::now();
-    let mut child = cmd.spawn().expect("spawn modelfs");
-    let deadline = started + bound + SLACK + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = Command::new("umount").arg("-l").arg(dir.path()).status();
-            panic!("modelfs mount still waiting after {:?}", started.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let out = output_within(
+        &mut cmd,
+        bound + SLACK + Duration::from_secs(30),
+        || false,
+        || unmount_lazily(dir.path()),
+    );
     let took = started.elapsed();
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        e.read_to_string(&mut stderr).expect("stderr");
-    }
+    let status = out.status;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     eprintln!(
         "silent endpoint: mount failed after {:.1} s (bound {bound:?}): {}",
         took.as_secs_f64(),

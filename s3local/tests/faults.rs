@@ -3,13 +3,14 @@
 
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::config::retry::RetryConfig;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::Client;
 use modelfs_s3local::faults::Op;
 use modelfs_s3local::{Fault, LocalS3, LocalS3Config, Rule};
+
+mod common;
+use common::status;
 
 const BUCKET: &str = "models";
 const KEY: &str = "m/model.safetensors";
@@ -33,25 +34,7 @@ fn server() -> (tempfile::TempDir, LocalS3) {
 
 /// A client that never retries, so each call is one request.
 fn client(server: &LocalS3) -> Client {
-    let config = aws_sdk_s3::config::Builder::new()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(server.endpoint_url())
-        .region(Region::new(server.region().to_string()))
-        .credentials_provider(Credentials::new(
-            server.access_key(),
-            server.secret_key(),
-            None,
-            None,
-            "test",
-        ))
-        .force_path_style(true)
-        .retry_config(RetryConfig::disabled())
-        .build();
-    Client::from_conf(config)
-}
-
-fn status<E>(err: &SdkError<E>) -> Option<u16> {
-    err.raw_response().map(|r| r.status().as_u16())
+    common::client_for(server, server.secret_key(), false)
 }
 
 /// What one GetObject of `range` brought: the announced length, the body bytes (with the

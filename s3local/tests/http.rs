@@ -3,13 +3,15 @@
 
 use std::io::{Read, Write};
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use md5::{Digest, Md5};
 use modelfs_s3local::models::{parse_safetensors_header, SafetensorsReader, SafetensorsSpec};
 use modelfs_s3local::{LocalS3, LocalS3Config};
+
+mod common;
+use common::status;
 
 const BUCKET: &str = "models";
 
@@ -23,28 +25,11 @@ fn server() -> (tempfile::TempDir, LocalS3) {
 
 /// A client for `server` signing with `secret`.
 fn client_with_secret(server: &LocalS3, secret: &str) -> Client {
-    let config = aws_sdk_s3::config::Builder::new()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(server.endpoint_url())
-        .region(Region::new(server.region().to_string()))
-        .credentials_provider(Credentials::new(
-            server.access_key(),
-            secret,
-            None,
-            None,
-            "test",
-        ))
-        .force_path_style(true)
-        .build();
-    Client::from_conf(config)
+    common::client_for(server, secret, true)
 }
 
 fn client(server: &LocalS3) -> Client {
     client_with_secret(server, server.secret_key())
-}
-
-fn status<E>(err: &SdkError<E>) -> Option<u16> {
-    err.raw_response().map(|r| r.status().as_u16())
 }
 
 fn md5_etag(data: &[u8]) -> String {
@@ -73,36 +58,77 @@ async fn get(client: &Client, key: &str, range: Option<&str>) -> (Vec<u8>, Optio
     (body, content_range)
 }
 
+/// PutObject of `body` under `key`.
+async fn put(
+    client: &Client,
+    key: &str,
+    body: Vec<u8>,
+) -> aws_sdk_s3::operation::put_object::PutObjectOutput {
+    client
+        .put_object()
+        .bucket(BUCKET)
+        .key(key)
+        .body(ByteStream::from(body))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("PutObject {key:?}: {e:?}"))
+}
+
+/// HeadObject of `key`.
+async fn head(
+    client: &Client,
+    key: &str,
+) -> Result<
+    aws_sdk_s3::operation::head_object::HeadObjectOutput,
+    SdkError<aws_sdk_s3::operation::head_object::HeadObjectError>,
+> {
+    client.head_object().bucket(BUCKET).key(key).send().await
+}
+
+/// The error of a GetObject of `key` that must fail.
+async fn get_error(
+    client: &Client,
+    key: &str,
+) -> SdkError<aws_sdk_s3::operation::get_object::GetObjectError> {
+    client
+        .get_object()
+        .bucket(BUCKET)
+        .key(key)
+        .send()
+        .await
+        .expect_err("GetObject must fail")
+}
+
+/// DeleteObject of `key`.
+async fn delete(client: &Client, key: &str) {
+    client
+        .delete_object()
+        .bucket(BUCKET)
+        .key(key)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("DeleteObject {key:?}: {e:?}"));
+}
+
 #[tokio::test]
 async fn put_get_head_delete() {
     let (_root, server) = server();
     let client = client(&server);
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 256) as u8).collect();
-    let put = client
-        .put_object()
-        .bucket(BUCKET)
-        .key("checkpoints/a.safetensors")
-        .body(ByteStream::from(data.clone()))
-        .send()
-        .await
-        .expect("PutObject");
+    let put = put(&client, "checkpoints/a.safetensors", data.clone()).await;
     assert_eq!(put.e_tag(), Some(md5_etag(&data).as_str()));
 
     let (body, range) = get(&client, "checkpoints/a.safetensors", None).await;
     assert_eq!(body, data);
     assert_eq!(range, None);
 
-    let head = client
-        .head_object()
-        .bucket(BUCKET)
-        .key("checkpoints/a.safetensors")
-        .send()
+    let info = head(&client, "checkpoints/a.safetensors")
         .await
         .expect("HeadObject");
-    assert_eq!(head.content_length(), Some(data.len() as i64));
-    assert_eq!(head.e_tag(), put.e_tag());
-    assert_eq!(head.accept_ranges(), Some("bytes"));
-    assert!(head.last_modified().is_some());
+    assert_eq!(info.content_length(), Some(data.len() as i64));
+    assert_eq!(info.e_tag(), put.e_tag());
+    assert_eq!(info.accept_ranges(), Some("bytes"));
+    assert!(info.last_modified().is_some());
 
     let local = server
         .store()
@@ -110,37 +136,13 @@ async fn put_get_head_delete() {
         .expect("stored");
     assert_eq!(Some(local.etag.as_str()), put.e_tag());
 
-    client
-        .delete_object()
-        .bucket(BUCKET)
-        .key("checkpoints/a.safetensors")
-        .send()
-        .await
-        .expect("DeleteObject");
+    delete(&client, "checkpoints/a.safetensors").await;
     // Deleting again is fine, as on S3.
-    client
-        .delete_object()
-        .bucket(BUCKET)
-        .key("checkpoints/a.safetensors")
-        .send()
-        .await
-        .expect("DeleteObject again");
-    let err = client
-        .get_object()
-        .bucket(BUCKET)
-        .key("checkpoints/a.safetensors")
-        .send()
-        .await
-        .expect_err("deleted");
+    delete(&client, "checkpoints/a.safetensors").await;
+    let err = get_error(&client, "checkpoints/a.safetensors").await;
     assert_eq!(status(&err), Some(404));
     assert!(err.into_service_error().is_no_such_key());
-    let err = client
-        .head_object()
-        .bucket(BUCKET)
-        .key("missing")
-        .send()
-        .await
-        .expect_err("missing");
+    let err = head(&client, "missing").await.expect_err("missing");
     assert_eq!(status(&err), Some(404));
 }
 
@@ -302,6 +304,45 @@ async fn ranged_gets() {
     assert!(body.is_empty());
 }
 
+/// A precondition on a GET or HEAD.
+#[derive(Clone, Copy)]
+enum Condition<'a> {
+    IfMatch(&'a str),
+    IfNoneMatch(&'a str),
+}
+
+/// GetObject of `key` under `condition`, from byte 0 to `range_end` when given.
+async fn get_when(
+    client: &Client,
+    key: &str,
+    condition: Condition<'_>,
+    range_end: Option<u64>,
+) -> Result<
+    aws_sdk_s3::operation::get_object::GetObjectOutput,
+    SdkError<aws_sdk_s3::operation::get_object::GetObjectError>,
+> {
+    let request = client.get_object().bucket(BUCKET).key(key);
+    let request = match condition {
+        Condition::IfMatch(etag) => request.if_match(etag),
+        Condition::IfNoneMatch(etag) => request.if_none_match(etag),
+    };
+    let request = match range_end {
+        Some(end) => request.range(format!("bytes=0-{end}")),
+        None => request,
+    };
+    request.send().await
+}
+
+/// HeadObject of `key` under `condition`: the status it was refused with, if it was.
+async fn head_refused_with(client: &Client, key: &str, condition: Condition<'_>) -> Option<u16> {
+    let request = client.head_object().bucket(BUCKET).key(key);
+    let request = match condition {
+        Condition::IfMatch(etag) => request.if_match(etag),
+        Condition::IfNoneMatch(etag) => request.if_none_match(etag),
+    };
+    request.send().await.err().and_then(|e| status(&e))
+}
+
 #[tokio::test]
 async fn conditional_gets() {
     let (_root, server) = server();
@@ -312,23 +353,12 @@ async fn conditional_gets() {
     let client = client(&server);
     server.reset_stats();
 
-    let ok = client
-        .get_object()
-        .bucket(BUCKET)
-        .key("k")
-        .if_match(&meta.etag)
-        .range("bytes=0-6")
-        .send()
+    let ok = get_when(&client, "k", Condition::IfMatch(&meta.etag), Some(6))
         .await
         .expect("matching If-Match");
     assert_eq!(ok.e_tag(), Some(meta.etag.as_str()));
     let unquoted = meta.etag.trim_matches('"').to_string();
-    client
-        .get_object()
-        .bucket(BUCKET)
-        .key("k")
-        .if_match(unquoted)
-        .send()
+    get_when(&client, "k", Condition::IfMatch(&unquoted), None)
         .await
         .expect("unquoted If-Match");
 
@@ -336,48 +366,30 @@ async fn conditional_gets() {
         .store()
         .put_bytes(BUCKET, "k", b"version 2")
         .expect("overwrite");
-    let err = client
-        .get_object()
-        .bucket(BUCKET)
-        .key("k")
-        .if_match(&meta.etag)
-        .send()
+    let err = get_when(&client, "k", Condition::IfMatch(&meta.etag), None)
         .await
         .expect_err("stale If-Match");
     assert_eq!(status(&err), Some(412));
     assert_eq!(err.into_service_error().code(), Some("PreconditionFailed"));
-    let err = client
-        .head_object()
-        .bucket(BUCKET)
-        .key("k")
-        .if_match(&meta.etag)
-        .send()
-        .await
-        .expect_err("stale If-Match on HEAD");
-    assert_eq!(status(&err), Some(412));
+    assert_eq!(
+        head_refused_with(&client, "k", Condition::IfMatch(&meta.etag)).await,
+        Some(412),
+        "stale If-Match on HEAD"
+    );
 
     let current = server.store().head(BUCKET, "k").expect("head");
-    let err = client
-        .get_object()
-        .bucket(BUCKET)
-        .key("k")
-        .if_none_match(&current.etag)
-        .send()
+    let err = get_when(&client, "k", Condition::IfNoneMatch(&current.etag), None)
         .await
         .expect_err("If-None-Match on the current version");
     assert_eq!(status(&err), Some(304));
     let headers = err.raw_response().expect("response").headers();
     assert_eq!(headers.get("etag"), Some(current.etag.as_str()));
     assert!(headers.get("last-modified").is_some());
-    let err = client
-        .head_object()
-        .bucket(BUCKET)
-        .key("k")
-        .if_none_match(&current.etag)
-        .send()
-        .await
-        .expect_err("If-None-Match on HEAD");
-    assert_eq!(status(&err), Some(304));
+    assert_eq!(
+        head_refused_with(&client, "k", Condition::IfNoneMatch(&current.etag)).await,
+        Some(304),
+        "If-None-Match on HEAD"
+    );
 
     let stats = server.stats();
     assert_eq!(stats.precondition_failed, 2);
@@ -402,14 +414,7 @@ async fn weird_keys_round_trip() {
         long.as_str(),
     ];
     for (i, key) in keys.iter().enumerate() {
-        client
-            .put_object()
-            .bucket(BUCKET)
-            .key(*key)
-            .body(ByteStream::from(format!("content {i}").into_bytes()))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("PutObject {key:?}: {e:?}"));
+        put(&client, key, format!("content {i}").into_bytes()).await;
     }
     for (i, key) in keys.iter().enumerate() {
         let (body, _) = get(&client, key, None).await;
@@ -445,13 +450,7 @@ async fn bad_signatures_are_rejected() {
         .put_bytes(BUCKET, "k", b"secret")
         .expect("seed");
     let wrong = client_with_secret(&server, "not-the-secret");
-    let err = wrong
-        .get_object()
-        .bucket(BUCKET)
-        .key("k")
-        .send()
-        .await
-        .expect_err("wrong secret");
+    let err = get_error(&wrong, "k").await;
     assert_eq!(status(&err), Some(403));
     assert_eq!(
         err.into_service_error().code(),
@@ -567,25 +566,12 @@ async fn objects_survive_a_restart() {
     let etag = {
         let server = LocalS3::start(LocalS3Config::new(root.path())).expect("start");
         server.store().create_bucket(BUCKET).expect("bucket");
-        let out = client(&server)
-            .put_object()
-            .bucket(BUCKET)
-            .key("a//b")
-            .body(ByteStream::from_static(b"persistent"))
-            .send()
-            .await
-            .expect("put");
+        let out = put(&client(&server), "a//b", b"persistent".to_vec()).await;
         out.e_tag().expect("etag").to_string()
     };
     let server = LocalS3::start(LocalS3Config::new(root.path())).expect("restart");
     let client = client(&server);
-    let out = client
-        .head_object()
-        .bucket(BUCKET)
-        .key("a//b")
-        .send()
-        .await
-        .expect("head after restart");
+    let out = head(&client, "a//b").await.expect("head after restart");
     assert_eq!(out.e_tag(), Some(etag.as_str()));
     let (body, _) = get(&client, "a//b", None).await;
     assert_eq!(body, b"persistent");
