@@ -115,13 +115,22 @@ impl Mount {
     }
 
     /// Unmounts with `fusermount3 -u` and waits for the daemon to exit; returns its status.
+    /// A busy mount is tried again for a few seconds: a child another test thread forks
+    /// holds this thread's open files until it execs.
     pub fn unmount(&mut self) -> std::process::ExitStatus {
-        let status = Command::new("fusermount3")
-            .arg("-u")
-            .arg(&self.path)
-            .status()
-            .expect("run fusermount3");
-        assert!(status.success(), "fusermount3 -u failed");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let status = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.path)
+                .status()
+                .expect("run fusermount3");
+            if status.success() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "fusermount3 -u failed");
+            std::thread::sleep(Duration::from_millis(100));
+        }
         self.wait_exit(Duration::from_secs(20))
             .expect("modelfs did not exit after unmount")
     }
