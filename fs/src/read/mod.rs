@@ -9,7 +9,7 @@
 //!   readahead;
 //! - a [`Readahead`] window grows on sequential reads (tolerating the kernel's out-of-order
 //!   async reads) and resets on jumps; random reads fetch only the aligned blocks they touch;
-//! - once a model file is being loaded ([`model_file`]), a [`sweep`] fetches every remaining
+//! - once a model file is being loaded ([`load_detect`]), a [`sweep`] fetches every remaining
 //!   block at full concurrency from the read position, while demand reads go first; a model
 //!   the disk cache cannot hold is streamed through memory instead ([`stream`]), never
 //!   fetched twice.
@@ -18,7 +18,7 @@
 
 mod fetch;
 mod header_scan;
-pub mod model_file;
+pub mod load_detect;
 mod readahead;
 mod stream;
 mod sweep;
@@ -37,7 +37,7 @@ use crate::cache::disk::{CacheEntry, EntryId};
 use crate::cache::{DiskCache, MemoryTier};
 use crate::error::FsError;
 use crate::store::{ObjectStore, ObjectVersion};
-use model_file::{FileKind, LoadDetector};
+use load_detect::{FileKind, LoadDetector};
 
 /// Bytes fetched first to learn a safetensors header: most headers (LoRAs, checkpoints of
 /// a few hundred tensors) fit, and the transfer costs well under a millisecond next to a
@@ -91,7 +91,7 @@ impl ReadConfig {
     /// Most bytes in flight outside the memory tier: one sweep span per background slot,
     /// plus a reply buffer for each of the kernel's [`MAX_READS_IN_FLIGHT`] reads.
     pub fn in_flight_bytes(&self) -> u64 {
-        self.prefetch_concurrency as u64 * sweep::SPAN_BLOCKS * self.block_size
+        self.prefetch_concurrency as u64 * sweep_plan::SPAN_BLOCKS * self.block_size
             + MAX_READS_IN_FLIGHT * self.block_size
     }
 
@@ -134,6 +134,16 @@ impl Loading {
             Loading::Stream(stream) => Some(stream.plan()),
         }
     }
+}
+
+/// What one read sets going besides its own fetch, decided by [`BlockReader::plan_read`].
+struct ReadPlan {
+    /// Where the read's missing blocks come from.
+    route: Route,
+    /// A sweep to start: its plan, and the file's first bytes when they hold all the header.
+    sweep: Option<(Arc<sweep_plan::SweepPlan>, Option<Bytes>)>,
+    /// Blocks to read ahead in the background.
+    read_ahead: std::ops::Range<u64>,
 }
 
 /// Where a read's missing blocks come from.
@@ -357,7 +367,8 @@ impl BlockReader {
                 start = Some(known);
             }
         }
-        let route = self.plan_background(file, offset, end, start);
+        let plan = self.plan_read(file, offset, end, start);
+        let route = self.start_background(file, plan);
 
         let bs = self.config.block_size;
         let (first, last) = (offset / bs, (end - 1) / bs);
@@ -368,7 +379,7 @@ impl BlockReader {
         // page cache in one piece, and fetches a little ahead of each reader; anything that
         // did not land there goes the block path below.
         if let (Some(entry), Route::Disk) = (file.disk.as_ref(), &route) {
-            let until = first + sweep::SPAN_BLOCKS;
+            let until = first + sweep_plan::SPAN_BLOCKS;
             self.fetcher
                 .fetch_to_disk(&file.version, entry, first, last, until)
                 .await;
@@ -383,7 +394,7 @@ impl BlockReader {
         };
         if let Some(stream) = stream {
             stream.note_reading(first..=last);
-            let until = first + sweep::SPAN_BLOCKS;
+            let until = first + sweep_plan::SPAN_BLOCKS;
             self.fetcher
                 .fetch_to_stream(&file.version, entry, stream, first..=last, until)
                 .await;
@@ -465,7 +476,7 @@ impl BlockReader {
                 HEADER_PROBE.max(want_end),
             )
             .await?;
-        let Some(header_end) = model_file::header_end(&probe, file.version.size) else {
+        let Some(header_end) = load_detect::header_end(&probe, file.version.size) else {
             file.access
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -499,81 +510,92 @@ impl BlockReader {
         Ok(Some(start.bytes))
     }
 
-    /// Decides what to fetch in the background for a read of `offset..end`; `file_start` is
-    /// what is known of the file's first bytes (a safetensors header). Returns where the
-    /// read's missing blocks come from.
-    fn plan_background(
-        self: &Arc<Self>,
-        file: &Arc<OpenObject>,
+    /// Decides, under the file's access lock, what a read of `offset..end` sets going
+    /// besides its own fetch; `file_start` is what is known of the file's first bytes (a
+    /// safetensors header). Starts nothing: [`BlockReader::start_background`] does.
+    fn plan_read(
+        &self,
+        file: &OpenObject,
         offset: u64,
         end: u64,
         file_start: Option<Bytes>,
-    ) -> Route {
+    ) -> ReadPlan {
         let bs = self.config.block_size;
         let no_room = file.disk.as_ref().is_some_and(|e| e.no_room().is_some());
-        let (ahead, route) = {
-            let mut access = file.access.lock().unwrap_or_else(|e| e.into_inner());
-            let access = &mut *access;
-            let jumped = !access.load.in_header(offset) && access.jumps.observe(offset, end);
-            // Another open of this file streams it (a loader's threads each open it): its
-            // reads go through that stream too.
-            if no_room && !matches!(access.loading, Loading::Stream(_)) {
-                if let Some(stream) = self.fetcher.stream(&file.version) {
-                    access.loading = Loading::Stream(stream);
-                }
+        let mut access = file.access.lock().unwrap_or_else(|e| e.into_inner());
+        let access = &mut *access;
+        let jumped = !access.load.in_header(offset) && access.jumps.observe(offset, end);
+        // Another open of this file streams it (a loader's threads each open it): its
+        // reads go through that stream too.
+        if no_room && !matches!(access.loading, Loading::Stream(_)) {
+            if let Some(stream) = self.fetcher.stream(&file.version) {
+                access.loading = Loading::Stream(stream);
             }
-            if access.load.observe(offset, end, bs, file.version.size)
-                && file.disk.is_some()
-                && matches!(access.loading, Loading::No)
-            {
-                let plan = Arc::new(sweep_plan::SweepPlan::new(
-                    offset / bs,
-                    bs,
-                    file.version.size,
-                    &access.jumps,
-                ));
-                // The header, when it is all known, shows a load by name (`tensor_order`).
-                let header = file_start.filter(|bytes| {
-                    access
-                        .load
-                        .header_end()
-                        .is_some_and(|end| end <= bytes.len() as u64)
-                });
-                sweep::spawn(
-                    self.fetcher.clone(),
-                    file,
-                    plan.clone(),
-                    header,
-                    self.config.prefetch_concurrency,
-                );
-                access.loading = Loading::Disk(plan);
-            } else if let Some(plan) = access.loading.plan().filter(|_| jumped) {
-                plan.note_jump(offset);
-            }
-            let route = match &access.loading {
-                Loading::Stream(stream) => Route::Stream(stream.clone()),
-                Loading::Disk(_) if !no_room => Route::Disk,
-                _ => Route::Blocks,
-            };
-            // Inside the header nothing is prefetched; once a sweep fetches the whole file
-            // in 8 MiB spans, 1 MiB readahead GETs would only take its slots and cut its
-            // spans into single blocks. Nor for a file the cache cannot hold: its stream
-            // reads ahead, and readahead would fetch blocks the stream holds.
-            let ahead =
-                if access.load.in_header(offset) || no_room || !matches!(route, Route::Blocks) {
-                    0..0
-                } else {
-                    access.readahead.observe(
-                        offset,
-                        end,
-                        bs,
-                        self.config.max_readahead_blocks,
-                        file.version.size.div_ceil(bs),
-                    )
-                };
-            (ahead, route)
+        }
+        let mut sweep = None;
+        if access.load.observe(offset, end, bs, file.version.size)
+            && file.disk.is_some()
+            && matches!(access.loading, Loading::No)
+        {
+            let plan = Arc::new(sweep_plan::SweepPlan::new(
+                offset / bs,
+                bs,
+                file.version.size,
+                &access.jumps,
+            ));
+            // The header, when it is all known, shows a load by name (`tensor_order`).
+            let header = file_start.filter(|bytes| {
+                access
+                    .load
+                    .header_end()
+                    .is_some_and(|end| end <= bytes.len() as u64)
+            });
+            sweep = Some((plan.clone(), header));
+            access.loading = Loading::Disk(plan);
+        } else if let Some(plan) = access.loading.plan().filter(|_| jumped) {
+            plan.note_jump(offset);
+        }
+        let route = match &access.loading {
+            Loading::Stream(stream) => Route::Stream(stream.clone()),
+            Loading::Disk(_) if !no_room => Route::Disk,
+            _ => Route::Blocks,
         };
-        for index in ahead {
+        // Inside the header nothing is prefetched; once a sweep fetches the whole file in
+        // 8 MiB spans, 1 MiB readahead GETs would only take its slots and cut its spans into
+        // single blocks. Nor for a file the cache cannot hold: its stream reads ahead, and
+        // readahead would fetch blocks the stream holds.
+        let read_ahead =
+            if access.load.in_header(offset) || no_room || !matches!(route, Route::Blocks) {
+                0..0
+            } else {
+                access.readahead.observe(
+                    offset,
+                    end,
+                    bs,
+                    self.config.max_readahead_blocks,
+                    file.version.size.div_ceil(bs),
+                )
+            };
+        ReadPlan {
+            route,
+            sweep,
+            read_ahead,
+        }
+    }
+
+    /// Carries out `plan` for `file`: starts its sweep and its readahead as tasks of their
+    /// own. Returns where the read's missing blocks come from.
+    fn start_background(self: &Arc<Self>, file: &Arc<OpenObject>, plan: ReadPlan) -> Route {
+        if let Some((sweep_plan, header)) = plan.sweep {
+            sweep::spawn(
+                self.fetcher.clone(),
+                file,
+                sweep_plan,
+                header,
+                self.config.prefetch_concurrency,
+            );
+        }
+        for index in plan.read_ahead {
             if file
                 .disk
                 .as_ref()
@@ -592,7 +614,7 @@ impl BlockReader {
                 }
             });
         }
-        route
+        plan.route
     }
 }
 
@@ -647,6 +669,53 @@ mod tests {
             assert_eq!(&got[..], &data[offset as usize..end], "{offset}+{len}");
         }
         assert!(reader.read(&file, 10_000, 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_planner_reads_ahead_only_on_sequential_reads_and_starts_nothing() {
+        let store = Arc::new(MemoryStore::new());
+        let info = store.put("obj", pattern(64_000));
+        let reader = reader(store.clone(), 1000);
+        let file = reader.open(version(&info)).await;
+        let first = reader.plan_read(&file, 0, 1000, None);
+        assert!(first.read_ahead.is_empty(), "a handle's first read prefetches nothing");
+        let second = reader.plan_read(&file, 1000, 2000, None);
+        assert_eq!(second.read_ahead.start, 2, "the block after the read");
+        assert!(!second.read_ahead.is_empty());
+        let jump = reader.plan_read(&file, 50_000, 51_000, None);
+        assert!(jump.read_ahead.is_empty(), "a jump resets readahead");
+        for plan in [first, second, jump] {
+            assert!(matches!(plan.route, Route::Blocks));
+            assert!(plan.sweep.is_none(), "no disk cache, no sweep");
+        }
+        assert_eq!(store.gets.load(Ordering::Relaxed), 0, "planning fetches nothing");
+    }
+
+    #[tokio::test]
+    async fn a_load_shows_in_the_plan_as_one_sweep_then_routes_reads_to_disk() {
+        let bs = 1u64 << 16;
+        let data = pattern(40 * bs as usize);
+        let config = ReadConfig {
+            block_size: bs,
+            ..ReadConfig::default()
+        };
+        let LoggedReader {
+            log, reader, version, _dir, ..
+        } = logged_reader_with_disk("m.bin", &data, config);
+        let file = reader.open(version).await;
+        let mut sweeps = 0;
+        let mut routed_to_disk = 0;
+        for index in 0..20 {
+            let plan = reader.plan_read(&file, index * bs, (index + 1) * bs, None);
+            sweeps += usize::from(plan.sweep.is_some());
+            if sweeps > 0 {
+                assert!(plan.read_ahead.is_empty(), "no readahead once a sweep runs");
+            }
+            routed_to_disk += usize::from(matches!(plan.route, Route::Disk));
+        }
+        assert_eq!(sweeps, 1, "a load starts one sweep");
+        assert!(routed_to_disk > 0, "reads of a file being loaded stream to disk");
+        assert!(log.ranges.lock().unwrap().is_empty(), "planning fetches nothing");
     }
 
     #[tokio::test]

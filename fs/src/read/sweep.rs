@@ -1,4 +1,4 @@
-//! The whole-file sweep: once a model file is being loaded (see `model_file`), every block not
+//! The whole-file sweep: once a model file is being loaded (see `load_detect`), every block not
 //! yet on disk is fetched in the background, starting at the block being read and wrapping
 //! around, so loaders that read tensors out of file order (mmap in name order, ComfyUI's
 //! threads in model order) find most of their blocks already local; a safetensors load by
@@ -19,9 +19,6 @@ use super::tensor_order::TensorLayout;
 use crate::cache::disk::Admission;
 
 use super::OpenObject;
-
-/// Blocks per sweep request: 8 MiB GETs, like mountpoint-s3's parts and S3's guidance.
-pub const SPAN_BLOCKS: u64 = 8;
 
 /// Fetches every missing block of `file` following `plan`, `concurrency` spans at a time;
 /// `header` (the file's first bytes, holding a safetensors header) lets the plan learn the

@@ -8,9 +8,11 @@
 
 use std::sync::Mutex;
 
-use super::model_file::RecentRuns;
-use super::sweep::SPAN_BLOCKS;
+use super::load_detect::RecentRuns;
 use super::tensor_order::TensorLayout;
+
+/// Blocks per sweep request: 8 MiB GETs, like mountpoint-s3's parts and S3's guidance.
+pub const SPAN_BLOCKS: u64 = 8;
 
 /// Jumps remembered until the sweep knows the header's layout.
 const JUMPS_KEPT: usize = 32;

@@ -37,7 +37,7 @@ impl TensorLayout {
     /// `size` bytes. `None` for anything that is not a well-formed header whose tensors lie
     /// inside the file: the caller then sweeps in file order.
     pub fn parse(header: &[u8], size: u64) -> Option<TensorLayout> {
-        let header_end = super::model_file::header_end(header, size)?;
+        let header_end = super::load_detect::header_end(header, size)?;
         let json = header.get(8..usize::try_from(header_end).ok()?)?;
         let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(json).ok()?;
         let mut named: Vec<(&str, Range<u64>)> = Vec::with_capacity(map.len());
