@@ -1,0 +1,202 @@
+//! Making room: admission of whole files for loads, and eviction of least recently used
+//! entries nobody has open.
+
+use super::*;
+
+impl DiskCache {
+    /// Decides, before a load's sweep, whether `entry` is stored whole or not at all, so a
+    /// load never downloads blocks the cache then turns away (a full cache used to serve them
+    /// "not stored", and the readers fetched them again). The file is stored when it fits
+    /// beside the entries in use by any process: least recently used entries nobody has open
+    /// are evicted first if needed, and the data file is allocated in one go (its blocks,
+    /// written out of order, then lie contiguously, and writing them takes no more room).
+    /// Otherwise, or when the filesystem cannot allocate it (other files share it), the entry
+    /// is marked [`CacheEntry::no_room`] and nothing of it is written. Blocking (scans the
+    /// cache when it must make room).
+    pub fn admit(&self, entry: &CacheEntry) -> Admission {
+        if let Some(no_room) = entry.no_room() {
+            return Admission::TooSmall(no_room);
+        }
+        if let Some(stored) = self.try_allocate(entry) {
+            return stored;
+        }
+        let _pass = self.passes.lock().unwrap_or_else(|e| e.into_inner());
+        // Decided, or room made, by another load while this one waited.
+        if let Some(no_room) = entry.no_room() {
+            return Admission::TooSmall(no_room);
+        }
+        if let Some(stored) = self.try_allocate(entry) {
+            return stored;
+        }
+        let refused = match self.make_room(entry) {
+            Ok(Ok(())) => match self.try_allocate(entry) {
+                Some(stored) => return stored,
+                // Others wrote into the room meanwhile: counted as held by them.
+                None => NoRoom {
+                    needed: entry.entry.id.size,
+                    limit: self.limit(),
+                    pinned: self.usage(),
+                },
+            },
+            Ok(Err(no_room)) => no_room,
+            Err(e) => {
+                self.warn_once("eviction", &e);
+                NoRoom {
+                    needed: entry.entry.id.size,
+                    limit: self.limit(),
+                    pinned: self.usage(),
+                }
+            }
+        };
+        Admission::TooSmall(*entry.no_room.get_or_init(|| refused))
+    }
+
+    /// Charges and allocates what `entry`'s data file lacks, if it fits under the limit now.
+    /// Measured at each try: the file's readers write blocks meanwhile.
+    pub(super) fn try_allocate(&self, entry: &CacheEntry) -> Option<Admission> {
+        let missing = unallocated(entry);
+        (missing == 0 || self.charge(missing)).then(|| self.allocate(entry, missing))
+    }
+
+    /// Allocates the `missing` bytes of `entry`'s data file, already charged to the usage.
+    pub(super) fn allocate(&self, entry: &CacheEntry, missing: u64) -> Admission {
+        use std::os::fd::AsRawFd;
+        if missing > 0 {
+            let size = libc::off_t::try_from(entry.entry.id.size).unwrap_or(libc::off_t::MAX);
+            // SAFETY: a valid fd for the life of `entry`; mode 0 only allocates blocks.
+            if unsafe { libc::fallocate(entry.entry.data.as_raw_fd(), 0, 0, size) } != 0 {
+                let full = io::Error::last_os_error().raw_os_error() == Some(libc::ENOSPC);
+                self.uncharge(missing);
+                if full {
+                    // The filesystem holds less than the limit says (other files share it).
+                    let refused = NoRoom {
+                        needed: entry.entry.id.size,
+                        limit: self.limit(),
+                        pinned: self.usage(),
+                    };
+                    return Admission::TooSmall(*entry.no_room.get_or_init(|| refused));
+                }
+                // Not supported here: the room is there; its blocks are counted as written.
+                return Admission::Stored;
+            }
+        }
+        entry.allocated.store(true, Ordering::Release);
+        Admission::Stored
+    }
+
+    /// Removes `candidates` that no process has open, least recently used first, until
+    /// `enough` holds for the usage left (starting from `usage`); returns that usage.
+    pub(super) fn evict_lru(
+        &self,
+        mut candidates: Vec<ScannedEntry>,
+        mut usage: u64,
+        enough: impl Fn(u64) -> bool,
+    ) -> u64 {
+        candidates.sort_by_key(|e| e.last_used);
+        for candidate in candidates {
+            if enough(usage) {
+                break;
+            }
+            match remove_if_unused(&candidate) {
+                Ok(true) => {
+                    usage = usage.saturating_sub(candidate.bytes);
+                    TierStats::bump(&self.stats.evictions);
+                }
+                Ok(false) => {}
+                Err(e) => tracing::debug!(dir = %candidate.dir.display(), "evict: {e}"),
+            }
+        }
+        usage
+    }
+
+    /// Measures the cache and evicts least recently used entries nobody has open until the
+    /// rest of `entry`'s data file fits under the limit; `Err` (and nothing evicted) when it
+    /// cannot, even with every such entry gone. Called with `passes` held.
+    pub(super) fn make_room(&self, entry: &CacheEntry) -> io::Result<Result<(), NoRoom>> {
+        let before = self.usage();
+        let unwritten = self.unwritten.load(Ordering::Acquire);
+        let entries = scan(&self.objects)?;
+        let missing = unallocated(entry);
+        let mut usage: u64 = entries.iter().map(|e| e.bytes).sum::<u64>() + 4096;
+        let limit = self.compute_limit(usage)?;
+        self.written_since_scan.store(0, Ordering::Relaxed);
+        let own = entry.entry.stem();
+        let mut needed = missing;
+        let (mut pinned, mut candidates) = (0, Vec::new());
+        for scanned in entries {
+            if scanned.name == own {
+                needed += scanned.bytes;
+            } else if is_in_use(&scanned) {
+                pinned += scanned.bytes;
+            } else {
+                candidates.push(scanned);
+            }
+        }
+        let result = if pinned + needed + 4096 > limit {
+            Err(NoRoom {
+                needed,
+                limit,
+                pinned,
+            })
+        } else {
+            // Writes in flight land too: room for them as well.
+            usage = self.evict_lru(candidates, usage, |usage| {
+                usage + missing + unwritten <= limit
+            });
+            Ok(())
+        };
+        // As in `evict_pass`: what was written or reserved during the scan counts again.
+        let during = self.usage().saturating_sub(before);
+        let usage = usage + during + unwritten;
+        self.usage.store(usage, Ordering::Relaxed);
+        self.limit.store(limit, Ordering::Relaxed);
+        write_usage_record(&self.v1, usage);
+        Ok(result)
+    }
+
+    pub(super) fn trigger_eviction(self: &Arc<Self>) {
+        if self.evicting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("modelfs-evict".into())
+            .spawn(move || {
+                if let Err(e) = this.evict_pass() {
+                    this.warn_once("eviction", &e);
+                }
+                this.evicting.store(false, Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            self.evicting.store(false, Ordering::Release);
+            self.warn_once("eviction thread", &e);
+        }
+    }
+
+    /// Measures the cache and, if it is near or over its limit, removes least-recently-used entries
+    /// that no process has open until usage is below 90% of the limit.
+    pub fn evict_pass(&self) -> io::Result<()> {
+        let _pass = self.passes.lock().unwrap_or_else(|e| e.into_inner());
+        let before = self.usage();
+        // Bytes reserved but not written yet are not on disk for the scan to find.
+        let unwritten = self.unwritten.load(Ordering::Acquire);
+        let entries = scan(&self.objects)?;
+        // The usage record itself takes a block.
+        let mut usage: u64 = entries.iter().map(|e| e.bytes).sum::<u64>() + 4096;
+        let limit = self.compute_limit(usage)?;
+        self.written_since_scan.store(0, Ordering::Relaxed);
+        if usage > limit || usage + (64 << 20) > limit {
+            let target = limit / 10 * 9;
+            usage = self.evict_lru(entries, usage, |usage| usage <= target);
+        }
+        // Blocks this process wrote while the pass ran may be missing from the scan, and so
+        // may those reserved before it: count them again rather than risk crossing the limit
+        // (the next pass corrects the excess).
+        let during = self.usage().saturating_sub(before);
+        let usage = usage + during + unwritten;
+        self.usage.store(usage, Ordering::Relaxed);
+        self.limit.store(limit, Ordering::Relaxed);
+        write_usage_record(&self.v1, usage);
+        Ok(())
+    }
+}

@@ -1,0 +1,96 @@
+//! Verification before an entry is sealed for passthrough: every block not yet checked by
+//! this process, and S3's full-object checksum when the open learned one.
+
+use super::*;
+
+impl DiskCache {
+    /// Records a verification's outcome; a good one seals the entry, naming the full-object
+    /// checksum it was `checked` against, if any.
+    pub(super) fn set_verified(
+        &self,
+        entry: &CacheEntry,
+        ok: bool,
+        checked: Option<FullObjectChecksum>,
+    ) {
+        entry.verified.store(ok, Ordering::Release);
+        if ok && self.usage() + 4096 <= self.limit() {
+            match entry.entry.seal_checked(checked) {
+                // The seal takes a block until the next scan measures it.
+                Ok(()) => {
+                    self.usage.fetch_add(4096, Ordering::Relaxed);
+                }
+                Err(e) => self.warn_once("seal", &e),
+            }
+        } else if !ok {
+            entry.entry.unseal();
+        }
+    }
+
+    /// Verifies every present block of `entry` (dropping damaged ones) and records the
+    /// result; true if the entry is complete and intact. Blocks this process wrote or checked
+    /// already are not read again: a load that downloaded the whole file seals it for free.
+    /// When the version carries S3's full-object checksum, the content must match it too
+    /// (computed in the same pass, which then reads the trusted blocks as well, except for
+    /// CRC32C, combined from the block records); an entry that does not is dropped whole.
+    pub fn verify_complete(&self, entry: &CacheEntry) -> bool {
+        let expected = entry.expected_checksum();
+        let known_good = |index| entry.checked.contains(index);
+        let verified = match expected {
+            None => entry
+                .entry
+                .verify_except(known_good)
+                .map(|(present, corrupt)| (present, corrupt, None)),
+            Some(expected) => entry.entry.verify_with_checksum(known_good, expected),
+        };
+        let (present, corrupt, computed) = match verified {
+            Ok(verified) => verified,
+            Err(e) => {
+                self.warn_once("verify", &e);
+                return false;
+            }
+        };
+        if corrupt > 0 {
+            self.stats.corrupt.fetch_add(corrupt, Ordering::Relaxed);
+            tracing::warn!(key = %entry.entry.id.key, corrupt, "disk cache blocks failed the checksum check; dropped");
+        }
+        let mut ok = corrupt == 0 && present == entry.entry.id.blocks();
+        if let (true, Some(expected), Some(computed)) = (ok, expected, computed) {
+            if computed != expected {
+                self.drop_mismatched(entry, expected, computed);
+                return false;
+            }
+        }
+        // A checksum learned while this ran was not checked: the next open checks it.
+        ok &= entry.expected_checksum() == expected;
+        self.set_verified(entry, ok, expected);
+        ok
+    }
+
+    /// Drops every block of `entry`, whose content is not what S3 says was uploaded: the
+    /// bytes we received were whole by our own CRCs but not the object's, so none of them is
+    /// trusted, and the next reads fetch them again.
+    pub(super) fn drop_mismatched(
+        &self,
+        entry: &CacheEntry,
+        expected: FullObjectChecksum,
+        computed: FullObjectChecksum,
+    ) {
+        TierStats::bump(&self.stats.checksum_mismatch);
+        tracing::error!(
+            key = %entry.entry.id.key,
+            etag = %entry.entry.id.etag,
+            %expected,
+            %computed,
+            "disk cache entry does not match S3's full-object checksum; not sealed, dropped and fetched again"
+        );
+        entry.verified.store(false, Ordering::Release);
+        entry.entry.unseal();
+        entry.checked.clear();
+        for index in 0..entry.entry.id.blocks() {
+            if let Err(e) = entry.entry.clear(index) {
+                self.warn_once("drop", &e);
+                return;
+            }
+        }
+    }
+}
