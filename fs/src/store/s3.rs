@@ -346,44 +346,13 @@ impl S3Store {
                 };
             }
             SdkError::ServiceError(service) => {
-                let status = service.raw().status().as_u16();
-                let code = service.err().code().unwrap_or_default().to_string();
-                let message = service.err().message().unwrap_or_default().to_string();
-                match (status, code.as_str()) {
-                    (_, "NoSuchBucket") => {
-                        return StoreError::NoSuchBucket {
-                            bucket: self.bucket.clone(),
-                        }
-                    }
-                    (412, _) | (_, "PreconditionFailed") => {
-                        return StoreError::PreconditionFailed {
-                            key: key.to_string(),
-                            etag: String::new(),
-                        }
-                    }
-                    (404, _) | (_, "NoSuchKey") => {
-                        return StoreError::NotFound {
-                            key: key.to_string(),
-                        }
-                    }
-                    (401 | 403, _) => {
-                        return StoreError::AccessDenied {
-                            code: if code.is_empty() {
-                                format!("HTTP {status}")
-                            } else {
-                                code
-                            },
-                            message,
-                        }
-                    }
-                    (429 | 500..=599, _) | (_, "SlowDown" | "RequestTimeout") => {
-                        return StoreError::ServerError {
-                            operation: request(operation, key),
-                            status,
-                            message: format!("{code}: {message}"),
-                        }
-                    }
-                    _ => {}
+                let answer = Answer {
+                    status: service.raw().status().as_u16(),
+                    code: service.err().code().unwrap_or_default(),
+                    message: service.err().message().unwrap_or_default(),
+                };
+                if let Some(error) = answer.classify(&self.bucket, operation, key) {
+                    return error;
                 }
             }
             _ => {}
@@ -392,6 +361,47 @@ impl S3Store {
             operation: request(operation, key),
             message: error_chain(&err),
         }
+    }
+}
+
+/// What S3 answered to a refused request: the HTTP status, the error code and message.
+struct Answer<'a> {
+    status: u16,
+    code: &'a str,
+    message: &'a str,
+}
+
+impl Answer<'_> {
+    /// The [`StoreError`] this answer means for `operation` on `key` of `bucket`; `None` when
+    /// it means nothing in particular (reported as [`StoreError::Other`]).
+    fn classify(&self, bucket: &str, operation: &str, key: &str) -> Option<StoreError> {
+        let (status, code, message) = (self.status, self.code, self.message);
+        Some(match (status, code) {
+            (_, "NoSuchBucket") => StoreError::NoSuchBucket {
+                bucket: bucket.to_string(),
+            },
+            (412, _) | (_, "PreconditionFailed") => StoreError::PreconditionFailed {
+                key: key.to_string(),
+                etag: String::new(),
+            },
+            (404, _) | (_, "NoSuchKey") => StoreError::NotFound {
+                key: key.to_string(),
+            },
+            (401 | 403, _) => StoreError::AccessDenied {
+                code: if code.is_empty() {
+                    format!("HTTP {status}")
+                } else {
+                    code.to_string()
+                },
+                message: message.to_string(),
+            },
+            (429 | 500..=599, _) | (_, "SlowDown" | "RequestTimeout") => StoreError::ServerError {
+                operation: request(operation, key),
+                status,
+                message: format!("{code}: {message}"),
+            },
+            _ => return None,
+        })
     }
 }
 
@@ -605,6 +615,59 @@ mod tests {
             Duration::from_millis(3003),
             "at least 1 ms per attempt"
         );
+    }
+
+    #[test]
+    fn s3_answers_are_classified_by_status_and_code() {
+        let classify = |status, code, message| {
+            Answer {
+                status,
+                code,
+                message,
+            }
+            .classify("models", "GetObject", "a/b")
+        };
+        assert!(matches!(
+            classify(404, "NoSuchBucket", ""),
+            Some(StoreError::NoSuchBucket { bucket }) if bucket == "models"
+        ));
+        assert!(matches!(
+            classify(412, "", ""),
+            Some(StoreError::PreconditionFailed { key, .. }) if key == "a/b"
+        ));
+        assert!(matches!(
+            classify(404, "NoSuchKey", ""),
+            Some(StoreError::NotFound { key }) if key == "a/b"
+        ));
+        assert!(matches!(
+            classify(403, "AccessDenied", "no"),
+            Some(StoreError::AccessDenied { code, message }) if code == "AccessDenied" && message == "no"
+        ));
+        assert!(matches!(
+            classify(403, "", ""),
+            Some(StoreError::AccessDenied { code, .. }) if code == "HTTP 403"
+        ));
+        for (status, code) in [
+            (503, "SlowDown"),
+            (500, "InternalError"),
+            (429, ""),
+            (400, "RequestTimeout"),
+        ] {
+            let error = classify(status, code, "busy");
+            assert!(
+                matches!(&error, Some(StoreError::ServerError { status: s, .. }) if *s == status),
+                "{status} {code}: {error:?}"
+            );
+            assert!(
+                error.is_some_and(|e| e.is_transient()),
+                "{status} {code} is retried"
+            );
+        }
+        assert!(
+            classify(400, "InvalidArgument", "bad").is_none(),
+            "anything else is Other"
+        );
+        assert!(classify(403, "AccessDenied", "").is_some_and(|e| !e.is_transient()));
     }
 
     #[test]
