@@ -409,3 +409,43 @@ fn warm_fills_the_cache_from_globs_and_a_workflow() {
     );
     m.unmount();
 }
+
+#[test]
+fn a_scan_of_headers_another_mount_cached_asks_for_its_read_proofs_ahead() {
+    let server = LocalServer::start(BUCKET);
+    let files = 12;
+    let path = |i: u64| format!("loras/l{i:02}.safetensors");
+    for i in 0..files {
+        seed_model(&server, &format!("m/{}", path(i)), 3 * MIB, 60 + i);
+    }
+    let cache = tempfile::tempdir().expect("cache");
+    // Another volume scanned the folder: the headers are in the shared disk tier.
+    let mut other = mount(&server, Some(cache.path()));
+    for i in 0..files {
+        scan_header(&other.join(&path(i)));
+    }
+    other.unmount();
+    // A new mount has proven nothing: each file needs a HeadObject of its own before it
+    // opens, and the scan ahead asks for them, all at once, as it learns the headers.
+    let mut m = mount(&server, Some(cache.path()));
+    server.server.reset_stats();
+    scan_header(&m.join(&path(0)));
+    scan_header(&m.join(&path(1)));
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            server.server.stats().head_object >= files
+        }),
+        "the scan ahead did not ask for the read proofs ({} HEADs)",
+        server.server.stats().head_object
+    );
+    let heads = server.server.stats().head_object;
+    for i in 2..files {
+        assert!(scan_header(&m.join(&path(i))) > 1);
+    }
+    assert_eq!(
+        server.server.stats().head_object,
+        heads,
+        "the scan's opens found their proofs"
+    );
+    m.unmount();
+}

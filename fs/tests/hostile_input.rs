@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use modelfs_fs::namespace::names::check_segment;
 use modelfs_fs::namespace::{Namespace, NodeKind, ROOT_INO};
-use modelfs_fs::read::model_file::{header_end, FileKind, LoadDetector, MAX_HEADER_LEN};
+use modelfs_fs::read::load_detect::{header_end, FileKind, LoadDetector, MAX_HEADER_LEN};
 use modelfs_fs::store::MemoryStore;
 use proptest::prelude::*;
 

@@ -334,11 +334,26 @@ impl BlockReader {
                         if let Err(e) = this.known_header(&file, 0).await {
                             tracing::debug!(key = %file.version.key, "header prefetch failed: {e}");
                         }
+                        this.prove_read(&file.version).await;
                         this.scans.release(&file.version);
                     }
                 })
                 .await;
         });
+    }
+
+    /// Asks S3 whether this volume may read `version`, unless its credentials showed that
+    /// already. A header learned from a tier other volumes fill proves nothing, and the open
+    /// of the file would then send the HeadObject: a scan asks for its files' proofs
+    /// together, not one after another as it opens them.
+    async fn prove_read(&self, version: &ObjectVersion) {
+        let store = self.fetcher.store();
+        if store.proves_read(&version.key, &version.etag) {
+            return;
+        }
+        if let Err(e) = store.head(&version.key).await {
+            tracing::debug!(key = %version.key, "header scan: read proof failed: {e}");
+        }
     }
 
     fn header_known(&self, version: &ObjectVersion) -> bool {
@@ -678,7 +693,10 @@ mod tests {
         let reader = reader(store.clone(), 1000);
         let file = reader.open(version(&info)).await;
         let first = reader.plan_read(&file, 0, 1000, None);
-        assert!(first.read_ahead.is_empty(), "a handle's first read prefetches nothing");
+        assert!(
+            first.read_ahead.is_empty(),
+            "a handle's first read prefetches nothing"
+        );
         let second = reader.plan_read(&file, 1000, 2000, None);
         assert_eq!(second.read_ahead.start, 2, "the block after the read");
         assert!(!second.read_ahead.is_empty());
@@ -688,7 +706,11 @@ mod tests {
             assert!(matches!(plan.route, Route::Blocks));
             assert!(plan.sweep.is_none(), "no disk cache, no sweep");
         }
-        assert_eq!(store.gets.load(Ordering::Relaxed), 0, "planning fetches nothing");
+        assert_eq!(
+            store.gets.load(Ordering::Relaxed),
+            0,
+            "planning fetches nothing"
+        );
     }
 
     #[tokio::test]
@@ -700,7 +722,11 @@ mod tests {
             ..ReadConfig::default()
         };
         let LoggedReader {
-            log, reader, version, _dir, ..
+            log,
+            reader,
+            version,
+            _dir,
+            ..
         } = logged_reader_with_disk("m.bin", &data, config);
         let file = reader.open(version).await;
         let mut sweeps = 0;
@@ -714,8 +740,14 @@ mod tests {
             routed_to_disk += usize::from(matches!(plan.route, Route::Disk));
         }
         assert_eq!(sweeps, 1, "a load starts one sweep");
-        assert!(routed_to_disk > 0, "reads of a file being loaded stream to disk");
-        assert!(log.ranges.lock().unwrap().is_empty(), "planning fetches nothing");
+        assert!(
+            routed_to_disk > 0,
+            "reads of a file being loaded stream to disk"
+        );
+        assert!(
+            log.ranges.lock().unwrap().is_empty(),
+            "planning fetches nothing"
+        );
     }
 
     #[tokio::test]

@@ -124,6 +124,11 @@ impl Fetcher {
         }
     }
 
+    /// The store blocks are fetched from (the volume's own credentials).
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
     /// The tiers this engine reads through.
     pub fn tiers(&self) -> &SharedTiers {
         &self.tiers

@@ -159,6 +159,14 @@ impl Setup {
         &self.data[(index * BS) as usize..((index + 1) * BS) as usize]
     }
 
+    /// Block `index` through the fetcher, from this setup's cache entry if it has one.
+    async fn read(&self, index: u64, priority: Priority) -> Bytes {
+        self.fetcher
+            .block(&self.version, self.entry.as_ref(), index, priority)
+            .await
+            .unwrap()
+    }
+
     fn in_memory(&self, index: u64) -> bool {
         let key = self.fetcher.block_key(&self.version, index);
         self.fetcher.tiers().memory().contains(&key)
@@ -191,11 +199,7 @@ async fn a_read_goes_to_the_disk_once_when_the_block_is_there_and_twice_when_it_
     let (entry, disk) = (s.entry.clone().unwrap(), s.disk.clone().unwrap());
     // Written by another process: on disk, not yet checked by this one.
     entry.entry.write_block(2, s.block(2)).unwrap();
-    let got = s
-        .fetcher
-        .block(&s.version, Some(&entry), 2, Priority::Demand)
-        .await
-        .unwrap();
+    let got = s.read(2, Priority::Demand).await;
     assert_eq!(&got[..], s.block(2));
     let looked = disk.stats.snapshot();
     assert_eq!((looked.hits, looked.misses), (1, 0), "one disk read");
@@ -217,17 +221,10 @@ async fn a_read_goes_to_the_disk_once_when_the_block_is_there_and_twice_when_it_
 async fn a_background_block_fetched_to_disk_stays_out_of_memory() {
     let s = setup(Some(1 << 30), true, 0);
     let entry = s.entry.clone().unwrap();
-    s.fetcher
-        .block(&s.version, Some(&entry), 0, Priority::Background)
-        .await
-        .unwrap();
+    s.read(0, Priority::Background).await;
     assert!(entry.is_checked(0) && !s.in_memory(0));
     // Read again: from disk, no GET.
-    let got = s
-        .fetcher
-        .block(&s.version, Some(&entry), 0, Priority::Demand)
-        .await
-        .unwrap();
+    let got = s.read(0, Priority::Demand).await;
     assert_eq!(&got[..], s.block(0));
     assert_eq!(s.store.ranges().len(), 1);
 }
@@ -264,11 +261,7 @@ async fn a_span_the_disk_turns_away_lands_in_memory() {
     s.fetcher.span(&s.version, &entry, 0, 3).await.unwrap();
     assert_eq!(s.store.ranges(), [bytes_of(0..3)]);
     assert!((0..3).all(|i| s.in_memory(i) && !entry.is_checked(i)));
-    let got = s
-        .fetcher
-        .block(&s.version, Some(&entry), 1, Priority::Demand)
-        .await
-        .unwrap();
+    let got = s.read(1, Priority::Demand).await;
     assert_eq!(&got[..], s.block(1));
     assert_eq!(s.store.ranges().len(), 1, "read from memory");
 }
@@ -320,11 +313,7 @@ async fn a_header_probe_answers_from_the_prefix_get_and_stores_the_joined_block(
     }
     assert!(entry.is_checked(0) && s.in_memory(0));
     assert_eq!(s.store.ranges(), [0..probe, probe..BS]);
-    let got = s
-        .fetcher
-        .block(&s.version, Some(&entry), 0, Priority::Demand)
-        .await
-        .unwrap();
+    let got = s.read(0, Priority::Demand).await;
     assert_eq!(&got[..], s.block(0));
     let again = s
         .fetcher
