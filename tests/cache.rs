@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::drop_page_cache;
 use common::mount::Mount;
 use common::s3::LocalServer;
 use common::suite::eventually;
@@ -15,23 +16,11 @@ const BUCKET: &str = "models";
 const MIB: u64 = 1 << 20;
 
 fn seed(server: &LocalServer, key: &str, size: u64, seed: u64) -> PathBuf {
-    server
-        .store()
-        .put_from_reader(BUCKET, key, common::PseudoRandomReader::new(seed, size))
-        .expect("seed object");
-    server.store().data_path(BUCKET, key).expect("source path")
+    common::seed_pseudo_random(server, key, size, seed)
 }
 
 fn mount(server: &LocalServer, cache: &Path, extra: &[&str]) -> Mount {
-    // An explicit limit: the default (keep 10% of the disk free) depends on the machine.
-    let mut args = vec![
-        "--cache-dir",
-        cache.to_str().expect("utf-8 path"),
-        "--cache-size",
-        "4GiB",
-    ];
-    args.extend_from_slice(extra);
-    Mount::new(&server.endpoint, "s3://models/m", &args)
+    common::mount::mount_with_cache(&server.endpoint, cache, "4GiB", extra)
 }
 
 fn assert_same_file(a: &Path, b: &Path) {
@@ -64,10 +53,6 @@ fn disk_usage(dir: &Path) -> u64 {
         }
     }
     total
-}
-
-fn drop_page_cache() {
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
 }
 
 #[test]

@@ -30,13 +30,7 @@ fn seed(server: &LocalServer, key: &str, len: usize, seed: u64) -> Vec<u8> {
 }
 
 fn mount(server: &LocalServer, cache: &Path) -> Mount {
-    let args = [
-        "--cache-dir",
-        cache.to_str().expect("utf-8 path"),
-        "--cache-size",
-        "1GiB",
-    ];
-    Mount::new(&server.endpoint, "s3://models/m", &args)
+    common::mount::mount_with_cache(&server.endpoint, cache, "1GiB", &[])
 }
 
 /// The cache entry directory whose map header names `key`.

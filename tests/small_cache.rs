@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::check::{free_local_addr, metric};
+use common::drop_page_cache;
 use common::mount::Mount;
 use common::s3::LocalServer;
 use modelfs_s3local::models::{parse_safetensors_header, Header, SafetensorsReader};
@@ -62,10 +63,6 @@ fn mount(server: &LocalServer, cache: &Path, size: &str, metrics: &str, extra: &
     ];
     args.extend_from_slice(extra);
     Mount::new(&server.endpoint, "s3://models/m", &args)
-}
-
-fn drop_page_cache() {
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
 }
 
 /// One test at a time: a test dropping the page cache would make another's loader read its

@@ -9,6 +9,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::drop_page_cache;
 use common::mount::Mount;
 use common::residency::{cache_data_file_of_size, resident_bytes};
 use common::s3::LocalServer;
@@ -18,29 +19,11 @@ const BUCKET: &str = "models";
 const MIB: u64 = 1 << 20;
 
 fn seed(server: &LocalServer, key: &str, size: u64, seed: u64) -> PathBuf {
-    server
-        .store()
-        .put_from_reader(BUCKET, key, common::PseudoRandomReader::new(seed, size))
-        .expect("seed object");
-    server.store().data_path(BUCKET, key).expect("source path")
+    common::seed_pseudo_random(server, key, size, seed)
 }
 
 fn mount(server: &LocalServer, cache: &Path, extra: &[&str]) -> Mount {
-    let mut args = vec![
-        "--cache-dir",
-        cache.to_str().expect("utf-8 path"),
-        "--cache-size",
-        "4GiB",
-    ];
-    args.extend_from_slice(extra);
-    Mount::new(&server.endpoint, "s3://models/m", &args)
-}
-
-fn drop_page_cache() {
-    // Dirty pages are not dropped: write them back first.
-    // SAFETY: sync(2) takes no arguments and cannot fail.
-    unsafe { libc::sync() };
-    std::fs::write("/proc/sys/vm/drop_caches", "3").expect("drop caches (needs root)");
+    common::mount::mount_with_cache(&server.endpoint, cache, "4GiB", extra)
 }
 
 fn same_bytes(a: &Path, b: &Path) -> bool {

@@ -177,3 +177,17 @@ impl Drop for Mount {
         }
     }
 }
+
+/// A mount of `s3://models/m` on `endpoint` with a disk cache at `cache` limited to `size` (an
+/// explicit limit: the default, keep 10% of the disk free, depends on the machine), plus
+/// `extra` flags.
+pub fn mount_with_cache(endpoint: &Endpoint, cache: &Path, size: &str, extra: &[&str]) -> Mount {
+    let mut args = vec![
+        "--cache-dir",
+        cache.to_str().expect("utf-8 path"),
+        "--cache-size",
+        size,
+    ];
+    args.extend_from_slice(extra);
+    Mount::new(endpoint, "s3://models/m", &args)
+}
