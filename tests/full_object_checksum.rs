@@ -35,24 +35,15 @@ fn mount(server: &LocalServer, cache: &Path) -> Mount {
 
 /// The cache entry directory whose map header names `key`.
 fn entry_dir(cache: &Path, key: &str) -> Option<PathBuf> {
-    let mut stack = vec![cache.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if e.file_name() == "map" {
-                let header = std::fs::read(&path).unwrap_or_default();
-                let named = header
-                    .get(..4096.min(header.len()))
-                    .is_some_and(|h| h.windows(key.len()).any(|w| w == key.as_bytes()));
-                if named {
-                    return path.parent().map(Path::to_path_buf);
-                }
-            }
-        }
-    }
-    None
+    common::residency::cache_entry_files(cache, "map")
+        .into_iter()
+        .find(|map| {
+            let header = std::fs::read(map).unwrap_or_default();
+            header
+                .get(..4096.min(header.len()))
+                .is_some_and(|h| h.windows(key.len()).any(|w| w == key.as_bytes()))
+        })
+        .and_then(|map| map.parent().map(Path::to_path_buf))
 }
 
 /// The entry's seal (`verified`), if it has one.

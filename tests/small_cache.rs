@@ -157,30 +157,21 @@ fn fetched_by(server: &LocalServer, model: &Model, load: impl FnOnce()) -> u64 {
 /// file's release on its own time, and an entry still held cannot make room for the next.
 fn wait_released(cache: &Path) {
     let held = || {
-        let mut stack = vec![cache.to_path_buf()];
-        while let Some(dir) = stack.pop() {
-            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                let path = e.path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else if e.file_name() == "map" {
-                    let Ok(map) = std::fs::File::open(&path) else {
-                        continue;
-                    };
-                    // SAFETY: a valid fd; the lock goes with the file at the end of the scope.
-                    let free = unsafe {
-                        libc::flock(
-                            std::os::fd::AsRawFd::as_raw_fd(&map),
-                            libc::LOCK_EX | libc::LOCK_NB,
-                        )
-                    } == 0;
-                    if !free {
-                        return true;
-                    }
-                }
-            }
-        }
-        false
+        common::residency::cache_entry_files(cache, "map")
+            .iter()
+            .any(|path| {
+                let Ok(map) = std::fs::File::open(path) else {
+                    return false;
+                };
+                // SAFETY: a valid fd; the lock goes with the file at the end of the scope.
+                let free = unsafe {
+                    libc::flock(
+                        std::os::fd::AsRawFd::as_raw_fd(&map),
+                        libc::LOCK_EX | libc::LOCK_NB,
+                    )
+                } == 0;
+                !free
+            })
     };
     assert!(
         common::suite::eventually(std::time::Duration::from_secs(10), || !held()),

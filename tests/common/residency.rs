@@ -31,6 +31,12 @@ pub fn resident_bytes(path: &Path) -> std::io::Result<u64> {
 
 /// The data files of the cache entries under `cache_dir` (`v1/objects/*/*/data`).
 pub fn cache_data_files(cache_dir: &Path) -> Vec<PathBuf> {
+    cache_entry_files(cache_dir, "data")
+}
+
+/// The files called `name` (`data`, `map`, `verified`) of the cache entries under
+/// `cache_dir`.
+pub fn cache_entry_files(cache_dir: &Path, name: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![cache_dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -38,7 +44,7 @@ pub fn cache_data_files(cache_dir: &Path) -> Vec<PathBuf> {
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if path.file_name().is_some_and(|n| n == "data") {
+            } else if path.file_name().is_some_and(|n| n == name) {
                 found.push(path);
             }
         }
