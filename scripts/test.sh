@@ -5,6 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh --with-tests
+
+# The build (target/) and the objects the tests seed (TMPDIR) take about 20 GiB: say so before
+# a full disk fails the tests one by one.
+for dir in . "${TMPDIR:-/tmp}"; do
+    free_gib=$(df -Pk "$dir" | awk 'NR == 2 { print int($4 / 1048576) }')
+    if (( free_gib < 20 )); then
+        echo "warning: $(realpath "$dir") has ${free_gib} GiB free; the suite needs about 20 GiB" >&2
+    fi
+done
 # pyenv shims and pip's user bin dir, where moto_server may land.
 export PATH="$PATH:$HOME/.local/bin"
 
