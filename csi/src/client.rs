@@ -1,11 +1,14 @@
-//! A gRPC channel to a plugin's Unix socket, as kubelet and the sidecars open one; for tests
-//! and tools.
+//! A gRPC channel to a plugin's Unix socket, as kubelet and the sidecars open one, and the
+//! volume capability kubelet sends with a mount; for tests and tools.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::proto::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
+use crate::proto::VolumeCapability;
 
 /// Deadline of every call on a channel from [`connect`]: longer than a slow mount
 /// ([`crate::mounter::MOUNT_TIMEOUT`]), so callers fail instead of hanging.
@@ -25,4 +28,16 @@ pub async fn connect(socket: &Path) -> Result<Channel, tonic::transport::Error> 
             }
         }))
         .await
+}
+
+/// A filesystem-mount capability in access `mode` with `mount_flags` (a PV's `mountOptions`),
+/// as kubelet puts it in a NodePublishVolume request.
+pub fn mount_capability(mode: Mode, mount_flags: Vec<String>) -> VolumeCapability {
+    VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume {
+            mount_flags,
+            ..MountVolume::default()
+        })),
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+    }
 }

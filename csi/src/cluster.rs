@@ -62,13 +62,12 @@ pub trait ClusterApi: Send + Sync + 'static {
         name: &str,
         key: &str,
     ) -> Result<Option<String>, ClusterError>;
-    /// Records an Event on `pod` (type Normal or Warning).
+    /// Records an Event of type Normal on `pod`.
     async fn pod_event(
         &self,
         pod: &PodRef,
         reason: &str,
         message: &str,
-        warning: bool,
     ) -> Result<(), ClusterError>;
 }
 
@@ -127,7 +126,6 @@ impl ClusterApi for KubeApi {
         pod: &PodRef,
         reason: &str,
         message: &str,
-        warning: bool,
     ) -> Result<(), ClusterError> {
         let events: kube::Api<Event> = kube::Api::namespaced(self.client().await?, &pod.namespace);
         let now = k8s_openapi::jiff::Timestamp::now();
@@ -147,7 +145,7 @@ impl ClusterApi for KubeApi {
             },
             reason: Some(reason.into()),
             message: Some(message.into()),
-            type_: Some(if warning { "Warning" } else { "Normal" }.into()),
+            type_: Some("Normal".into()),
             reporting_component: Some(crate::identity::DRIVER_NAME.into()),
             reporting_instance: std::env::var("NODE_NAME").ok(),
             event_time: Some(MicroTime(now)),

@@ -121,6 +121,31 @@ pub struct MountRequest<'a> {
     pub warm_any: &'a [Vec<String>],
 }
 
+impl MountRequest<'_> {
+    /// The error of a mount the mounter did not take, for `cause`.
+    fn failed(&self, cause: HandoffError) -> MountError {
+        MountError::MountFailed {
+            source_url: self.spec.source.clone(),
+            target: self.target.to_path_buf(),
+            cause,
+        }
+    }
+
+    /// What the node mounter is told about the volume it is to serve.
+    fn handoff(&self) -> VolumeHandoff {
+        VolumeHandoff {
+            volume_id: self.volume_id.to_string(),
+            target: self.target.to_path_buf(),
+            source: self.spec.source.clone(),
+            options: self.spec.options.clone(),
+            credentials: self.credentials.cloned(),
+            warm: self.spec.warm.patterns.clone(),
+            warm_any: self.warm_any.to_vec(),
+            warm_wait_ms: self.spec.warm.wait_ms,
+        }
+    }
+}
+
 /// Mounts FUSE connections and hands them to the node mounter.
 #[derive(Debug, Clone)]
 pub struct HandoffMounter {
@@ -136,72 +161,24 @@ impl HandoffMounter {
     }
 }
 
-/// The mount(2) data of a FUSE connection on `fd` owned by `uid`/`gid`: any user may enter
-/// (`allow_other`), and the kernel checks permission bits (`default_permissions`).
-fn fuse_mount_data(fd: i32, uid: u32, gid: u32) -> String {
-    format!("fd={fd},rootmode=40000,user_id={uid},group_id={gid},allow_other,default_permissions")
-}
-
 impl Mounter for HandoffMounter {
     fn check_ready(&self) -> Result<(), MountError> {
         self.client.ping().map_err(MountError::MounterUnavailable)
     }
 
     fn mount(&self, request: &MountRequest<'_>) -> Result<Option<WarmOutcome>, MountError> {
-        use nix::mount::MsFlags;
-        let MountRequest {
-            volume_id,
-            spec,
-            target,
-            credentials,
-            warm_any,
-        } = *request;
         self.check_ready()?;
-        let kernel = |message: String| MountError::Kernel {
-            source_url: spec.source.clone(),
-            target: target.to_path_buf(),
-            message,
-        };
-        let fuse = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open("/dev/fuse")
-            .map_err(|e| kernel(format!("cannot open /dev/fuse: {e}")))?;
-        // SAFETY: geteuid/getegid have no preconditions.
-        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-        let data = fuse_mount_data(fuse.as_raw_fd(), uid, gid);
-        nix::mount::mount(
-            Some(spec.source.as_str()),
-            target,
-            Some("fuse.modelfs"),
-            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some(data.as_str()),
-        )
-        .map_err(|e| kernel(e.desc().to_string()))?;
+        let target = request.target;
+        let fuse = mount_fuse(&request.spec.source, target)?;
         if let Err(e) = modelfs_fs::mount::set_read_ahead(target, modelfs_fs::mount::READ_AHEAD_KIB)
         {
-            tracing::info!(volume = %volume_id, "cannot raise read_ahead_kb of {}: {e}", target.display());
+            tracing::info!(volume = %request.volume_id, "cannot raise read_ahead_kb of {}: {e}", target.display());
         }
-        let handoff = VolumeHandoff {
-            volume_id: volume_id.to_string(),
-            target: target.to_path_buf(),
-            source: spec.source.clone(),
-            options: spec.options.clone(),
-            credentials: credentials.cloned(),
-            warm: spec.warm.patterns.clone(),
-            warm_any: warm_any.to_vec(),
-            warm_wait_ms: spec.warm.wait_ms,
-        };
         // On failure our descriptor closes here, the last one: the kernel aborts the
         // connection and the target answers ENOTCONN.
         self.client
-            .serve(handoff, fuse.as_fd())
-            .map_err(|cause| MountError::MountFailed {
-                source_url: spec.source.clone(),
-                target: target.to_path_buf(),
-                cause,
-            })
+            .serve(request.handoff(), fuse.as_fd())
+            .map_err(|cause| request.failed(cause))
     }
 
     fn refresh(&self, target: &Path, credentials: &VolumeCredentials) -> Result<(), MountError> {
@@ -223,6 +200,41 @@ impl Mounter for HandoffMounter {
     fn mount_state(&self, target: &Path) -> Result<MountState, MountError> {
         probe_mount_state(target)
     }
+}
+
+/// Opens a FUSE connection and mounts it read-only at `target`, naming `source`; returns the
+/// connection, which serves nothing until a daemon takes it.
+fn mount_fuse(source: &str, target: &Path) -> Result<std::fs::File, MountError> {
+    use nix::mount::MsFlags;
+    let kernel = |message: String| MountError::Kernel {
+        source_url: source.to_string(),
+        target: target.to_path_buf(),
+        message,
+    };
+    let fuse = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/fuse")
+        .map_err(|e| kernel(format!("cannot open /dev/fuse: {e}")))?;
+    // SAFETY: geteuid/getegid have no preconditions.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let data = fuse_mount_data(fuse.as_raw_fd(), uid, gid);
+    nix::mount::mount(
+        Some(source),
+        target,
+        Some("fuse.modelfs"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(data.as_str()),
+    )
+    .map_err(|e| kernel(e.desc().to_string()))?;
+    Ok(fuse)
+}
+
+/// The mount(2) data of a FUSE connection on `fd` owned by `uid`/`gid`: any user may enter
+/// (`allow_other`), and the kernel checks permission bits (`default_permissions`).
+fn fuse_mount_data(fd: i32, uid: u32, gid: u32) -> String {
+    format!("fd={fd},rootmode=40000,user_id={uid},group_id={gid},allow_other,default_permissions")
 }
 
 /// Unmounts the topmost mount at `target`: `umount2`, lazily when busy, and through
@@ -384,7 +396,7 @@ pub mod fake {
     use std::sync::Mutex;
 
     use super::{MountError, MountRequest, MountState, Mounter};
-    use crate::handoff::{VolumeCredentials, WarmOutcome};
+    use crate::handoff::{HandoffError, VolumeCredentials, WarmOutcome};
     use crate::volume_context::MountSpec;
 
     /// State of the fake.
@@ -435,9 +447,9 @@ pub mod fake {
         fn check_ready(&self) -> Result<(), MountError> {
             let state = self.state.lock().unwrap();
             match &state.unavailable {
-                Some(message) => Err(MountError::MounterUnavailable(
-                    crate::handoff::HandoffError::Refused(message.clone()),
-                )),
+                Some(message) => Err(MountError::MounterUnavailable(HandoffError::Refused(
+                    message.clone(),
+                ))),
                 None => Ok(()),
             }
         }
@@ -453,11 +465,7 @@ pub mod fake {
             self.check_ready()?;
             let mut state = self.state.lock().unwrap();
             if let Some(message) = state.fail_next_mount.take() {
-                return Err(MountError::MountFailed {
-                    source_url: spec.source.clone(),
-                    target: target.to_path_buf(),
-                    cause: crate::handoff::HandoffError::Refused(message),
-                });
+                return Err(request.failed(HandoffError::Refused(message)));
             }
             assert!(
                 target.is_dir(),

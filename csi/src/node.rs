@@ -228,7 +228,8 @@ pub struct NodeServer<M: Mounter> {
     state: StateStore,
     busy: Mutex<HashSet<PathBuf>>,
     ready: AtomicBool,
-    credentials: Arc<dyn CredentialSource>,
+    /// Where pod credentials come from; `None`: every pod volume is refused.
+    credentials: Option<Arc<dyn CredentialSource>>,
     /// The API server (ConfigMaps of `warmWorkflow`, Events on pods), and where to call it.
     cluster: Option<(Arc<dyn ClusterApi>, tokio::runtime::Handle)>,
     /// The pod credentials each target was last given, and the digest of the token they
@@ -240,22 +241,6 @@ pub struct NodeServer<M: Mounter> {
 struct Issued {
     token_digest: [u8; 32],
     credentials: VolumeCredentials,
-}
-
-/// The source of a node without pod credentials: every pod volume is refused.
-struct NoCredentialSource;
-
-impl CredentialSource for NoCredentialSource {
-    fn exchange(
-        &self,
-        pod: &PodIdentity,
-        _region: Option<&str>,
-    ) -> Result<VolumeCredentials, CredentialError> {
-        Err(CredentialError::Unavailable {
-            account: pod.describe(),
-            message: "this plugin has no credential source".to_string(),
-        })
-    }
 }
 
 /// Marks a target busy until dropped.
@@ -288,7 +273,7 @@ impl<M: Mounter> NodeServer<M> {
             state,
             busy: Mutex::new(HashSet::new()),
             ready: AtomicBool::new(false),
-            credentials: Arc::new(NoCredentialSource),
+            credentials: None,
             cluster: None,
             issued: Mutex::new(HashMap::new()),
         }
@@ -345,14 +330,14 @@ impl<M: Mounter> NodeServer<M> {
         } else {
             "ModelsWarming"
         };
-        if let Err(e) = runtime.block_on(api.pod_event(pod, reason, &outcome.message, false)) {
+        if let Err(e) = runtime.block_on(api.pod_event(pod, reason, &outcome.message)) {
             tracing::warn!(volume = %req.volume_id, "{e}");
         }
     }
 
     /// The same server, getting pod credentials from `source`.
     pub fn with_credential_source(mut self, source: Arc<dyn CredentialSource>) -> NodeServer<M> {
-        self.credentials = source;
+        self.credentials = Some(source);
         self
     }
 
@@ -373,7 +358,14 @@ impl<M: Mounter> NodeServer<M> {
                 }
             }
         }
-        Ok((self.credentials.exchange(pod, spec.region())?, true))
+        let source = self
+            .credentials
+            .as_ref()
+            .ok_or_else(|| CredentialError::Unavailable {
+                account: pod.describe(),
+                message: "this plugin has no credential source".to_string(),
+            })?;
+        Ok((source.exchange(pod, spec.region())?, true))
     }
 
     fn remember(&self, target: &Path, pod: &PodIdentity, credentials: VolumeCredentials) {
@@ -745,18 +737,19 @@ pub fn publish_request<M: Mounter>(
     })
 }
 
-/// Runs `f` off the async threads; its error becomes the status for `operation` of
-/// `volume_id` ([`NodeError::status`]).
-async fn blocking<T: Send + 'static>(
+/// Runs `f` off the async threads and answers with the (empty) response `R`; an error of `f`
+/// becomes the status for `operation` of `volume_id` ([`NodeError::status`]).
+async fn blocking<R: Default>(
     operation: &str,
     volume_id: &str,
     source: Option<&str>,
-    f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
-) -> Result<T, Status> {
+    f: impl FnOnce() -> Result<(), NodeError> + Send + 'static,
+) -> Result<Response<R>, Status> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Status::internal(format!("worker failed: {e}")))?
-        .map_err(|e| e.status(operation, volume_id, source))
+        .map_err(|e| e.status(operation, volume_id, source))?;
+    Ok(Response::new(R::default()))
 }
 
 #[tonic::async_trait]
@@ -773,8 +766,7 @@ impl<M: Mounter> proto::node_server::Node for NodeService<M> {
         blocking("publishing", &volume_id, Some(&source), move || {
             inner.publish(&req)
         })
-        .await?;
-        Ok(Response::new(proto::NodePublishVolumeResponse {}))
+        .await
     }
 
     async fn node_unpublish_volume(
@@ -794,8 +786,7 @@ impl<M: Mounter> proto::node_server::Node for NodeService<M> {
         blocking("unpublishing", &volume_id, None, move || {
             inner.unpublish(&req.volume_id, &target)
         })
-        .await?;
-        Ok(Response::new(proto::NodeUnpublishVolumeResponse {}))
+        .await
     }
 
     async fn node_get_capabilities(
@@ -823,12 +814,13 @@ impl<M: Mounter> proto::node_server::Node for NodeService<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::mount_capability;
     use crate::mounter::fake::FakeMounter;
     use crate::pod_identity::{POD_NAMESPACE, SERVICE_ACCOUNT_NAME, SERVICE_ACCOUNT_TOKENS};
     use crate::volume_context::{
         AUTHENTICATION_SOURCE, BUCKET, ENDPOINT_URL, EPHEMERAL, NO_SIGN_REQUEST, PREFIX,
     };
-    use proto::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
+    use proto::volume_capability::{access_mode::Mode, AccessType};
 
     struct Fixture {
         server: Arc<NodeServer<FakeMounter>>,
@@ -879,12 +871,7 @@ mod tests {
         proto::NodePublishVolumeRequest {
             volume_id: volume.into(),
             target_path: target.to_string_lossy().into_owned(),
-            volume_capability: Some(proto::VolumeCapability {
-                access_type: Some(AccessType::Mount(MountVolume::default())),
-                access_mode: Some(AccessMode {
-                    mode: Mode::MultiNodeReaderOnly as i32,
-                }),
-            }),
+            volume_capability: Some(mount_capability(Mode::MultiNodeReaderOnly, Vec::new())),
             readonly: true,
             volume_context: [
                 (BUCKET.to_string(), bucket.to_string()),
@@ -893,6 +880,13 @@ mod tests {
             .into(),
             ..Default::default()
         }
+    }
+
+    /// Volume `vol-1` of bucket `models` at `target`, read through the S3 endpoint `url`.
+    fn endpoint_request(target: &Path, url: &str) -> proto::NodePublishVolumeRequest {
+        let mut req = request("vol-1", target, "models");
+        req.volume_context.insert(ENDPOINT_URL.into(), url.into());
+        req
     }
 
     /// STS in a box: each exchange issues key `KEY-<token>-<n>`; the roles of service
@@ -1010,6 +1004,23 @@ mod tests {
         let err = publish(&f, &inline_driver).unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.to_string().contains(AUTHENTICATION_SOURCE), "{err}");
+    }
+
+    #[test]
+    fn pod_volumes_are_unavailable_on_a_plugin_without_a_credential_source() {
+        let f = fixture();
+        let bare = NodeServer::new(
+            f.server.config().clone(),
+            f.mounter.clone(),
+            StateStore::open(&f.state_dir).unwrap(),
+        );
+        let target = f.pods.join("pod-c/mount");
+        let req = publish_request(&bare, &pod_request(&target, "sa", "tok1")).unwrap();
+        let err = bare.publish(&req).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert!(err.to_string().contains("no credential source"), "{err}");
+        assert_eq!(f.mounter.depth(&target), 0);
+        assert_eq!(*f.credentials.exchanges.lock().unwrap(), 0);
     }
 
     fn publish(f: &Fixture, req: &proto::NodePublishVolumeRequest) -> Result<(), NodeError> {
@@ -1144,30 +1155,22 @@ mod tests {
         let err = publish(&f, &request("vol-1", &target, "models")).unwrap_err();
         let status = err.status("publishing", "vol-1", None);
         assert_eq!(status.code(), tonic::Code::Unavailable);
-        assert!(!status.message().contains("m.sock"), "{}", status.message());
-        assert!(
-            status.message().contains("not available"),
-            "{}",
-            status.message()
-        );
+        let message = status.message();
+        assert!(!message.contains("m.sock"), "{message}");
+        assert!(message.contains("not available"), "{message}");
     }
 
     #[test]
     fn errors_about_the_request_reach_kubelet_as_they_are() {
         let f = fixture();
         let target = f.pods.join("pod-a/mount");
-        let mut req = request("vol-1", &target, "models");
-        req.volume_context
-            .insert(ENDPOINT_URL.into(), "http://127.0.0.2:9".into());
+        let req = endpoint_request(&target, "http://127.0.0.2:9");
         let err = publish(&f, &req).unwrap_err();
         let status = err.status("publishing", "vol-1", None);
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
-        assert_eq!(status.message(), err.to_string());
-        assert!(
-            status.message().contains("endpointUrl="),
-            "{}",
-            status.message()
-        );
+        let message = status.message();
+        assert_eq!(message, err.to_string());
+        assert!(message.contains("endpointUrl="), "{message}");
         let status = Status::from(NodeError::InvalidArgument("volume_id is required".into()));
         assert_eq!(status.message(), "volume_id is required");
     }
@@ -1208,9 +1211,7 @@ mod tests {
             "https://other.example.com",
             "http://2852039166/",
         ] {
-            let mut r = good.clone();
-            r.volume_context.insert(ENDPOINT_URL.into(), url.into());
-            cases.push(("endpoint not allowed", r));
+            cases.push(("endpoint not allowed", endpoint_request(&target, url)));
         }
         let mut r = good.clone();
         r.volume_context
@@ -1244,9 +1245,7 @@ mod tests {
         let target = f.pods.join("pod-b/mount");
         let mut req = pod_request(&target, "sa", "tok1");
         req.readonly = false;
-        req.volume_capability.as_mut().unwrap().access_mode = Some(AccessMode {
-            mode: Mode::SingleNodeWriter as i32,
-        });
+        req.volume_capability = Some(mount_capability(Mode::SingleNodeWriter, Vec::new()));
         req.volume_context.insert(EPHEMERAL.into(), "true".into());
         req.volume_context
             .insert(PREFIX.into(), "checkpoints".into());
@@ -1303,10 +1302,7 @@ mod tests {
     fn a_dead_mount_whose_endpoint_is_no_longer_allowed_is_not_remounted() {
         let f = fixture();
         let target = f.pods.join("pod-a/mount");
-        let mut req = request("vol-1", &target, "models");
-        req.volume_context
-            .insert(ENDPOINT_URL.into(), LISTED.into());
-        publish(&f, &req).unwrap();
+        publish(&f, &endpoint_request(&target, LISTED)).unwrap();
         f.mounter.make_stale(&target);
 
         // The plugin restarts with the default policy, over the same records and mounts.

@@ -6,7 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
-use prost_types::{DescriptorProto, EnumDescriptorProto, FileDescriptorProto};
+use prost_types::{
+    DescriptorProto, EnumDescriptorProto, EnumValueDescriptorProto, FieldDescriptorProto,
+    FileDescriptorProto, MethodDescriptorProto, ServiceDescriptorProto,
+};
 
 fn compile(dir: &Path, file: &str) -> FileDescriptorProto {
     let set = protox::compile([file], [dir]).unwrap_or_else(|e| panic!("compile {file}: {e}"));
@@ -27,13 +30,18 @@ fn spec_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/csi-v1.12.0.proto")
 }
 
+/// The item of `spec` named like `ours` (`name` reads a descriptor's name); panics saying
+/// that `what` is not in the spec when there is none.
+fn counterpart<'a, T>(spec: &'a [T], ours: &T, name: fn(&T) -> &str, what: &str) -> &'a T {
+    spec.iter()
+        .find(|theirs| name(theirs) == name(ours))
+        .unwrap_or_else(|| panic!("{what} is not in the spec"))
+}
+
 fn compare_enum(path: &str, ours: &EnumDescriptorProto, spec: &EnumDescriptorProto) {
     for value in &ours.value {
-        let theirs = spec
-            .value
-            .iter()
-            .find(|v| v.name() == value.name())
-            .unwrap_or_else(|| panic!("{path}.{} is not in the spec", value.name()));
+        let what = format!("{path}.{}", value.name());
+        let theirs = counterpart(&spec.value, value, EnumValueDescriptorProto::name, &what);
         assert_eq!(value.number(), theirs.number(), "{path}.{}", value.name());
     }
 }
@@ -43,12 +51,9 @@ fn compare_message(path: &str, ours: &DescriptorProto, spec: &DescriptorProto) {
         index.map(|i| m.oneof_decl[i as usize].name().to_string())
     };
     for field in &ours.field {
-        let theirs = spec
-            .field
-            .iter()
-            .find(|f| f.name() == field.name())
-            .unwrap_or_else(|| panic!("field {path}.{} is not in the spec", field.name()));
         let where_ = format!("{path}.{}", field.name());
+        let what = format!("field {where_}");
+        let theirs = counterpart(&spec.field, field, FieldDescriptorProto::name, &what);
         assert_eq!(field.number(), theirs.number(), "{where_}: number");
         assert_eq!(field.r#type(), theirs.r#type(), "{where_}: type");
         assert_eq!(field.type_name(), theirs.type_name(), "{where_}: type name");
@@ -60,20 +65,14 @@ fn compare_message(path: &str, ours: &DescriptorProto, spec: &DescriptorProto) {
         );
     }
     for nested in &ours.nested_type {
-        let theirs = spec
-            .nested_type
-            .iter()
-            .find(|m| m.name() == nested.name())
-            .unwrap_or_else(|| panic!("{path}.{} is not in the spec", nested.name()));
-        compare_message(&format!("{path}.{}", nested.name()), nested, theirs);
+        let what = format!("{path}.{}", nested.name());
+        let theirs = counterpart(&spec.nested_type, nested, DescriptorProto::name, &what);
+        compare_message(&what, nested, theirs);
     }
     for e in &ours.enum_type {
-        let theirs = spec
-            .enum_type
-            .iter()
-            .find(|x| x.name() == e.name())
-            .unwrap_or_else(|| panic!("{path}.{} is not in the spec", e.name()));
-        compare_enum(&format!("{path}.{}", e.name()), e, theirs);
+        let what = format!("{path}.{}", e.name());
+        let theirs = counterpart(&spec.enum_type, e, EnumDescriptorProto::name, &what);
+        compare_enum(&what, e, theirs);
     }
 }
 
@@ -99,19 +98,11 @@ fn local_proto_matches_the_csi_v1_12_spec() {
     let ours = ours();
     assert_eq!(ours.package(), spec.package());
     for service in &ours.service {
-        let theirs = spec
-            .service
-            .iter()
-            .find(|s| s.name() == service.name())
-            .unwrap_or_else(|| panic!("service {} is not in the spec", service.name()));
+        let what = format!("service {}", service.name());
+        let theirs = counterpart(&spec.service, service, ServiceDescriptorProto::name, &what);
         for method in &service.method {
-            let m = theirs
-                .method
-                .iter()
-                .find(|m| m.name() == method.name())
-                .unwrap_or_else(|| {
-                    panic!("{}.{} is not in the spec", service.name(), method.name())
-                });
+            let what = format!("{}.{}", service.name(), method.name());
+            let m = counterpart(&theirs.method, method, MethodDescriptorProto::name, &what);
             assert_eq!(method.input_type(), m.input_type(), "{}", method.name());
             assert_eq!(method.output_type(), m.output_type(), "{}", method.name());
             assert_eq!(method.client_streaming(), m.client_streaming());
@@ -119,20 +110,11 @@ fn local_proto_matches_the_csi_v1_12_spec() {
         }
     }
     for message in &ours.message_type {
-        let theirs = spec
-            .message_type
-            .iter()
-            .find(|m| m.name() == message.name())
-            .unwrap_or_else(|| panic!("message {} is not in the spec", message.name()));
+        let what = format!("message {}", message.name());
+        let theirs = counterpart(&spec.message_type, message, DescriptorProto::name, &what);
         compare_message(message.name(), message, theirs);
-    }
-    // Every field of every message we declare is in ours too (no silently dropped field).
-    for message in &ours.message_type {
-        let theirs = spec
-            .message_type
-            .iter()
-            .find(|m| m.name() == message.name())
-            .expect("checked above");
+        // Every field the spec declares for the message is in ours too (no silently dropped
+        // field).
         for field in &theirs.field {
             assert!(
                 message.field.iter().any(|f| f.name() == field.name()),
