@@ -30,6 +30,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -337,6 +338,11 @@ impl Fixture {
             Workload::LsLR => Vec::new(),
         };
         self.resident(&rels);
+    }
+
+    /// The deadline of a run starting now: past it, a workload stops where it is.
+    fn deadline(&self) -> Deadline {
+        Deadline(Instant::now() + self.config.deadline)
     }
 
     /// Reads the objects at `rels` into the page cache from the endpoint's disk (see
@@ -812,10 +818,7 @@ fn mmap_load(path: &Path, dl: &Deadline) -> std::io::Result<Outcome> {
     let mut out = Outcome::default();
     let mut sum = 0u64;
     for t in &tensors {
-        let (a, b) = (
-            header.data_start + t.data_offsets.0,
-            header.data_start + t.data_offsets.1,
-        );
+        let Range { start: a, end: b } = header.file_range(t);
         let mut off = a;
         while off < b {
             sum = sum.wrapping_add(map[off as usize] as u64);
@@ -843,15 +846,10 @@ fn mmap_load(path: &Path, dl: &Deadline) -> std::io::Result<Outcome> {
 fn pread8(path: &Path, dl: &Deadline) -> std::io::Result<Outcome> {
     let file = Arc::new(File::open(path)?);
     let header = read_header(&file)?;
-    let mut ranges: Vec<(u64, u64)> = header
+    let mut ranges: Vec<Range<u64>> = header
         .tensors
         .iter()
-        .map(|t| {
-            (
-                header.data_start + t.data_offsets.0,
-                header.data_start + t.data_offsets.1,
-            )
-        })
+        .map(|t| header.file_range(t))
         .collect();
     ranges.shuffle(&mut StdRng::seed_from_u64(42));
     let ranges = Arc::new(ranges);
@@ -872,12 +870,12 @@ fn pread8(path: &Path, dl: &Deadline) -> std::io::Result<Outcome> {
                 let mut buf = vec![0u8; PREAD_CHUNK as usize];
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&(a, b)) = ranges.get(i) else {
+                    let Some(range) = ranges.get(i) else {
                         return Ok(());
                     };
-                    let mut off = a;
-                    while off < b {
-                        let n = (b - off).min(PREAD_CHUNK) as usize;
+                    let mut off = range.start;
+                    while off < range.end {
+                        let n = (range.end - off).min(PREAD_CHUNK) as usize;
                         file.read_exact_at(&mut buf[..n], off)?;
                         off += n as u64;
                         bytes.fetch_add(n as u64, Ordering::Relaxed);
@@ -1123,6 +1121,19 @@ struct Measured {
     runs: Vec<f64>,
 }
 
+impl Measured {
+    /// A run of no daemon (the link limit, the local file): its time and outcome only.
+    fn without_daemon((seconds, outcome): (f64, Outcome)) -> Measured {
+        Measured {
+            seconds,
+            outcome,
+            peak_rss_kib: None,
+            daemon_cpu_s: None,
+            runs: Vec::new(),
+        }
+    }
+}
+
 /// Times one measured run. With `MODELFS_BENCH_MARKS` set, prints the run's start and end as
 /// Unix times to stderr, so a system-wide profile (`perf record -k CLOCK_REALTIME`) can be cut
 /// to the measured window.
@@ -1167,20 +1178,12 @@ fn run_case(
     w: Workload,
     mib: u64,
 ) -> Result<Measured, String> {
-    let deadline = || Deadline(Instant::now() + fx.config.deadline);
     let io = |e: std::io::Error| e.to_string();
     match (system, mode) {
         (System::Limit, _) => {
             fx.endpoint_resident(w, mib);
             back_memory(mib);
-            let (seconds, outcome) = timed(|| run_limit(fx, w, mib))?;
-            Ok(Measured {
-                seconds,
-                outcome,
-                peak_rss_kib: None,
-                daemon_cpu_s: None,
-                runs: Vec::new(),
-            })
+            timed(|| run_limit(fx, w, mib)).map(Measured::without_daemon)
         }
         (System::Local, _) => {
             if mode == Mode::Warm {
@@ -1188,43 +1191,22 @@ fn run_case(
                 drop_caches();
             }
             back_memory(mib);
-            let (seconds, outcome) =
-                timed(|| run_workload(w, &fx.local, mib, &deadline()).map_err(io))?;
-            Ok(Measured {
-                seconds,
-                outcome,
-                peak_rss_kib: None,
-                daemon_cpu_s: None,
-                runs: Vec::new(),
-            })
+            timed(|| run_workload(w, &fx.local, mib, &fx.deadline()).map_err(io))
+                .map(Measured::without_daemon)
         }
         (System::Modelfs, _) => {
             let cache = fresh_dir(fx, "cache-modelfs");
             let mut mount = Mount::start(fx, system, Some(&cache), "modelfs")?;
             if mode == Mode::Warm {
                 // Fill the cache with the same pattern, then remount on the kept cache.
-                let fill = run_workload(w, &mount.path, mib, &deadline());
+                let fill = run_workload(w, &mount.path, mib, &fx.deadline());
                 mount.stop();
                 fill.map_err(io)?;
                 mount = Mount::start(fx, system, Some(&cache), "modelfs")?;
             }
-            drop_caches();
-            fx.endpoint_resident(w, mib);
-            back_memory(mib);
-            let cpu_before = mount.cpu_seconds();
-            let result = timed(|| run_workload(w, &mount.path, mib, &deadline()).map_err(io));
-            let daemon_cpu_s = mount.cpu_seconds().zip(cpu_before).map(|(a, b)| a - b);
-            let peak_rss_kib = mount.peak_rss_kib();
-            mount.save_metrics(fx, &format!("modelfs-{}-{}-{mib}", w.id(), mode.name()));
-            hold_for_inspection(&mount.path);
-            mount.stop();
-            let (seconds, outcome) = result?;
-            Ok(Measured {
-                seconds,
-                outcome,
-                peak_rss_kib,
-                daemon_cpu_s,
-                runs: Vec::new(),
+            measure_mount(fx, mount, w, mib, |mount| {
+                mount.save_metrics(fx, &format!("modelfs-{}-{}-{mib}", w.id(), mode.name()));
+                hold_for_inspection(&mount.path);
             })
         }
         (System::Mountpoint | System::MountpointCache, _) => {
@@ -1237,30 +1219,44 @@ fn run_case(
                     Workload::MmapLoad | Workload::Pread8 => Workload::Seq1M,
                     other => other,
                 };
-                let fill = run_workload(fill_w, &mount.path, mib, &deadline());
+                let fill = run_workload(fill_w, &mount.path, mib, &fx.deadline());
                 if let Err(e) = fill {
                     mount.stop();
                     return Err(e.to_string());
                 }
             }
-            drop_caches();
-            fx.endpoint_resident(w, mib);
-            back_memory(mib);
-            let cpu_before = mount.cpu_seconds();
-            let result = timed(|| run_workload(w, &mount.path, mib, &deadline()).map_err(io));
-            let daemon_cpu_s = mount.cpu_seconds().zip(cpu_before).map(|(a, b)| a - b);
-            let peak_rss_kib = mount.peak_rss_kib();
-            mount.stop();
-            let (seconds, outcome) = result?;
-            Ok(Measured {
-                seconds,
-                outcome,
-                peak_rss_kib,
-                daemon_cpu_s,
-                runs: Vec::new(),
-            })
+            measure_mount(fx, mount, w, mib, |_| {})
         }
     }
+}
+
+/// Measures `w` on `mount` from a dropped page cache, with the daemon's CPU time and peak
+/// memory, then unmounts; `before_unmount` sees the mount after the measured run.
+fn measure_mount(
+    fx: &Fixture,
+    mount: Mount,
+    w: Workload,
+    mib: u64,
+    before_unmount: impl FnOnce(&Mount),
+) -> Result<Measured, String> {
+    drop_caches();
+    fx.endpoint_resident(w, mib);
+    back_memory(mib);
+    let cpu_before = mount.cpu_seconds();
+    let result =
+        timed(|| run_workload(w, &mount.path, mib, &fx.deadline()).map_err(|e| e.to_string()));
+    let daemon_cpu_s = mount.cpu_seconds().zip(cpu_before).map(|(a, b)| a - b);
+    let peak_rss_kib = mount.peak_rss_kib();
+    before_unmount(&mount);
+    mount.stop();
+    let (seconds, outcome) = result?;
+    Ok(Measured {
+        seconds,
+        outcome,
+        peak_rss_kib,
+        daemon_cpu_s,
+        runs: Vec::new(),
+    })
 }
 
 /// The systems a workload case compares. Cold `cat` also runs mountpoint-s3 `--cache`: the
@@ -1379,7 +1375,7 @@ fn modelfs_loads(fx: &Fixture, cache_size: Option<&str>, rels: &[String]) -> Res
         fx.resident(std::slice::from_ref(rel));
         back_memory(file_bytes.as_ref().map_or(0, |len| len / MIB));
         fx.server.reset_stats();
-        let deadline = Deadline(Instant::now() + fx.config.deadline);
+        let deadline = fx.deadline();
         let result = file_bytes.and_then(|len| {
             let (seconds, outcome) =
                 timed(|| mmap_load(&path, &deadline).map_err(|e| e.to_string()))?;

@@ -125,50 +125,63 @@ def ratio(value, reference, digits=2):
     return f"{value / reference:.{digits}f}×" if reference else "–"
 
 
+def s3_share(c):
+    """The bytes S3 sent for case `c` ÷ the bytes of the files it loaded, "–" when none were sent."""
+    return ratio(c["s3_bytes"], c.get("file_bytes"), 3) if c["s3_bytes"] else "–"
+
+
+def against_no_cache_table(w, rows, title, intro, columns, cells):
+    """A section of `rows` under `title` and `intro`: one table row per cache, whose `columns`
+    `cells(c, ref)` fills, `ref` being the "modelfs, no cache" row (None when it is missing)."""
+    w(title)
+    w("")
+    w(intro)
+    w("")
+    w("| cache | " + " | ".join(columns) + " |")
+    w("|---|" + "---|" * len(columns))
+    ref = no_cache_row(rows)
+    for c in rows:
+        cache = c["system"].removeprefix("modelfs, ")
+        if "error" in c:
+            w(f"| {cache} | NOT MEASURED: {c['error']}" + " |" * len(columns))
+            continue
+        w(f"| {cache} | " + " | ".join(cells(c, ref)) + " |")
+    w("")
+
+
+def vs_no_cache(c, ref, key):
+    """Case `c`'s `key` ÷ the no-cache row's, "–" without that row."""
+    return ratio(c[key], ref[key] if ref else None)
+
+
+# The sections on caches smaller than the models (issue 24), each against no cache: its
+# `section` in the JSON, title (given the model size), intro, columns after the cache, and the
+# cells of one case `c` against the no-cache row `ref`.
+SMALL_CACHE_SECTIONS = [
+    ("small_cache",
+     "## A model larger than the disk cache (cold `load_file` of a {mib} MiB model)",
+     "safetensors `load_file` (mmap, tensors in name order) on a fresh modelfs mount whose"
+     " cache cannot hold the model, with no cache, and with a cache that can; one model, page"
+     " cache dropped. S3 bytes = what the endpoint sent during the load.",
+     ["time", "rate", "S3 bytes", "S3 ÷ file", "time ÷ no cache"],
+     lambda c, ref: [fmt_s(c), fmt_rate(c, "bytes"), gib(c["s3_bytes"]), s3_share(c),
+                     vs_no_cache(c, ref, "seconds")]),
+    ("alternate",
+     "## Two {mib} MiB models loaded alternately through a cache that holds one",
+     "The two models loaded one after the other, A B A B …, each load cold (page cache dropped"
+     " before it, not timed); time and S3 bytes summed over the loads.",
+     ["loads", "total time", "total S3 bytes", "S3 ÷ files loaded", "time ÷ no cache", "S3 ÷ no cache"],
+     lambda c, ref: [str(c["loads"]), fmt_s(c), gib(c["s3_bytes"]), s3_share(c),
+                     vs_no_cache(c, ref, "seconds"), vs_no_cache(c, ref, "s3_bytes")]),
+]
+
+
 def small_cache_sections(w, cases):
     """Caches smaller than the models (issue 24): time and the bytes S3 sent, against no cache."""
-    small = [c for c in cases if c["section"] == "small_cache"]
-    if small:
-        mib = small[0]["model_mib"]
-        w(f"## A model larger than the disk cache (cold `load_file` of a {mib} MiB model)")
-        w("")
-        w("safetensors `load_file` (mmap, tensors in name order) on a fresh modelfs mount whose"
-          " cache cannot hold the model, with no cache, and with a cache that can; one model, page"
-          " cache dropped. S3 bytes = what the endpoint sent during the load.")
-        w("")
-        w("| cache | time | rate | S3 bytes | S3 ÷ file | time ÷ no cache |")
-        w("|---|---|---|---|---|---|")
-        ref = no_cache_row(small)
-        for c in small:
-            if "error" in c:
-                w(f"| {c['system'].removeprefix('modelfs, ')} | NOT MEASURED: {c['error']} | | | | |")
-                continue
-            share = ratio(c["s3_bytes"], c.get("file_bytes"), 3) if c["s3_bytes"] else "–"
-            vs = ratio(c["seconds"], ref["seconds"] if ref else None)
-            w(f"| {c['system'].removeprefix('modelfs, ')} | {fmt_s(c)} | {fmt_rate(c, 'bytes')} | "
-              f"{gib(c['s3_bytes'])} | {share} | {vs} |")
-        w("")
-    alt = [c for c in cases if c["section"] == "alternate"]
-    if alt:
-        mib = alt[0]["model_mib"]
-        w(f"## Two {mib} MiB models loaded alternately through a cache that holds one")
-        w("")
-        w("The two models loaded one after the other, A B A B …, each load cold (page cache dropped"
-          " before it, not timed); time and S3 bytes summed over the loads.")
-        w("")
-        w("| cache | loads | total time | total S3 bytes | S3 ÷ files loaded | time ÷ no cache | S3 ÷ no cache |")
-        w("|---|---|---|---|---|---|---|")
-        ref = no_cache_row(alt)
-        for c in alt:
-            if "error" in c:
-                w(f"| {c['system'].removeprefix('modelfs, ')} | NOT MEASURED: {c['error']} | | | | | |")
-                continue
-            share = ratio(c["s3_bytes"], c.get("file_bytes"), 3) if c["s3_bytes"] else "–"
-            t = ratio(c["seconds"], ref["seconds"] if ref else None)
-            b = ratio(c["s3_bytes"], ref["s3_bytes"] if ref else None)
-            w(f"| {c['system'].removeprefix('modelfs, ')} | {c['loads']} | {fmt_s(c)} | {gib(c['s3_bytes'])} | "
-              f"{share} | {t} | {b} |")
-        w("")
+    for section, title, intro, columns, cells in SMALL_CACHE_SECTIONS:
+        rows = [c for c in cases if c["section"] == section]
+        if rows:
+            against_no_cache_table(w, rows, title.format(mib=rows[0]["model_mib"]), intro, columns, cells)
 
 
 def cost_section(w, meta, cases):

@@ -7,12 +7,11 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::Client;
 use modelfs_s3local::faults::Op;
-use modelfs_s3local::{Fault, LocalS3, LocalS3Config, Rule};
+use modelfs_s3local::{Fault, LocalS3, Rule};
 
 mod common;
-use common::status;
+use common::{status, BUCKET};
 
-const BUCKET: &str = "models";
 const KEY: &str = "m/model.safetensors";
 /// Larger than the server's 256 KiB read chunk, so cuts land inside and between chunks.
 const LEN: usize = 700_000;
@@ -21,10 +20,9 @@ fn data() -> Vec<u8> {
     (0..LEN).map(|i| (i * 31 % 253) as u8).collect()
 }
 
+/// A server holding [`data`] under [`KEY`].
 fn server() -> (tempfile::TempDir, LocalS3) {
-    let root = tempfile::tempdir().expect("tempdir");
-    let server = LocalS3::start(LocalS3Config::new(root.path())).expect("start");
-    server.store().create_bucket(BUCKET).expect("bucket");
+    let (root, server) = common::server();
     server
         .store()
         .put_bytes(BUCKET, KEY, &data())
@@ -37,6 +35,13 @@ fn client(server: &LocalS3) -> Client {
     common::client_for(server, server.secret_key(), false)
 }
 
+/// [`server`] and a [`client`] of it.
+fn server_and_client() -> (tempfile::TempDir, LocalS3, Client) {
+    let (root, server) = server();
+    let client = client(&server);
+    (root, server, client)
+}
+
 /// What one GetObject of `range` brought: the announced length, the body bytes (with the
 /// time each chunk arrived) and whether the body ended with an error.
 struct Got {
@@ -47,13 +52,7 @@ struct Got {
 }
 
 async fn get(client: &Client, range: Option<&str>) -> Result<Got, SdkError<GetObjectError>> {
-    let out = client
-        .get_object()
-        .bucket(BUCKET)
-        .key(KEY)
-        .set_range(range.map(str::to_string))
-        .send()
-        .await?;
+    let out = common::get_object(client, KEY, range).await?;
     let content_length = out.content_length();
     let mut body = out.body;
     let mut got = Got {
@@ -79,10 +78,19 @@ async fn get(client: &Client, range: Option<&str>) -> Result<Got, SdkError<GetOb
     Ok(got)
 }
 
+/// One GetObject of `range` with `fault` injected, by a new client (returned with what it
+/// got): after a wrong Content-Length the server closes the connection rather than send the
+/// rest, so the next request needs a connection of its own.
+async fn get_by_new_client(server: &LocalS3, fault: Fault, range: Option<&str>) -> (Client, Got) {
+    let client = client(server);
+    server.faults().set([Rule::get(fault).next(1)]);
+    let got = get(&client, range).await.expect("get");
+    (client, got)
+}
+
 #[tokio::test]
 async fn status_faults_answer_500_503_and_412_then_stop() {
-    let (_root, server) = server();
-    let client = client(&server);
+    let (_root, server, client) = server_and_client();
     let faults = server.faults();
     faults.set([
         Rule::get(Fault::InternalError).next(1),
@@ -149,8 +157,7 @@ async fn status_faults_answer_500_503_and_412_then_stop() {
 
 #[tokio::test]
 async fn a_reset_or_a_truncated_body_breaks_off_after_the_cut() {
-    let (_root, server) = server();
-    let client = client(&server);
+    let (_root, server, client) = server_and_client();
     let data = data();
     for (fault, cut) in [
         (Fault::Reset { after: 0 }, 0),
@@ -172,8 +179,7 @@ async fn a_reset_or_a_truncated_body_breaks_off_after_the_cut() {
 
 #[tokio::test]
 async fn a_stalled_body_pauses_then_completes() {
-    let (_root, server) = server();
-    let client = client(&server);
+    let (_root, server, client) = server_and_client();
     let pause = Duration::from_millis(1500);
     server
         .faults()
@@ -200,33 +206,23 @@ async fn content_length_disagreeing_with_the_body_and_extra_bytes() {
     let data = data();
     let range = Some("bytes=0-299999");
 
-    // Header short of the body: a well-formed response 1000 bytes short of the range (the
-    // server then closes the connection rather than send the rest: a new client each time).
-    let client = self::client(&server);
-    server
-        .faults()
-        .set([Rule::get(Fault::ContentLength { delta: -1000 }).next(1)]);
-    let got = get(&client, range).await.expect("get");
+    // Header short of the body: a well-formed response 1000 bytes short of the range.
+    let fault = Fault::ContentLength { delta: -1000 };
+    let (_, got) = get_by_new_client(&server, fault, range).await;
     assert_eq!(got.content_length, Some(299_000));
     assert!(!got.body_error);
     assert!(got.bytes == data[..299_000]);
 
     // Header past the body: the body ends before what the header promised.
-    let client = self::client(&server);
-    server
-        .faults()
-        .set([Rule::get(Fault::ContentLength { delta: 1000 }).next(1)]);
-    let got = get(&client, range).await.expect("get");
+    let fault = Fault::ContentLength { delta: 1000 };
+    let (_, got) = get_by_new_client(&server, fault, range).await;
     assert_eq!(got.content_length, Some(301_000));
     assert!(got.body_error, "the connection closes short of the header");
     assert!(got.bytes == data[..300_000]);
 
     // Bytes past the range, announced.
-    let client = self::client(&server);
-    server
-        .faults()
-        .set([Rule::get(Fault::ExtraBytes { extra: 77 }).next(1)]);
-    let got = get(&client, range).await.expect("get");
+    let fault = Fault::ExtraBytes { extra: 77 };
+    let (client, got) = get_by_new_client(&server, fault, range).await;
     assert_eq!(got.content_length, Some(300_077));
     assert!(!got.body_error);
     assert_eq!(got.bytes.len(), 300_077);
@@ -241,8 +237,7 @@ async fn content_length_disagreeing_with_the_body_and_extra_bytes() {
 
 #[tokio::test]
 async fn listings_come_in_pages_of_the_forced_size() {
-    let (_root, server) = server();
-    let client = client(&server);
+    let (_root, server, client) = server_and_client();
     for i in 0..10 {
         server
             .store()
@@ -283,8 +278,7 @@ async fn listings_come_in_pages_of_the_forced_size() {
 
 #[tokio::test]
 async fn rates_inject_the_seeded_share_of_requests() {
-    let (_root, server) = server();
-    let client = client(&server);
+    let (_root, server, client) = server_and_client();
     let faults = server.faults();
     faults.set_seed(42);
     faults.set([Rule::get(Fault::SlowDown).rate(0.25)]);

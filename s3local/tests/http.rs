@@ -11,15 +11,15 @@ use modelfs_s3local::models::{parse_safetensors_header, SafetensorsReader, Safet
 use modelfs_s3local::{LocalS3, LocalS3Config};
 
 mod common;
-use common::status;
+use common::{get_object, server, status, BUCKET};
 
-const BUCKET: &str = "models";
-
-/// A server with one bucket, and its temporary root.
-fn server() -> (tempfile::TempDir, LocalS3) {
-    let root = tempfile::tempdir().expect("tempdir");
-    let server = LocalS3::start(LocalS3Config::new(root.path())).expect("start");
-    server.store().create_bucket(BUCKET).expect("bucket");
+/// A server whose bucket holds `content` under `key`, written straight to its store.
+fn server_holding(key: &str, content: &[u8]) -> (tempfile::TempDir, LocalS3) {
+    let (root, server) = server();
+    server
+        .store()
+        .put_bytes(BUCKET, key, content)
+        .expect("seed");
     (root, server)
 }
 
@@ -39,12 +39,7 @@ fn md5_etag(data: &[u8]) -> String {
 }
 
 async fn get(client: &Client, key: &str, range: Option<&str>) -> (Vec<u8>, Option<String>) {
-    let out = client
-        .get_object()
-        .bucket(BUCKET)
-        .key(key)
-        .set_range(range.map(str::to_string))
-        .send()
+    let out = get_object(client, key, range)
         .await
         .unwrap_or_else(|e| panic!("GetObject {key} {range:?}: {e:?}"));
     let content_range = out.content_range().map(str::to_string);
@@ -85,16 +80,31 @@ async fn head(
     client.head_object().bucket(BUCKET).key(key).send().await
 }
 
+/// Every key in the bucket, in listing order, as the SDK's paginator gathers them.
+async fn all_keys(client: &Client) -> Vec<String> {
+    client
+        .list_objects_v2()
+        .bucket(BUCKET)
+        .into_paginator()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .expect("paginate")
+        .iter()
+        .flat_map(|page| {
+            page.contents()
+                .iter()
+                .map(|o| o.key().unwrap_or_default().to_string())
+        })
+        .collect()
+}
+
 /// The error of a GetObject of `key` that must fail.
 async fn get_error(
     client: &Client,
     key: &str,
 ) -> SdkError<aws_sdk_s3::operation::get_object::GetObjectError> {
-    client
-        .get_object()
-        .bucket(BUCKET)
-        .key(key)
-        .send()
+    get_object(client, key, None)
         .await
         .expect_err("GetObject must fail")
 }
@@ -209,22 +219,7 @@ async fn list_with_delimiter_and_pagination() {
     );
 
     // The paginator sees the same thing, and a listing without delimiter sees every key.
-    let all: Vec<String> = client
-        .list_objects_v2()
-        .bucket(BUCKET)
-        .into_paginator()
-        .send()
-        .collect::<Result<Vec<_>, _>>()
-        .await
-        .expect("paginate")
-        .iter()
-        .flat_map(|page| {
-            page.contents()
-                .iter()
-                .map(|o| o.key().unwrap_or_default().to_string())
-        })
-        .collect();
-    assert_eq!(all, keys);
+    assert_eq!(all_keys(&client).await, keys);
 
     let err = client
         .list_objects_v2()
@@ -238,11 +233,7 @@ async fn list_with_delimiter_and_pagination() {
 
 #[tokio::test]
 async fn url_encoded_listing() {
-    let (_root, server) = server();
-    server
-        .store()
-        .put_bytes(BUCKET, "sp ace/ü+x.bin", b"x")
-        .expect("seed");
+    let (_root, server) = server_holding("sp ace/ü+x.bin", b"x");
     let client = client(&server);
     let out = client
         .list_objects_v2()
@@ -257,9 +248,8 @@ async fn url_encoded_listing() {
 
 #[tokio::test]
 async fn ranged_gets() {
-    let (_root, server) = server();
     let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 249) as u8).collect();
-    server.store().put_bytes(BUCKET, "r", &data).expect("seed");
+    let (_root, server) = server_holding("r", &data);
     server
         .store()
         .put_bytes(BUCKET, "empty", b"")
@@ -289,12 +279,7 @@ async fn ranged_gets() {
         ("empty", "bytes=0-"),
         ("empty", "bytes=-1"),
     ] {
-        let err = client
-            .get_object()
-            .bucket(BUCKET)
-            .key(key)
-            .range(range)
-            .send()
+        let err = get_object(&client, key, Some(range))
             .await
             .expect_err("unsatisfiable");
         assert_eq!(status(&err), Some(416), "{key} {range}");
@@ -427,28 +412,14 @@ async fn weird_keys_round_trip() {
             format!("content {i}").as_bytes()
         );
     }
-    let listed: Vec<String> = client
-        .list_objects_v2()
-        .bucket(BUCKET)
-        .send()
-        .await
-        .expect("list")
-        .contents()
-        .iter()
-        .map(|o| o.key().unwrap_or_default().to_string())
-        .collect();
     let mut expected: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
     expected.sort();
-    assert_eq!(listed, expected);
+    assert_eq!(all_keys(&client).await, expected);
 }
 
 #[tokio::test]
 async fn bad_signatures_are_rejected() {
-    let (_root, server) = server();
-    server
-        .store()
-        .put_bytes(BUCKET, "k", b"secret")
-        .expect("seed");
+    let (_root, server) = server_holding("k", b"secret");
     let wrong = client_with_secret(&server, "not-the-secret");
     let err = get_error(&wrong, "k").await;
     assert_eq!(status(&err), Some(403));
@@ -579,21 +550,14 @@ async fn objects_survive_a_restart() {
 
 #[test]
 fn usable_from_plain_tests() {
-    let (_root, server) = server();
-    server.store().put_bytes(BUCKET, "k", b"v").expect("seed");
+    let (_root, server) = server_holding("k", b"v");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let client = client(&server);
     let body = runtime.block_on(async {
-        let out = client
-            .get_object()
-            .bucket(BUCKET)
-            .key("k")
-            .send()
-            .await
-            .expect("get");
+        let out = get_object(&client, "k", None).await.expect("get");
         out.body.collect().await.expect("body").into_bytes()
     });
     assert_eq!(&body[..], b"v");

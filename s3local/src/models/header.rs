@@ -1,5 +1,7 @@
 //! Reading back a safetensors header: a small validator for tests that check what they read.
 
+use std::ops::Range;
+
 use serde_json::Value;
 
 use super::dtype::Dtype;
@@ -69,6 +71,11 @@ impl Header {
     /// The tensor named `name`.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// Where `tensor`'s bytes lie in the file: its `data_offsets` moved past the header.
+    pub fn file_range(&self, tensor: &TensorInfo) -> Range<u64> {
+        self.data_start + tensor.data_offsets.0..self.data_start + tensor.data_offsets.1
     }
 }
 

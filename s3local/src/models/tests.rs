@@ -62,10 +62,10 @@ fn float_tensors_hold_finite_values() {
     let spec = SafetensorsSpec::new(9, 2 << 20);
     let bytes = generate(&spec);
     let header = parse_safetensors_header(&bytes).expect("parse");
-    let start = header.data_start as usize;
     let mut checked = 0;
     for t in header.tensors.iter().filter(|t| t.dtype == Dtype::F32) {
-        let data = &bytes[start + t.data_offsets.0 as usize..start + t.data_offsets.1 as usize];
+        let range = header.file_range(t);
+        let data = &bytes[range.start as usize..range.end as usize];
         for chunk in data.chunks_exact(4) {
             let v = f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
             assert!(v.is_finite() && v.abs() < 2.0);
@@ -143,10 +143,11 @@ fn header_validation() {
         out
     };
     let ok = r#"{"a":{"dtype":"F16","shape":[2],"data_offsets":[0,4]},"b":{"dtype":"U8","shape":[],"data_offsets":[4,5]}}"#;
-    assert_eq!(
-        parse_safetensors_header(&file(ok)).expect("ok").data_len(),
-        5
-    );
+    let header = parse_safetensors_header(&file(ok)).expect("ok");
+    assert_eq!(header.data_len(), 5);
+    let data_start = 8 + ok.len() as u64;
+    let b = header.tensor("b").expect("b");
+    assert_eq!(header.file_range(b), data_start + 4..data_start + 5);
     for bad in [
         r#"[]"#,
         r#"{"a":{"dtype":"F99","shape":[2],"data_offsets":[0,4]}}"#,

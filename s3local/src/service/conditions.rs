@@ -18,6 +18,20 @@ pub(crate) struct Preconditions<'a> {
     pub if_unmodified_since: Option<&'a Timestamp>,
 }
 
+/// The [`Preconditions`] of a request whose input has the four conditional fields (s3s
+/// generates `HeadObjectInput` and `GetObjectInput` as unrelated types).
+macro_rules! read_preconditions {
+    ($input:expr) => {
+        $crate::service::conditions::Preconditions {
+            if_match: $input.if_match.as_ref(),
+            if_none_match: $input.if_none_match.as_ref(),
+            if_modified_since: $input.if_modified_since.as_ref(),
+            if_unmodified_since: $input.if_unmodified_since.as_ref(),
+        }
+    };
+}
+pub(crate) use read_preconditions;
+
 /// How a read request must be answered.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Verdict {
@@ -29,7 +43,9 @@ pub(crate) enum Verdict {
     PreconditionFailed,
 }
 
-fn condition_matches(condition: &ETagCondition, meta: &ObjectMeta) -> bool {
+/// Whether an `If-Match` / `If-None-Match` `condition` names the object `meta` (`*` names
+/// any object).
+pub(crate) fn condition_matches(condition: &ETagCondition, meta: &ObjectMeta) -> bool {
     match condition {
         ETagCondition::Any => true,
         ETagCondition::ETag(etag) => meta.etag_matches(etag.value()),
@@ -96,16 +112,6 @@ mod tests {
 
     use super::*;
 
-    fn meta() -> ObjectMeta {
-        ObjectMeta {
-            key: "k".into(),
-            size: 10,
-            etag: "\"abc\"".into(),
-            last_modified: UNIX_EPOCH + Duration::from_millis(1_000_500),
-            checksum: None,
-        }
-    }
-
     fn etag(v: &str) -> ETagCondition {
         ETagCondition::ETag(ETag::Strong(v.into()))
     }
@@ -115,52 +121,39 @@ mod tests {
     }
 
     #[test]
-    fn etag_conditions() {
-        let m = meta();
-        let good = etag("abc");
-        let bad = etag("zzz");
-        let check = |if_match, if_none_match| {
-            Preconditions {
+    fn verdicts_follow_s3_precedence() {
+        use Verdict::{NotModified, PreconditionFailed, Proceed};
+
+        // Written half a second into second 1000, which is what HTTP dates compare.
+        let last_modified = UNIX_EPOCH + Duration::from_millis(1_000_500);
+        let m = ObjectMeta::fixture("k", "\"abc\"", last_modified);
+        let (good, bad, any) = (etag("abc"), etag("zzz"), ETagCondition::Any);
+        let (same, before) = (at(1000), at(999));
+        let cases = [
+            // (If-Match, If-None-Match, If-Modified-Since, If-Unmodified-Since) → verdict
+            (None, None, None, None, Proceed),
+            (Some(&good), None, None, None, Proceed),
+            (Some(&any), None, None, None, Proceed),
+            (Some(&bad), None, None, None, PreconditionFailed),
+            (None, Some(&good), None, None, NotModified),
+            (None, Some(&bad), None, None, Proceed),
+            (Some(&bad), Some(&bad), None, None, PreconditionFailed),
+            (None, None, Some(&same), None, NotModified),
+            (None, None, Some(&before), None, Proceed),
+            (None, None, None, Some(&same), Proceed),
+            (None, None, None, Some(&before), PreconditionFailed),
+            // A matching If-Match wins over a failing If-Unmodified-Since.
+            (Some(&good), None, None, Some(&before), Proceed),
+        ];
+        for (if_match, if_none_match, if_modified_since, if_unmodified_since, verdict) in cases {
+            let preconditions = Preconditions {
                 if_match,
                 if_none_match,
-                ..Preconditions::default()
-            }
-            .evaluate(&m)
-        };
-        assert_eq!(check(None, None), Verdict::Proceed);
-        assert_eq!(check(Some(&good), None), Verdict::Proceed);
-        assert_eq!(check(Some(&ETagCondition::Any), None), Verdict::Proceed);
-        assert_eq!(check(Some(&bad), None), Verdict::PreconditionFailed);
-        assert_eq!(check(None, Some(&good)), Verdict::NotModified);
-        assert_eq!(check(None, Some(&bad)), Verdict::Proceed);
-        assert_eq!(check(Some(&bad), Some(&bad)), Verdict::PreconditionFailed);
-    }
-
-    #[test]
-    fn date_conditions() {
-        let m = meta(); // modified at second 1000
-        let check = |if_modified_since, if_unmodified_since| {
-            Preconditions {
                 if_modified_since,
                 if_unmodified_since,
-                ..Preconditions::default()
-            }
-            .evaluate(&m)
-        };
-        let (same, before) = (at(1000), at(999));
-        assert_eq!(check(Some(&same), None), Verdict::NotModified);
-        assert_eq!(check(Some(&before), None), Verdict::Proceed);
-        assert_eq!(check(None, Some(&same)), Verdict::Proceed);
-        assert_eq!(check(None, Some(&before)), Verdict::PreconditionFailed);
-        // A matching If-Match wins over a failing If-Unmodified-Since.
-        let good = etag("abc");
-        let verdict = Preconditions {
-            if_match: Some(&good),
-            if_unmodified_since: Some(&before),
-            ..Preconditions::default()
+            };
+            assert_eq!(preconditions.evaluate(&m), verdict, "{preconditions:?}");
         }
-        .evaluate(&m);
-        assert_eq!(verdict, Verdict::Proceed);
     }
 
     #[test]

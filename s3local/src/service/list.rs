@@ -140,16 +140,7 @@ mod tests {
 
     fn index(keys: &[&str]) -> Index {
         keys.iter()
-            .map(|k| {
-                let meta = ObjectMeta {
-                    key: k.to_string(),
-                    size: k.len() as u64,
-                    etag: "\"e\"".into(),
-                    last_modified: UNIX_EPOCH,
-                    checksum: None,
-                };
-                (k.to_string(), meta)
-            })
+            .map(|k| (k.to_string(), ObjectMeta::fixture(k, "\"e\"", UNIX_EPOCH)))
             .collect()
     }
 

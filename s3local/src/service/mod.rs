@@ -31,7 +31,7 @@ use crate::shaping::{Pace, Shaper, Shaping};
 use crate::stats::{Counters, RequestStats};
 use crate::store::{FileStore, ObjectChecksum, ObjectMeta, StoreError};
 use body::FileBody;
-use conditions::{resolve_range, Preconditions, Verdict};
+use conditions::{condition_matches, read_preconditions, resolve_range, Preconditions, Verdict};
 use list::{list_page, Entry, ListQuery, Marker};
 use upload::{upload, UploadError};
 
@@ -148,6 +148,15 @@ impl LocalS3Service {
             "At least one of the pre-conditions you specified did not hold"
         )
     }
+
+    /// Refuses a read of `meta` with 412 or 304 when its `preconditions` say so.
+    fn check_read(&self, preconditions: &Preconditions, meta: &ObjectMeta) -> S3Result<()> {
+        match preconditions.evaluate(meta) {
+            Verdict::Proceed => Ok(()),
+            Verdict::PreconditionFailed => Err(self.precondition_failed()),
+            Verdict::NotModified => Err(not_modified(meta)),
+        }
+    }
 }
 
 fn no_such_bucket() -> S3Error {
@@ -262,6 +271,28 @@ impl ChecksumFields {
         }
         fields
     }
+}
+
+/// A HeadObject or GetObject answer (`$output`, two unrelated s3s types with these fields)
+/// describing the object `$meta`, with the `$checksum` fields, plus the fields only that
+/// answer has.
+macro_rules! read_output {
+    ($output:ident, $meta:expr, $checksum:expr, { $($field:ident: $value:expr),* $(,)? }) => {{
+        let meta: &ObjectMeta = $meta;
+        let checksum: ChecksumFields = $checksum;
+        $output {
+            checksum_crc64nvme: checksum.crc64nvme,
+            checksum_crc32c: checksum.crc32c,
+            checksum_crc32: checksum.crc32,
+            checksum_type: checksum.checksum_type,
+            accept_ranges: Some("bytes".to_string()),
+            content_type: Some(content_type(&meta.key).to_string()),
+            e_tag: Some(etag(meta)),
+            last_modified: Some(Timestamp::from(meta.last_modified)),
+            $($field: $value,)*
+            ..$output::default()
+        }
+    }};
 }
 
 fn checksum_mode_enabled(mode: Option<&ChecksumMode>) -> bool {
@@ -449,35 +480,16 @@ impl S3 for LocalS3Service {
         self.shaping_delay().await;
         let input = req.input;
         let meta = self.meta(&input.bucket, &input.key)?;
-        let preconditions = Preconditions {
-            if_match: input.if_match.as_ref(),
-            if_none_match: input.if_none_match.as_ref(),
-            if_modified_since: input.if_modified_since.as_ref(),
-            if_unmodified_since: input.if_unmodified_since.as_ref(),
-        };
-        match preconditions.evaluate(&meta) {
-            Verdict::Proceed => {}
-            Verdict::PreconditionFailed => return Err(self.precondition_failed()),
-            Verdict::NotModified => return Err(not_modified(&meta)),
-        }
+        self.check_read(&read_preconditions!(input), &meta)?;
         self.status_fault(Op::HeadObject)?;
         // A Range on HEAD is ignored (RFC 9110 allows it): the full length is reported.
         let checksum = ChecksumFields::of(
             meta.checksum,
             checksum_mode_enabled(input.checksum_mode.as_ref()),
         );
-        let output = HeadObjectOutput {
-            checksum_crc64nvme: checksum.crc64nvme,
-            checksum_crc32c: checksum.crc32c,
-            checksum_crc32: checksum.crc32,
-            checksum_type: checksum.checksum_type,
-            accept_ranges: Some("bytes".to_string()),
+        let output = read_output!(HeadObjectOutput, &meta, checksum, {
             content_length: Some(size_i64(meta.size)?),
-            content_type: Some(content_type(&meta.key).to_string()),
-            e_tag: Some(etag(&meta)),
-            last_modified: Some(Timestamp::from(meta.last_modified)),
-            ..HeadObjectOutput::default()
-        };
+        });
         Ok(S3Response::new(output))
     }
 
@@ -490,18 +502,7 @@ impl S3 for LocalS3Service {
         let store = Arc::clone(&self.store);
         let (bucket, key) = (input.bucket.clone(), input.key.clone());
         let (meta, file) = blocking(move || store.open_object(&bucket, &key)).await?;
-
-        let preconditions = Preconditions {
-            if_match: input.if_match.as_ref(),
-            if_none_match: input.if_none_match.as_ref(),
-            if_modified_since: input.if_modified_since.as_ref(),
-            if_unmodified_since: input.if_unmodified_since.as_ref(),
-        };
-        match preconditions.evaluate(&meta) {
-            Verdict::Proceed => {}
-            Verdict::PreconditionFailed => return Err(self.precondition_failed()),
-            Verdict::NotModified => return Err(not_modified(&meta)),
-        }
+        self.check_read(&read_preconditions!(input), &meta)?;
 
         let (window, content_range) = match &input.range {
             None => (0..meta.size, None),
@@ -536,20 +537,11 @@ impl S3 for LocalS3Service {
             meta.checksum,
             input.range.is_none() && checksum_mode_enabled(input.checksum_mode.as_ref()),
         );
-        let output = GetObjectOutput {
-            checksum_crc64nvme: checksum.crc64nvme,
-            checksum_crc32c: checksum.crc32c,
-            checksum_crc32: checksum.crc32,
-            checksum_type: checksum.checksum_type,
+        let output = read_output!(GetObjectOutput, &meta, checksum, {
             body: Some(body),
             content_length: Some(size_i64(content_length)?),
-            content_range,
-            content_type: Some(content_type(&meta.key).to_string()),
-            accept_ranges: Some("bytes".to_string()),
-            e_tag: Some(etag(&meta)),
-            last_modified: Some(Timestamp::from(meta.last_modified)),
-            ..GetObjectOutput::default()
-        };
+            content_range: content_range,
+        });
         Ok(S3Response::new(output))
     }
 
@@ -565,21 +557,16 @@ impl S3 for LocalS3Service {
         // Conditional writes: If-None-Match: * (create only) and If-Match (replace only
         // that version). Checked before the upload, which is enough for a test server.
         let current = self.store.head(&input.bucket, &input.key);
-        if let Some(condition) = &input.if_none_match {
-            let exists_matching = current.as_ref().is_some_and(|m| match condition.as_etag() {
-                None => true,
-                Some(tag) => m.etag_matches(tag.value()),
-            });
-            if exists_matching {
-                return Err(self.precondition_failed());
-            }
+        let current_matches = |condition| {
+            current
+                .as_ref()
+                .is_some_and(|m| condition_matches(condition, m))
+        };
+        if input.if_none_match.as_ref().is_some_and(current_matches) {
+            return Err(self.precondition_failed());
         }
         if let Some(condition) = &input.if_match {
-            let matches = current.as_ref().is_some_and(|m| match condition.as_etag() {
-                None => true,
-                Some(tag) => m.etag_matches(tag.value()),
-            });
-            if !matches {
+            if !current_matches(condition) {
                 return Err(match current {
                     None => no_such_key(),
                     Some(_) => self.precondition_failed(),

@@ -74,16 +74,30 @@ impl ObjectMeta {
 }
 
 #[cfg(test)]
+impl ObjectMeta {
+    /// An empty object `key` with no checksum, for unit tests of what looks at its name,
+    /// ETag (quoted) or time.
+    pub(crate) fn fixture(key: &str, etag: &str, last_modified: SystemTime) -> ObjectMeta {
+        ObjectMeta {
+            key: key.to_string(),
+            size: 0,
+            etag: etag.to_string(),
+            last_modified,
+            checksum: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     fn sample() -> ObjectMeta {
+        let last_modified = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
         ObjectMeta {
-            key: "a//b/../ü x".into(),
             size: 42,
-            etag: "\"0123abcd\"".into(),
-            last_modified: UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
             checksum: Some(ObjectChecksum::Crc64Nvme(0x0123_4567_89ab_cdef)),
+            ..ObjectMeta::fixture("a//b/../ü x", "\"0123abcd\"", last_modified)
         }
     }
 

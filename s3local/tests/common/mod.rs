@@ -1,11 +1,24 @@
-//! Helpers shared by the server's wire tests: an aws-sdk-s3 client for a server, and the
-//! status of a refused request.
+//! Helpers shared by the server's wire tests: a server with one bucket, an aws-sdk-s3 client
+//! for it, a GetObject, and the status of a refused request.
 
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::operation::get_object::{GetObjectError, GetObjectOutput};
 use aws_sdk_s3::Client;
-use modelfs_s3local::LocalS3;
+use modelfs_s3local::{LocalS3, LocalS3Config};
+
+/// The bucket every test server has.
+pub const BUCKET: &str = "models";
+
+/// A server with the empty bucket [`BUCKET`], and its temporary root (the server's files go
+/// when it is dropped).
+pub fn server() -> (tempfile::TempDir, LocalS3) {
+    let root = tempfile::tempdir().expect("tempdir");
+    let server = LocalS3::start(LocalS3Config::new(root.path())).expect("start");
+    server.store().create_bucket(BUCKET).expect("bucket");
+    (root, server)
+}
 
 /// A path-style client for `server`, signing with `secret`; with `retries` off each call is
 /// exactly one request.
@@ -28,6 +41,22 @@ pub fn client_for(server: &LocalS3, secret: &str, retries: bool) -> Client {
         builder.retry_config(RetryConfig::disabled())
     };
     Client::from_conf(builder.build())
+}
+
+/// GetObject of `key` in [`BUCKET`]; of the bytes `range` (an HTTP `Range` value) selects,
+/// when given.
+pub async fn get_object(
+    client: &Client,
+    key: &str,
+    range: Option<&str>,
+) -> Result<GetObjectOutput, SdkError<GetObjectError>> {
+    client
+        .get_object()
+        .bucket(BUCKET)
+        .key(key)
+        .set_range(range.map(str::to_string))
+        .send()
+        .await
 }
 
 /// The HTTP status of a failed request, when it got a response.
