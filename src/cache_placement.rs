@@ -89,38 +89,50 @@ fn device_of_nearest(path: &Path) -> anyhow::Result<(PathBuf, u64)> {
 mod tests {
     use super::*;
 
+    /// Accepted, or refused with an error that says each of these.
+    type Expected<'a> = Result<(), &'a [&'a str]>;
+
     #[test]
-    fn a_cache_on_the_filesystem_to_keep_clear_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
+    fn a_cache_is_refused_only_on_a_filesystem_to_keep_clear() {
+        let tmp = tempfile::tempdir().unwrap();
+        let here = tmp.path().to_path_buf();
         // Not created yet: judged by the directory it will be created in.
-        let cache = dir.path().join("modelfs/cache");
-        let error = check(Some(&cache), &[dir.path().to_path_buf()])
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("same filesystem as"), "{error}");
-        assert!(error.contains(&cache.display().to_string()), "{error}");
-        assert!(!cache.exists(), "the check creates nothing");
-        // Several references: any match refuses.
-        let keep_off = [PathBuf::from("/proc"), dir.path().to_path_buf()];
-        assert!(check(Some(&cache), &keep_off).is_err());
-    }
-
-    #[test]
-    fn a_cache_on_another_filesystem_or_without_a_reference_is_accepted() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = dir.path().join("cache");
+        let cache = here.join("modelfs/cache");
+        let cache_text = cache.display().to_string();
+        let refused = ["same filesystem as", cache_text.as_str()];
         // procfs is never the filesystem of a temporary directory.
-        check(Some(&cache), &[PathBuf::from("/proc")]).unwrap();
-        check(Some(&cache), &[]).unwrap();
-        check(None, &[dir.path().to_path_buf()]).unwrap();
-    }
-
-    #[test]
-    fn an_unreadable_reference_is_an_error_not_a_pass() {
-        let dir = tempfile::tempdir().unwrap();
-        let error = check(Some(dir.path()), &[dir.path().join("missing")])
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("--cache-not-on"), "{error}");
+        let proc = PathBuf::from("/proc");
+        // (cache directory, paths to keep it off, Ok if accepted or Err(what the error says))
+        let cases: [(Option<&Path>, Vec<PathBuf>, Expected); 6] = [
+            (Some(&cache), vec![here.clone()], Err(&refused)),
+            // Several references: any match refuses.
+            (
+                Some(&cache),
+                vec![proc.clone(), here.clone()],
+                Err(&refused),
+            ),
+            (Some(&cache), vec![proc], Ok(())),
+            (Some(&cache), vec![], Ok(())),
+            (None, vec![here.clone()], Ok(())),
+            // An unreadable reference is an error, not a pass.
+            (
+                Some(&here),
+                vec![here.join("missing")],
+                Err(&["--cache-not-on"]),
+            ),
+        ];
+        for (cache_dir, keep_off, expected) in cases {
+            let result = check(cache_dir, &keep_off);
+            match expected {
+                Ok(()) => result.unwrap_or_else(|e| panic!("{keep_off:?}: {e:#}")),
+                Err(fragments) => {
+                    let error = result.unwrap_err().to_string();
+                    for fragment in fragments {
+                        assert!(error.contains(fragment), "{keep_off:?}: {error}");
+                    }
+                }
+            }
+        }
+        assert!(!cache.exists(), "the check creates nothing");
     }
 }

@@ -14,6 +14,7 @@ mod mount_cmd;
 mod mounter_cmd;
 mod s3_args;
 mod sd_notify;
+mod serve_args;
 mod unmount_cmd;
 mod volume_args;
 mod warm_cmd;

@@ -3,19 +3,15 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use modelfs_fs::cache::{CacheSize, DiskCache, DiskCacheConfig};
 use modelfs_fs::mount::{check_fuse_device, check_mountpoint, mount, MountConfig};
-use modelfs_fs::read::ReadConfig;
-use modelfs_fs::session::WarmLimit;
 use modelfs_fs::S3Location;
 
 use crate::daemon::{self, ReadyPipe};
+use crate::serve_args::ServeArgs;
 use crate::volume_args::VolumeArgs;
-use modelfs_fs::units::parse_size;
 
 /// How long SIGTERM waits for open files to close before detaching the mount lazily.
 const UNMOUNT_GRACE: Duration = Duration::from_secs(30);
@@ -42,41 +38,11 @@ pub struct MountArgs {
     /// Append logs to this file (default: stderr, which a background mount discards).
     #[arg(long)]
     pub log_file: Option<PathBuf>,
-    /// Memory budget for block data: cached blocks plus downloads in flight.
-    #[arg(long, default_value = "512MiB", value_parser = parse_size)]
-    pub memory_cache_size: u64,
-    /// Directory of the persistent disk cache, shared by every modelfs process on the node
-    /// (e.g. the instance store). Without it, only the memory cache is used.
-    #[arg(long)]
-    pub cache_dir: Option<PathBuf>,
-    /// Disk cache limit: bytes (`50GiB`), a share of the disk (`80%`), or `free:N%` to grow
-    /// while N% of the disk stays free.
-    #[arg(long, default_value = "free:10%", overrides_with = "cache_size")]
-    pub cache_size: CacheSize,
     #[command(flatten)]
-    pub placement: crate::cache_placement::CachePlacementArgs,
-    /// Never serve reads by FUSE passthrough (by default, complete disk-cache entries are
-    /// read by the kernel directly when it supports passthrough and we have CAP_SYS_ADMIN).
-    #[arg(long)]
-    pub no_passthrough: bool,
-    /// Most bytes of a complete cached file read into the page cache ahead of the reader
-    /// when it is opened for loading (passthrough, 64 MiB or more, still open after 30 ms),
-    /// and never more than half of the memory available; 0 disables it. Default: half of
-    /// `MemAvailable` at the time.
-    #[arg(long, value_parser = parse_size)]
-    pub warm_read_ahead: Option<u64>,
-    /// Serve Prometheus metrics on this address (e.g. `127.0.0.1:9464`): S3 requests and
-    /// latency, cache tiers, prefetching, FUSE requests and latency.
-    #[arg(long)]
-    pub metrics_addr: Option<String>,
+    pub serve: ServeArgs,
     /// Internal: fd on which a background child reports readiness.
     #[arg(long, hide = true)]
     pub ready_fd: Option<i32>,
-}
-
-/// The read-ahead bound of `--warm-read-ahead`: the flag's bytes, else the default share.
-pub fn warm_limit(flag: Option<u64>) -> WarmLimit {
-    flag.map_or(WarmLimit::Auto, WarmLimit::Bytes)
 }
 
 /// Runs `modelfs mount`; `argv` is the command line after the program name (re-used to
@@ -104,7 +70,7 @@ fn serve(
     let started = std::time::Instant::now();
     limit_malloc_arenas();
     crate::logging::init(&args.log_level, args.log_file.as_deref())?;
-    crate::cache_placement::check(args.cache_dir.as_deref(), &args.placement.cache_not_on)?;
+    args.serve.check_cache_placement()?;
     check_mountpoint(&args.mountpoint)?;
     check_fuse_device()?;
     let mountpoint = args
@@ -112,11 +78,7 @@ fn serve(
         .canonicalize()
         .with_context(|| format!("cannot resolve {}", args.mountpoint.display()))?;
 
-    let metrics = args
-        .metrics_addr
-        .as_deref()
-        .map(crate::metrics_server::bind)
-        .transpose()?;
+    let metrics = args.serve.bind_metrics()?;
     let runtime = io_runtime()?;
     let store = runtime.block_on(args.volume.connect(&location, None))?;
 
@@ -126,15 +88,12 @@ fn serve(
         metadata_ttl: args.volume.metadata_ttl,
         ownership: args.volume.ownership(),
         allow_other: args.allow_other,
-        read: ReadConfig {
-            memory_cache_bytes: args.memory_cache_size,
-            ..ReadConfig::default()
-        },
-        passthrough: !args.no_passthrough,
+        read: args.serve.read_config(),
+        passthrough: !args.serve.no_passthrough,
         fuse_threads: 4,
-        warm_read_ahead: warm_limit(args.warm_read_ahead),
+        warm_read_ahead: args.serve.warm_limit(),
     };
-    let disk_cache = open_disk_cache(args.cache_dir.as_deref(), args.cache_size)?;
+    let disk_cache = args.serve.open_disk_cache()?;
     let session = mount(&config, store, disk_cache.clone(), runtime.handle().clone())?;
     tracing::info!(
         "mounted {location} at {} in {:.0} ms (metadata TTL {:?})",
@@ -167,22 +126,6 @@ pub(crate) fn io_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .thread_name("modelfs-io")
         .build()
         .context("cannot start the async runtime")
-}
-
-/// The disk cache at `dir`, if one is configured.
-pub(crate) fn open_disk_cache(
-    dir: Option<&Path>,
-    size: CacheSize,
-) -> anyhow::Result<Option<Arc<DiskCache>>> {
-    let Some(dir) = dir else {
-        return Ok(None);
-    };
-    let cache = DiskCache::open(&DiskCacheConfig {
-        dir: dir.to_path_buf(),
-        size,
-    })
-    .with_context(|| format!("cannot use cache directory {}", dir.display()))?;
-    Ok(Some(cache))
 }
 
 /// glibc gives every thread that allocates its own arena (up to 8 per core); with 1 MiB blocks

@@ -17,17 +17,16 @@ use clap::Parser;
 use modelfs_csi::handoff::{
     self, Listener, Reply, Request, VolumeCredentials, VolumeHandoff, WarmOutcome,
 };
-use modelfs_fs::cache::CacheSize;
 use modelfs_fs::metrics::metrics;
 use modelfs_fs::mount::{serve_fd, MountConfig};
 use modelfs_fs::namespace::Namespace;
 use modelfs_fs::read::{BlockReader, ReadConfig, SharedTiers};
 use modelfs_fs::store::{ProvingStore, ReplaceableCredentials};
-use modelfs_fs::units::parse_size;
 use modelfs_fs::warm::{resolve, warm};
 use modelfs_fs::S3Location;
 use tokio::runtime::Handle;
 
+use crate::serve_args::ServeArgs;
 use crate::volume_args::VolumeArgs;
 
 /// What one volume's handoff asked to warm.
@@ -50,32 +49,8 @@ pub struct MounterArgs {
     /// user and writable by no one else; it is created, mode 0700, when missing).
     #[arg(long, default_value = "unix:///var/lib/modelfs/mounter/mounter.sock")]
     pub socket: String,
-    /// Memory budget for block data of all volumes together: cached blocks plus downloads in
-    /// flight.
-    #[arg(long, default_value = "512MiB", value_parser = parse_size)]
-    pub memory_cache_size: u64,
-    /// Directory of the persistent disk cache shared by every volume (e.g. the instance
-    /// store). Without it, only the memory cache is used.
-    #[arg(long)]
-    pub cache_dir: Option<PathBuf>,
-    /// Disk cache limit: bytes (`50GiB`), a share of the disk (`80%`), or `free:N%` to grow
-    /// while N% of the disk stays free.
-    #[arg(long, default_value = "free:10%")]
-    pub cache_size: CacheSize,
     #[command(flatten)]
-    pub placement: crate::cache_placement::CachePlacementArgs,
-    /// Never serve reads by FUSE passthrough.
-    #[arg(long)]
-    pub no_passthrough: bool,
-    /// Most bytes of a complete cached file read into the page cache ahead of the reader
-    /// when it is opened for loading (passthrough, 64 MiB or more, still open after 30 ms),
-    /// and never more than half of the memory available; 0 disables it. Default: half of
-    /// `MemAvailable` at the time.
-    #[arg(long, value_parser = parse_size)]
-    pub warm_read_ahead: Option<u64>,
-    /// Serve Prometheus metrics on this address (e.g. `0.0.0.0:9464`).
-    #[arg(long)]
-    pub metrics_addr: Option<String>,
+    pub serve: ServeArgs,
     /// Log filter: error, warn, info, debug, trace, or per-module directives.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -127,18 +102,11 @@ pub fn run(args: MounterArgs) -> anyhow::Result<()> {
     }
     let listener = Listener::bind(&socket)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
-    let metrics = args
-        .metrics_addr
-        .as_deref()
-        .map(crate::metrics_server::bind)
-        .transpose()?;
+    let metrics = args.serve.bind_metrics()?;
     let runtime = crate::mount_cmd::io_runtime()?;
-    crate::cache_placement::check(args.cache_dir.as_deref(), &args.placement.cache_not_on)?;
-    let disk = crate::mount_cmd::open_disk_cache(args.cache_dir.as_deref(), args.cache_size)?;
-    let read = ReadConfig {
-        memory_cache_bytes: args.memory_cache_size,
-        ..ReadConfig::default()
-    };
+    args.serve.check_cache_placement()?;
+    let disk = args.serve.open_disk_cache()?;
+    let read = args.serve.read_config();
     let tiers = SharedTiers::new(&read, disk);
     if let Some(listener) = metrics {
         runtime.spawn(crate::metrics_server::serve(listener));
@@ -155,9 +123,10 @@ pub fn run(args: MounterArgs) -> anyhow::Result<()> {
     tracing::info!(
         "mounter ready on {} (memory budget {} MiB, disk cache {})",
         socket.display(),
-        mounter.args.memory_cache_size >> 20,
+        mounter.args.serve.memory_cache_size >> 20,
         mounter
             .args
+            .serve
             .cache_dir
             .as_ref()
             .map_or("none".to_string(), |d| d.display().to_string())
@@ -239,9 +208,9 @@ impl Mounter {
             ownership: volume.ownership(),
             allow_other: true,
             read: self.read.clone(),
-            passthrough: !self.args.no_passthrough,
+            passthrough: !self.args.serve.no_passthrough,
             fuse_threads: 4,
-            warm_read_ahead: crate::mount_cmd::warm_limit(self.args.warm_read_ahead),
+            warm_read_ahead: self.args.serve.warm_limit(),
         };
         let warm_store = store.clone();
         let warming = (
@@ -325,7 +294,7 @@ impl Mounter {
         metadata_ttl: Duration,
     ) -> WarmOutcome {
         let volume = volume.to_string();
-        if self.args.cache_dir.is_none() {
+        if self.args.serve.cache_dir.is_none() {
             let message = "not warming: the node's mounter has no disk cache".to_string();
             tracing::warn!(volume = %volume, "{message}");
             return WarmOutcome {

@@ -30,14 +30,14 @@ mod tests {
 
     #[test]
     fn sends_ready_to_the_notify_socket() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("notify");
-        let listener = UnixDatagram::bind(&path).unwrap();
+        let listener = tempfile::Builder::new()
+            .make(|path| UnixDatagram::bind(path))
+            .unwrap();
         // SAFETY: this test is the only code in its process reading NOTIFY_SOCKET.
-        unsafe { std::env::set_var("NOTIFY_SOCKET", &path) };
+        unsafe { std::env::set_var("NOTIFY_SOCKET", listener.path()) };
         notify("READY=1");
         let mut buf = [0u8; 32];
-        let n = listener.recv(&mut buf).unwrap();
+        let n = listener.as_file().recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"READY=1");
     }
 }

@@ -6,14 +6,8 @@ use std::time::Duration;
 /// Parses a duration: a number with an optional unit `ms`, `s` (default), `m`, `h`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?} (examples: 30s, 5m, 500ms)"))?;
-    let seconds = match unit.trim() {
+    let (value, unit) = number_and_unit(text, "duration", "30s, 5m, 500ms")?;
+    let seconds = match unit {
         "ms" => value / 1000.0,
         "" | "s" => value,
         "m" | "min" => value * 60.0,
@@ -27,14 +21,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// `T`, `TiB`; all binary multiples).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid size {text:?} (examples: 512MiB, 2GiB)"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+    let (value, unit) = number_and_unit(text, "size", "512MiB, 2GiB")?;
+    let shift = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
         "m" | "mb" | "mib" => 20,
@@ -43,6 +31,23 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         other => return Err(format!("unknown size unit {other:?} in {text:?}")),
     };
     Ok((value * (1u64 << shift) as f64) as u64)
+}
+
+/// Splits `text` into its leading decimal number and the unit after it. `what` and
+/// `examples` name the quantity in the error when there is no number.
+fn number_and_unit<'a>(
+    text: &'a str,
+    what: &str,
+    examples: &str,
+) -> Result<(f64, &'a str), String> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value = number
+        .parse()
+        .map_err(|_| format!("invalid {what} {text:?} (examples: {examples})"))?;
+    Ok((value, unit.trim()))
 }
 
 /// Parses an octal permission mode such as `0444` or `755`.

@@ -10,12 +10,16 @@ fn store_with(keys: &[&str]) -> Arc<MemoryStore> {
     Arc::new(store)
 }
 
-async fn names(ns: &Namespace, ino: u64) -> Vec<(String, NodeKind)> {
+/// The names `ino` lists, a directory's with a trailing `/` (as `ls -F` writes them).
+async fn names(ns: &Namespace, ino: u64) -> Vec<String> {
     let listing = ns.listing(ino).await.unwrap();
     listing
         .entries
         .iter()
-        .map(|e| (e.name.clone(), e.kind))
+        .map(|e| match e.kind {
+            NodeKind::Directory => format!("{}/", e.name),
+            NodeKind::File => e.name.clone(),
+        })
         .collect()
 }
 
@@ -31,11 +35,7 @@ async fn lists_nested_tree_under_prefix() {
     let ns = Namespace::new(store, "models/", Duration::from_secs(60));
     assert_eq!(
         names(&ns, ROOT_INO).await,
-        [
-            ("checkpoints".to_string(), NodeKind::Directory),
-            ("loras".to_string(), NodeKind::Directory),
-            ("vae".to_string(), NodeKind::Directory),
-        ]
+        ["checkpoints/", "loras/", "vae/"]
     );
     let ckpt = ns.lookup(ROOT_INO, "checkpoints").await.unwrap();
     let file = ns.lookup(ckpt.ino, "a.safetensors").await.unwrap();
@@ -53,18 +53,9 @@ async fn lists_nested_tree_under_prefix() {
 async fn directory_wins_over_same_named_object_and_markers_are_hidden() {
     let store = store_with(&["a", "a/b", "dir/", "dir/file"]);
     let ns = Namespace::new(store, "", Duration::from_secs(60));
-    assert_eq!(
-        names(&ns, ROOT_INO).await,
-        [
-            ("a".to_string(), NodeKind::Directory),
-            ("dir".to_string(), NodeKind::Directory),
-        ]
-    );
+    assert_eq!(names(&ns, ROOT_INO).await, ["a/", "dir/"]);
     let dir = ns.lookup(ROOT_INO, "dir").await.unwrap();
-    assert_eq!(
-        names(&ns, dir.ino).await,
-        [("file".to_string(), NodeKind::File)]
-    );
+    assert_eq!(names(&ns, dir.ino).await, ["file"]);
 }
 
 #[tokio::test]
@@ -81,24 +72,14 @@ async fn keys_that_cannot_be_names_are_skipped() {
         "sub/fine",
     ]);
     let ns = Namespace::new(store, "", Duration::from_secs(60));
-    assert_eq!(
-        names(&ns, ROOT_INO).await,
-        [
-            ("a".to_string(), NodeKind::Directory),
-            ("ok.safetensors".to_string(), NodeKind::File),
-            ("sub".to_string(), NodeKind::Directory),
-        ]
-    );
+    assert_eq!(names(&ns, ROOT_INO).await, ["a/", "ok.safetensors", "sub/"]);
     let a = ns.lookup(ROOT_INO, "a").await.unwrap();
     assert!(
         names(&ns, a.ino).await.is_empty(),
         "a//b has an empty segment"
     );
     let sub = ns.lookup(ROOT_INO, "sub").await.unwrap();
-    assert_eq!(
-        names(&ns, sub.ino).await,
-        [("fine".to_string(), NodeKind::File)]
-    );
+    assert_eq!(names(&ns, sub.ino).await, ["fine"]);
     assert!(ns.lookup(ROOT_INO, "..").await.is_err());
 }
 
@@ -117,7 +98,7 @@ async fn listing_is_cached_for_the_ttl_and_refreshed_after() {
     let lists_before = store.lists.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(
         names(&cached, m_cached.ino).await,
-        [("one".to_string(), NodeKind::File)],
+        ["one"],
         "within the TTL the old listing is served"
     );
     assert_eq!(
@@ -127,7 +108,7 @@ async fn listing_is_cached_for_the_ttl_and_refreshed_after() {
     );
     assert_eq!(
         names(&fresh, m_fresh.ino).await,
-        [("two".to_string(), NodeKind::File)],
+        ["two"],
         "after the TTL the new object appears and the deleted one is gone"
     );
     assert!(fresh.attr(m_fresh.ino).unwrap().mtime >= mtime_before);

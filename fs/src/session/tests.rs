@@ -45,9 +45,15 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i * 7 + i / 251) as u8 ^ seed).collect()
 }
 
-/// A session over `files` with a disk cache, passthrough agreed, and `ttl` (zero: every
-/// open asks the store for the current version).
-fn fixture(files: &[(&str, usize)], ttl: Duration, warm: WarmLimit) -> Fixture {
+/// A session over `files` with a disk cache and passthrough agreed, whose listings stay
+/// fresh for a minute and which never reads ahead.
+fn fixture(files: &[(&str, usize)]) -> Fixture {
+    fixture_with(files, Duration::from_secs(60), WarmLimit::Bytes(0))
+}
+
+/// A session as [`fixture`]'s, with `ttl` (zero: every open asks the store for the current
+/// version) and `warm` as its read-ahead bound.
+fn fixture_with(files: &[(&str, usize)], ttl: Duration, warm: WarmLimit) -> Fixture {
     let store = Arc::new(MemoryStore::new());
     for (i, (key, len)) in files.iter().enumerate() {
         store.put(key, pattern(*len, i as u8));
@@ -90,6 +96,14 @@ fn fixture(files: &[(&str, usize)], ttl: Duration, warm: WarmLimit) -> Fixture {
 }
 
 impl Fixture {
+    /// Opens `ino` for reading, which must succeed.
+    async fn open_to_read(&self, ino: u64, registrar: &FakeRegistrar) -> Opened<String> {
+        self.session
+            .open(ino, libc::O_RDONLY, registrar)
+            .await
+            .unwrap()
+    }
+
     async fn ino(&self, name: &str) -> u64 {
         self.session.lookup(ROOT_INO, name).await.unwrap().ino
     }
@@ -113,11 +127,7 @@ impl Fixture {
     /// and, once the verification the close starts has run, verified.
     async fn cache_and_verify(&self, ino: u64, expected: &[u8]) {
         let registrar = FakeRegistrar::default();
-        let opened = self
-            .session
-            .open(ino, libc::O_RDONLY, &registrar)
-            .await
-            .unwrap();
+        let opened = self.open_to_read(ino, &registrar).await;
         assert_ne!(opened.mode, IoMode::Passthrough, "nothing cached yet");
         self.read_all(opened.fh, expected).await;
         self.session.release(opened.fh);
@@ -141,25 +151,13 @@ const LEN: usize = 3 << 20;
 
 #[tokio::test]
 async fn a_verified_complete_entry_opens_in_passthrough_and_later_opens_join_its_backing() {
-    let f = fixture(
-        &[("m.bin", LEN)],
-        Duration::from_secs(60),
-        WarmLimit::Bytes(0),
-    );
+    let f = fixture(&[("m.bin", LEN)]);
     let ino = f.ino("m.bin").await;
     f.cache_and_verify(ino, &pattern(LEN, 0)).await;
     let registrar = FakeRegistrar::default();
-    let first = f
-        .session
-        .open(ino, libc::O_RDONLY, &registrar)
-        .await
-        .unwrap();
+    let first = f.open_to_read(ino, &registrar).await;
     assert_eq!(first.mode, IoMode::Passthrough);
-    let second = f
-        .session
-        .open(ino, libc::O_RDONLY, &registrar)
-        .await
-        .unwrap();
+    let second = f.open_to_read(ino, &registrar).await;
     assert_eq!(second.mode, IoMode::Passthrough);
     assert_eq!(registrar.calls(), 1, "one backing file per inode");
     let (a, b) = (first.backing.unwrap(), second.backing.unwrap());
@@ -171,29 +169,17 @@ async fn a_verified_complete_entry_opens_in_passthrough_and_later_opens_join_its
     assert_eq!(f.session.release(second.fh), Some(IoMode::Passthrough));
     assert_eq!(Arc::strong_count(&a), 2, "the session let the backing go");
     assert_eq!(f.session.release(second.fh), None, "a handle closes once");
-    let again = f
-        .session
-        .open(ino, libc::O_RDONLY, &registrar)
-        .await
-        .unwrap();
+    let again = f.open_to_read(ino, &registrar).await;
     assert_eq!(again.mode, IoMode::Passthrough);
     assert_eq!(registrar.calls(), 2, "a new first open registers again");
 }
 
 #[tokio::test]
 async fn a_complete_entry_not_yet_verified_is_served_cached_while_its_open_verifies_it() {
-    let f = fixture(
-        &[("m.bin", LEN)],
-        Duration::from_secs(60),
-        WarmLimit::Bytes(0),
-    );
+    let f = fixture(&[("m.bin", LEN)]);
     let ino = f.ino("m.bin").await;
     let registrar = FakeRegistrar::default();
-    let reading = f
-        .session
-        .open(ino, libc::O_RDONLY, &registrar)
-        .await
-        .unwrap();
+    let reading = f.open_to_read(ino, &registrar).await;
     assert_eq!(
         reading.mode,
         IoMode::Cached,
@@ -202,11 +188,7 @@ async fn a_complete_entry_not_yet_verified_is_served_cached_while_its_open_verif
     f.read_all(reading.fh, &pattern(LEN, 0)).await;
     assert!(!f.entry_verified(reading.fh));
     // Complete now, but only the next open notices and verifies it.
-    let next = f
-        .session
-        .open(ino, libc::O_RDONLY, &registrar)
-        .await
-        .unwrap();
+    let next = f.open_to_read(ino, &registrar).await;
     assert_eq!(
         next.mode,
         IoMode::CachedKeep,
@@ -219,11 +201,7 @@ async fn a_complete_entry_not_yet_verified_is_served_cached_while_its_open_verif
     );
     assert_eq!(registrar.calls(), 0);
     // Cached opens of the inode keep passthrough away until they close.
-    let third = f
-        .session
-        .open(ino, libc::O_RDONLY, &registrar)
-        .await
-        .unwrap();
+    let third = f.open_to_read(ino, &registrar).await;
     assert_eq!(third.mode, IoMode::CachedKeep);
     for fh in [reading.fh, next.fh, third.fh] {
         assert!(matches!(
@@ -231,25 +209,17 @@ async fn a_complete_entry_not_yet_verified_is_served_cached_while_its_open_verif
             Some(IoMode::Cached | IoMode::CachedKeep)
         ));
     }
-    let passthrough = f
-        .session
-        .open(ino, libc::O_RDONLY, &registrar)
-        .await
-        .unwrap();
+    let passthrough = f.open_to_read(ino, &registrar).await;
     assert_eq!(passthrough.mode, IoMode::Passthrough);
 }
 
 #[tokio::test]
 async fn a_new_version_cannot_open_while_the_old_one_is_open_in_passthrough() {
-    let f = fixture(&[("m.bin", LEN)], Duration::ZERO, WarmLimit::Bytes(0));
+    let f = fixture_with(&[("m.bin", LEN)], Duration::ZERO, WarmLimit::Bytes(0));
     let ino = f.ino("m.bin").await;
     f.cache_and_verify(ino, &pattern(LEN, 0)).await;
     let registrar = FakeRegistrar::default();
-    let old = f
-        .session
-        .open(ino, libc::O_RDONLY, &registrar)
-        .await
-        .unwrap();
+    let old = f.open_to_read(ino, &registrar).await;
     assert_eq!(old.mode, IoMode::Passthrough);
     f.store.put("m.bin", pattern(LEN, 9));
     let refused = f.session.open(ino, libc::O_RDONLY, &registrar).await;
@@ -259,11 +229,7 @@ async fn a_new_version_cannot_open_while_the_old_one_is_open_in_passthrough() {
     );
     assert_eq!(f.session.open_files(), 1, "a refused open leaves no handle");
     f.session.release(old.fh);
-    let new = f
-        .session
-        .open(ino, libc::O_RDONLY, &registrar)
-        .await
-        .unwrap();
+    let new = f.open_to_read(ino, &registrar).await;
     assert_eq!(
         new.mode,
         IoMode::Cached,
@@ -274,11 +240,7 @@ async fn a_new_version_cannot_open_while_the_old_one_is_open_in_passthrough() {
 
 #[tokio::test]
 async fn a_refused_registration_serves_the_open_cached_and_disables_passthrough_once() {
-    let f = fixture(
-        &[("a.bin", LEN), ("b.bin", LEN)],
-        Duration::from_secs(60),
-        WarmLimit::Bytes(0),
-    );
+    let f = fixture(&[("a.bin", LEN), ("b.bin", LEN)]);
     let (a, b) = (f.ino("a.bin").await, f.ino("b.bin").await);
     f.cache_and_verify(a, &pattern(LEN, 0)).await;
     f.cache_and_verify(b, &pattern(LEN, 1)).await;
@@ -286,23 +248,19 @@ async fn a_refused_registration_serves_the_open_cached_and_disables_passthrough_
         refuse: true,
         ..FakeRegistrar::default()
     };
-    let opened = f.session.open(a, libc::O_RDONLY, &registrar).await.unwrap();
+    let opened = f.open_to_read(a, &registrar).await;
     assert_eq!(opened.mode, IoMode::CachedKeep);
     assert!(opened.backing.is_none());
     assert!(!f.session.passthrough_enabled());
     f.read_all(opened.fh, &pattern(LEN, 0)).await;
-    let other = f.session.open(b, libc::O_RDONLY, &registrar).await.unwrap();
+    let other = f.open_to_read(b, &registrar).await;
     assert_ne!(other.mode, IoMode::Passthrough);
     assert_eq!(registrar.calls(), 1, "passthrough is not tried again");
 }
 
 #[tokio::test]
 async fn opens_for_writing_are_refused_before_anything_is_opened() {
-    let f = fixture(
-        &[("a.bin", LEN)],
-        Duration::from_secs(60),
-        WarmLimit::Bytes(0),
-    );
+    let f = fixture(&[("a.bin", LEN)]);
     let ino = f.ino("a.bin").await;
     let registrar = FakeRegistrar::default();
     for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_RDONLY | libc::O_TRUNC] {
@@ -323,7 +281,7 @@ async fn opens_for_writing_are_refused_before_anything_is_opened() {
 
 #[tokio::test]
 async fn directory_handles_serve_the_listing_taken_at_opendir() {
-    let f = fixture(
+    let f = fixture_with(
         &[("a.bin", 10), ("b.bin", 10)],
         Duration::ZERO,
         WarmLimit::Bytes(0),
@@ -356,7 +314,7 @@ fn drop_cache_pages(f: &Fixture, fh: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_file_held_open_is_read_ahead_and_one_closed_at_once_is_not() {
     let len = warm_read_ahead::MIN_FILE_BYTES as usize;
-    let f = fixture(
+    let f = fixture_with(
         &[("big.bin", len)],
         Duration::from_secs(60),
         WarmLimit::Auto,
@@ -366,11 +324,7 @@ async fn a_large_file_held_open_is_read_ahead_and_one_closed_at_once_is_not() {
     let registrar = FakeRegistrar::default();
 
     // A header scan: open, close at once.
-    let scan = f
-        .session
-        .open(ino, libc::O_RDONLY, &registrar)
-        .await
-        .unwrap();
+    let scan = f.open_to_read(ino, &registrar).await;
     assert_eq!(scan.mode, IoMode::Passthrough);
     drop_cache_pages(&f, scan.fh);
     f.session.release(scan.fh);
@@ -382,11 +336,7 @@ async fn a_large_file_held_open_is_read_ahead_and_one_closed_at_once_is_not() {
     );
 
     // A load: the open is still held after the settle time.
-    let load = f
-        .session
-        .open(ino, libc::O_RDONLY, &registrar)
-        .await
-        .unwrap();
+    let load = f.open_to_read(ino, &registrar).await;
     drop_cache_pages(&f, load.fh);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while f.session.warm_read_ahead_bytes() < len as u64 && std::time::Instant::now() < deadline {

@@ -660,6 +660,7 @@ pub(super) fn unique() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::disk::safe_dir::OutsideFile;
 
     fn id(size: u64) -> EntryId {
         EntryId {
@@ -759,9 +760,7 @@ mod tests {
 
     #[test]
     fn links_planted_for_the_files_are_replaced_not_followed() {
-        let outside = tempfile::tempdir().unwrap();
-        let victim = outside.path().join("victim");
-        std::fs::write(&victim, b"precious").unwrap();
+        let outside = OutsideFile::new();
         let dir = tempfile::tempdir().unwrap();
         let objects = Dir::open_path(dir.path()).unwrap();
         let first = Entry::open_or_create(&objects, &id(10)).unwrap();
@@ -769,9 +768,7 @@ mod tests {
         let entry_dir = first.dir.clone();
         drop(first);
         for name in ["map", "data", "verified"] {
-            let path = entry_dir.join(name);
-            let _ = std::fs::remove_file(&path);
-            std::os::unix::fs::symlink(&victim, &path).unwrap();
+            outside.plant_link(&entry_dir.join(name));
             let entry = Entry::open_or_create(&objects, &id(10)).unwrap();
             assert!(!entry.is_sealed(), "{name}");
             entry.write_block(0, &[2u8; 10]).unwrap();
@@ -779,7 +776,7 @@ mod tests {
             entry.unseal();
             assert_eq!(entry.read_block(0).unwrap(), Some(vec![2u8; 10]), "{name}");
         }
-        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        outside.assert_untouched();
     }
 
     #[test]

@@ -73,13 +73,17 @@ pub fn unlock_range(file: &File, start: u64, len: u64) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    /// Two independent opens (file descriptions) of one temporary file, read-write.
+    fn two_opens() -> (tempfile::NamedTempFile, File, File) {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let a = file.reopen().unwrap();
+        let b = file.reopen().unwrap();
+        (file, a, b)
+    }
+
     #[test]
     fn range_locks_exclude_other_open_files_and_release() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        std::fs::write(&path, [0u8; 64]).unwrap();
-        let a = File::options().read(true).write(true).open(&path).unwrap();
-        let b = File::options().read(true).write(true).open(&path).unwrap();
+        let (_file, a, b) = two_opens();
         assert!(try_lock_range(&a, 8, 8).unwrap());
         assert!(!try_lock_range(&b, 8, 8).unwrap());
         assert!(try_lock_range(&b, 16, 8).unwrap(), "other ranges are free");
@@ -89,11 +93,7 @@ mod tests {
 
     #[test]
     fn shared_flock_blocks_exclusive() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        std::fs::write(&path, b"x").unwrap();
-        let a = File::open(&path).unwrap();
-        let b = File::open(&path).unwrap();
+        let (_file, a, b) = two_opens();
         flock_shared(&a).unwrap();
         assert!(!try_flock(&b, true).unwrap());
         drop(a);

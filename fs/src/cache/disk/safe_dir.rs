@@ -371,6 +371,42 @@ impl Dir {
     }
 }
 
+/// A file outside any cache directory, for tests that plant links to it: whatever the cache
+/// does through such a link, the file must come through unchanged and undeleted.
+#[cfg(test)]
+pub(crate) struct OutsideFile {
+    dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+#[cfg(test)]
+impl OutsideFile {
+    const CONTENT: &'static [u8] = b"precious";
+
+    pub(crate) fn new() -> OutsideFile {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("victim");
+        std::fs::write(&path, Self::CONTENT).unwrap();
+        OutsideFile { dir, path }
+    }
+
+    /// The directory holding the file, for tests that put more outside.
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Replaces whatever is at `at` by a symbolic link to the file.
+    pub(crate) fn plant_link(&self, at: &Path) {
+        let _ = std::fs::remove_file(at);
+        std::os::unix::fs::symlink(&self.path, at).unwrap();
+    }
+
+    /// Panics unless the file still holds what it was created with.
+    pub(crate) fn assert_untouched(&self) {
+        assert_eq!(std::fs::read(&self.path).unwrap(), Self::CONTENT);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,16 +414,14 @@ mod tests {
 
     #[test]
     fn links_are_never_followed_and_removed_not_deleted_through() {
-        let outside = tempfile::tempdir().unwrap();
-        let victim = outside.path().join("victim");
-        std::fs::write(&victim, b"precious").unwrap();
-        std::fs::create_dir(outside.path().join("tree")).unwrap();
-        std::fs::write(outside.path().join("tree/f"), b"also").unwrap();
+        let outside = OutsideFile::new();
+        std::fs::create_dir(outside.dir().join("tree")).unwrap();
+        std::fs::write(outside.dir().join("tree/f"), b"also").unwrap();
 
         let cache = tempfile::tempdir().unwrap();
         let dir = Dir::open_path(cache.path()).unwrap();
-        symlink(&victim, cache.path().join("file-link")).unwrap();
-        symlink(outside.path().join("tree"), cache.path().join("dir-link")).unwrap();
+        outside.plant_link(&cache.path().join("file-link"));
+        symlink(outside.dir().join("tree"), cache.path().join("dir-link")).unwrap();
         for how in [Open::Read, Open::ReadWrite, Open::CreateNew] {
             assert!(dir.open_file("file-link", how).is_err(), "{how:?}");
         }
@@ -397,12 +431,12 @@ mod tests {
         dir.remove_tree("file-link").unwrap();
         // A tree holding a link to the outside: the link goes, the outside stays.
         std::fs::create_dir(cache.path().join("t")).unwrap();
-        symlink(outside.path().join("tree"), cache.path().join("t/l")).unwrap();
+        symlink(outside.dir().join("tree"), cache.path().join("t/l")).unwrap();
         dir.remove_tree("t").unwrap();
         assert_eq!(dir.names().unwrap(), Vec::<String>::new());
-        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        outside.assert_untouched();
         assert_eq!(
-            std::fs::read(outside.path().join("tree/f")).unwrap(),
+            std::fs::read(outside.dir().join("tree/f")).unwrap(),
             b"also"
         );
         assert!(dir.open_file("../x", Open::CreateNew).is_err());

@@ -1,3 +1,4 @@
+use super::safe_dir::OutsideFile;
 use super::*;
 use crate::store::FullObjectChecksum;
 
@@ -310,31 +311,24 @@ fn the_header_names_the_origin_so_a_mismatch_is_detected() {
     drop(entry);
 }
 
-fn plant_link(at: &Path, to: &Path) {
-    let _ = std::fs::remove_file(at);
-    std::os::unix::fs::symlink(to, at).unwrap();
-}
-
 #[test]
 fn usage_files_that_are_links_are_replaced_not_followed() {
-    let outside = tempfile::tempdir().unwrap();
-    let victim = outside.path().join("victim");
-    std::fs::write(&victim, b"precious").unwrap();
+    let outside = OutsideFile::new();
     let dir = tempfile::tempdir().unwrap();
     let cache = open(dir.path(), CacheSize::Bytes(1 << 30));
     // A stale temporary record of a dead process with our name, and the record itself.
     let tmp = format!("{USAGE_RECORD}.{}-0", std::process::id());
-    plant_link(&cache.v1.path().join(&tmp), &victim);
+    outside.plant_link(&cache.v1.path().join(&tmp));
     write_usage_file(&cache.v1, &tmp, 42).unwrap();
     assert_eq!(cache.v1.read_to_string(&tmp).unwrap(), "42");
-    plant_link(&cache.v1.path().join(USAGE_RECORD), &victim);
+    outside.plant_link(&cache.v1.path().join(USAGE_RECORD));
     assert_eq!(read_usage_record(&cache.v1), None, "a link is not read");
     cache.evict_pass().unwrap();
     assert!(
         read_usage_record(&cache.v1).is_some(),
         "a real record again"
     );
-    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    outside.assert_untouched();
 }
 
 #[test]
