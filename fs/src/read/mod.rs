@@ -396,7 +396,7 @@ impl BlockReader {
         if let (Some(entry), Route::Disk) = (file.disk.as_ref(), &route) {
             let until = first + sweep_plan::SPAN_BLOCKS;
             self.fetcher
-                .fetch_to_disk(&file.version, entry, first, last, until)
+                .fetch_to_disk(&file.version, entry, first..=last, until)
                 .await;
             if let Some(bytes) = self.fetcher.read_known_range(file, offset, end).await {
                 return Ok(bytes);
@@ -637,17 +637,23 @@ impl BlockReader {
 mod tests {
     use super::*;
     use crate::store::MemoryStore;
-    use std::sync::atomic::Ordering;
+
+    /// The block size of the tests with a disk tier.
+    const BS: u64 = 1 << 16;
 
     fn pattern(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
     }
 
-    fn reader(store: Arc<MemoryStore>, block_size: u64) -> Arc<BlockReader> {
-        reader_over(store, block_size)
+    /// The default configuration with blocks of [`BS`] bytes.
+    fn small_blocks() -> ReadConfig {
+        ReadConfig {
+            block_size: BS,
+            ..ReadConfig::default()
+        }
     }
 
-    fn reader_over(store: Arc<dyn ObjectStore>, block_size: u64) -> Arc<BlockReader> {
+    fn reader(store: Arc<MemoryStore>, block_size: u64) -> Arc<BlockReader> {
         BlockReader::new(
             store,
             "bucket",
@@ -662,22 +668,24 @@ mod tests {
         )
     }
 
-    fn version(info: &crate::store::ObjectInfo) -> ObjectVersion {
-        ObjectVersion {
-            key: info.key.as_str().into(),
-            etag: info.etag.as_str().into(),
-            size: info.size,
-            checksum: info.checksum,
-        }
+    /// A reader without a disk tier over a store holding `data` at `key`, and a handle open
+    /// on that version.
+    async fn open_object(
+        key: &str,
+        data: Vec<u8>,
+        block_size: u64,
+    ) -> (Arc<MemoryStore>, Arc<BlockReader>, Arc<OpenObject>) {
+        let store = Arc::new(MemoryStore::new());
+        let info = store.put(key, data);
+        let reader = reader(store.clone(), block_size);
+        let file = Arc::new(reader.open(info.version()).await);
+        (store, reader, file)
     }
 
     #[tokio::test]
     async fn reads_across_block_boundaries_are_byte_exact() {
-        let store = Arc::new(MemoryStore::new());
         let data = pattern(10_000);
-        let info = store.put("obj", data.clone());
-        let reader = reader(store, 1000);
-        let file = Arc::new(reader.open(version(&info)).await);
+        let (_, reader, file) = open_object("obj", data.clone(), 1000).await;
         for (offset, len) in [(0, 10), (995, 10), (0, 10_000), (2500, 3333), (9990, 100)] {
             let got = reader.read(&file, offset, len).await.unwrap();
             let end = (offset + len).min(10_000) as usize;
@@ -688,10 +696,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_planner_reads_ahead_only_on_sequential_reads_and_starts_nothing() {
-        let store = Arc::new(MemoryStore::new());
-        let info = store.put("obj", pattern(64_000));
-        let reader = reader(store.clone(), 1000);
-        let file = reader.open(version(&info)).await;
+        let (store, reader, file) = open_object("obj", pattern(64_000), 1000).await;
         let first = reader.plan_read(&file, 0, 1000, None);
         assert!(
             first.read_ahead.is_empty(),
@@ -706,33 +711,19 @@ mod tests {
             assert!(matches!(plan.route, Route::Blocks));
             assert!(plan.sweep.is_none(), "no disk cache, no sweep");
         }
-        assert_eq!(
-            store.gets.load(Ordering::Relaxed),
-            0,
-            "planning fetches nothing"
-        );
+        assert!(store.ranges().is_empty(), "planning fetches nothing");
     }
 
     #[tokio::test]
     async fn a_load_shows_in_the_plan_as_one_sweep_then_routes_reads_to_disk() {
-        let bs = 1u64 << 16;
-        let data = pattern(40 * bs as usize);
-        let config = ReadConfig {
-            block_size: bs,
-            ..ReadConfig::default()
-        };
-        let LoggedReader {
-            log,
-            reader,
-            version,
-            _dir,
-            ..
-        } = logged_reader_with_disk("m.bin", &data, config);
-        let file = reader.open(version).await;
+        let data = pattern(40 * BS as usize);
+        let t = reader_with_disk("m.bin", &data, small_blocks()).await;
         let mut sweeps = 0;
         let mut routed_to_disk = 0;
         for index in 0..20 {
-            let plan = reader.plan_read(&file, index * bs, (index + 1) * bs, None);
+            let plan = t
+                .reader
+                .plan_read(&t.file, index * BS, (index + 1) * BS, None);
             sweeps += usize::from(plan.sweep.is_some());
             if sweeps > 0 {
                 assert!(plan.read_ahead.is_empty(), "no readahead once a sweep runs");
@@ -744,96 +735,54 @@ mod tests {
             routed_to_disk > 0,
             "reads of a file being loaded stream to disk"
         );
-        assert!(
-            log.ranges.lock().unwrap().is_empty(),
-            "planning fetches nothing"
-        );
+        assert!(t.store.ranges().is_empty(), "planning fetches nothing");
     }
 
     #[tokio::test]
     async fn cached_blocks_are_not_fetched_twice() {
-        let store = Arc::new(MemoryStore::new());
-        let info = store.put("obj", pattern(4000));
-        let reader = reader(store.clone(), 1000);
-        let file = Arc::new(reader.open(version(&info)).await);
+        let (store, reader, file) = open_object("obj", pattern(4000), 1000).await;
         reader.read(&file, 3000, 500).await.unwrap(); // a jump: no readahead
-        let gets = store.gets.load(Ordering::Relaxed);
+        let gets = store.ranges().len();
         reader.read(&file, 3100, 100).await.unwrap();
-        assert_eq!(store.gets.load(Ordering::Relaxed), gets);
+        assert_eq!(store.ranges().len(), gets);
     }
 
-    /// Records the ranges asked of the store beneath.
-    struct RangeLog {
-        inner: Arc<MemoryStore>,
-        ranges: Mutex<Vec<std::ops::Range<u64>>>,
-    }
-
-    #[async_trait::async_trait]
-    impl ObjectStore for RangeLog {
-        async fn list_page(
-            &self,
-            prefix: &str,
-            token: Option<String>,
-        ) -> Result<crate::store::ListPage, crate::store::StoreError> {
-            self.inner.list_page(prefix, token).await
-        }
-        async fn head(
-            &self,
-            key: &str,
-        ) -> Result<crate::store::ObjectInfo, crate::store::StoreError> {
-            self.inner.head(key).await
-        }
-        async fn get_range(
-            &self,
-            key: &str,
-            range: std::ops::Range<u64>,
-            if_match: &str,
-        ) -> Result<Bytes, crate::store::StoreError> {
-            self.ranges.lock().unwrap().push(range.clone());
-            self.inner.get_range(key, range, if_match).await
-        }
-        fn describe(&self) -> String {
-            "range log".into()
-        }
-    }
-
-    /// A reader with a disk tier over a store holding `data` at `key`, whose GETs are logged.
-    struct LoggedReader {
-        log: Arc<RangeLog>,
+    /// A reader with a disk tier over a store holding `data` at `key`, and a handle open on
+    /// that version.
+    struct DiskReader {
+        store: Arc<MemoryStore>,
         reader: Arc<BlockReader>,
-        version: ObjectVersion,
+        file: Arc<OpenObject>,
         disk: Arc<DiskCache>,
+        /// The cache directory, removed when the test ends.
         _dir: tempfile::TempDir,
     }
 
-    fn logged_reader_with_disk(key: &str, data: &[u8], config: ReadConfig) -> LoggedReader {
-        logged_reader_with_cache(key, data, config, 1 << 30)
+    async fn reader_with_disk(key: &str, data: &[u8], config: ReadConfig) -> DiskReader {
+        reader_with_cache(key, data, config, 1 << 30).await
     }
 
-    /// [`logged_reader_with_disk`] with a disk cache limited to `limit` bytes.
-    fn logged_reader_with_cache(
+    /// [`reader_with_disk`] with a disk cache limited to `limit` bytes.
+    async fn reader_with_cache(
         key: &str,
         data: &[u8],
         config: ReadConfig,
         limit: u64,
-    ) -> LoggedReader {
-        let memory = Arc::new(MemoryStore::new());
-        let info = memory.put(key, data.to_vec());
-        let log = Arc::new(RangeLog {
-            inner: memory,
-            ranges: Mutex::new(Vec::new()),
-        });
+    ) -> DiskReader {
+        let store = Arc::new(MemoryStore::new());
+        let info = store.put(key, data.to_vec());
         let dir = tempfile::tempdir().unwrap();
         let disk = DiskCache::open(&crate::cache::DiskCacheConfig {
             dir: dir.path().to_path_buf(),
             size: crate::cache::CacheSize::Bytes(limit),
         })
         .unwrap();
-        let reader = BlockReader::new(log.clone(), "bucket", config, Some(disk.clone()));
-        LoggedReader {
-            log,
+        let reader = BlockReader::new(store.clone(), "bucket", config, Some(disk.clone()));
+        let file = Arc::new(reader.open(info.version()).await);
+        DiskReader {
+            store,
             reader,
-            version: version(&info),
+            file,
             disk,
             _dir: dir,
         }
@@ -845,18 +794,11 @@ mod tests {
         let mut data = (json.len() as u64).to_le_bytes().to_vec();
         data.extend_from_slice(json);
         data.extend(pattern(3_000_000));
-        let memory = Arc::new(MemoryStore::new());
-        let info = memory.put("m.safetensors", data.clone());
-        let log = Arc::new(RangeLog {
-            inner: memory,
-            ranges: Mutex::new(Vec::new()),
-        });
-        let reader = reader_over(log.clone(), 1 << 20);
-        let file = Arc::new(reader.open(version(&info)).await);
+        let (store, reader, file) = open_object("m.safetensors", data.clone(), 1 << 20).await;
         // The kernel's first read of a scan: a few pages at offset 0.
         let got = reader.read(&file, 0, 16384).await.unwrap();
         assert_eq!(&got[..], &data[..16384]);
-        let first = log.ranges.lock().unwrap()[0].clone();
+        let first = store.ranges()[0].clone();
         assert_eq!(first, 0..HEADER_PROBE, "answered from the probe");
         // Reads in the probe (around the header) need no GET; the rest of block 0 arrives in
         // one more GET and is cached: the whole block then needs none.
@@ -864,51 +806,42 @@ mod tests {
         assert_eq!(&got[..], &data[8..40008]);
         let block0 = reader.read(&file, 0, 1 << 20).await.unwrap();
         assert_eq!(&block0[..], &data[..1 << 20]);
-        let ranges = log.ranges.lock().unwrap().clone();
-        assert_eq!(ranges, vec![0..HEADER_PROBE, HEADER_PROBE..1 << 20]);
+        assert_eq!(store.ranges(), vec![0..HEADER_PROBE, HEADER_PROBE..1 << 20]);
         // A second handle knows the header without any request.
-        let other = Arc::new(reader.open(version(&info)).await);
+        let other = Arc::new(reader.open(file.version.clone()).await);
         let got = reader.read(&other, 0, 8).await.unwrap();
         assert_eq!(&got[..], &data[..8]);
-        assert_eq!(log.ranges.lock().unwrap().len(), 2);
+        assert_eq!(store.ranges().len(), 2);
     }
 
     #[tokio::test]
     async fn a_loading_reader_streams_its_blocks_and_the_next_ones_to_disk_in_one_get() {
-        let bs = 1u64 << 16;
-        let data = pattern(20 * bs as usize);
-        let config = ReadConfig {
-            block_size: bs,
-            ..ReadConfig::default()
-        };
-        // `_dir` (the cache directory) lives to the end of the test.
-        let LoggedReader {
-            log,
-            reader,
-            version,
-            disk,
-            _dir,
-        } = logged_reader_with_disk("m.bin", &data, config);
-        let file = Arc::new(reader.open(version).await);
+        let data = pattern(20 * BS as usize);
+        let t = reader_with_disk("m.bin", &data, small_blocks()).await;
+        let (file, store) = (&t.file, &t.store);
         let entry = file.disk.clone().unwrap();
         // Block 6 is on disk already: the run ahead stops before it.
-        let at = 6 * bs as usize;
-        disk.write_block(&entry, 6, &data[at..at + bs as usize]);
-        let fetcher = reader.fetcher();
-        fetcher.fetch_to_disk(&file.version, &entry, 3, 4, 11).await;
-        assert_eq!(log.ranges.lock().unwrap().clone(), vec![3 * bs..6 * bs]);
+        let at = 6 * BS as usize;
+        t.disk.write_block(&entry, 6, &data[at..at + BS as usize]);
+        let fetcher = t.reader.fetcher();
+        fetcher
+            .fetch_to_disk(&file.version, &entry, 3..=4, 11)
+            .await;
+        assert_eq!(store.ranges(), vec![3 * BS..6 * BS]);
         // Every block of the run is on disk and read from there in one piece, no GET.
-        let (from, to) = (3 * bs + 10, 6 * bs + 5);
-        let got = fetcher.read_known_range(&file, from, to).await.unwrap();
+        let (from, to) = (3 * BS + 10, 6 * BS + 5);
+        let got = fetcher.read_known_range(file, from, to).await.unwrap();
         assert_eq!(&got[..], &data[from as usize..to as usize]);
         // A reader of stored blocks fetches nothing, not even ahead of them.
-        fetcher.fetch_to_disk(&file.version, &entry, 4, 5, 12).await;
-        assert_eq!(log.ranges.lock().unwrap().len(), 1);
+        fetcher
+            .fetch_to_disk(&file.version, &entry, 4..=5, 12)
+            .await;
+        assert_eq!(store.ranges().len(), 1);
         // A read at the last block runs to the end of the file, not beyond.
         fetcher
-            .fetch_to_disk(&file.version, &entry, 18, 18, 26)
+            .fetch_to_disk(&file.version, &entry, 18..=18, 26)
             .await;
-        assert_eq!(log.ranges.lock().unwrap()[1], 18 * bs..20 * bs);
+        assert_eq!(store.ranges()[1], 18 * BS..20 * BS);
     }
 
     #[tokio::test]
@@ -930,17 +863,11 @@ mod tests {
             prefetch_concurrency: 1,
             ..ReadConfig::default()
         };
-        let LoggedReader {
-            log,
-            reader,
-            version,
-            _dir,
-            ..
-        } = logged_reader_with_disk("m.safetensors", &data, config);
-        let file = Arc::new(reader.open(version).await);
-        reader.read(&file, 0, 16384).await.unwrap();
+        let t = reader_with_disk("m.safetensors", &data, config).await;
+        let (reader, file) = (&t.reader, &t.file);
+        reader.read(file, 0, 16384).await.unwrap();
         // The kernel's reads for the fault at b.w: a 4 MiB window from 2 MiB before it.
-        let reads = (0..4).map(|i| reader.read(&file, b_w - 2 * MIB + i * MIB, MIB));
+        let reads = (0..4).map(|i| reader.read(file, b_w - 2 * MIB + i * MIB, MIB));
         for got in futures::future::join_all(reads).await {
             assert_eq!(got.unwrap().len() as u64, MIB);
         }
@@ -956,7 +883,7 @@ mod tests {
             entry.all_checked(0..=last),
             "the sweep fetched the whole file"
         );
-        let ranges = log.ranges.lock().unwrap().clone();
+        let ranges = t.store.ranges();
         let first_get = |offset: u64| {
             ranges
                 .iter()
@@ -967,46 +894,35 @@ mod tests {
             first_get(c_norm + 6 * MIB) < first_get(d_w + 4 * MIB),
             "c.norm before d.w: {ranges:?}"
         );
-        let got = reader.read(&file, 0, size).await.unwrap();
+        let got = reader.read(file, 0, size).await.unwrap();
         assert!(got[..] == data[..], "byte-exact");
     }
 
     #[tokio::test]
     async fn a_model_the_disk_cannot_hold_is_streamed_through_memory_and_fetched_once() {
-        let bs = 1u64 << 16;
-        let data = pattern(96 * bs as usize);
+        let data = pattern(96 * BS as usize);
         let config = ReadConfig {
-            block_size: bs,
             prefetch_concurrency: 8,
-            ..ReadConfig::default()
+            ..small_blocks()
         };
         // A cache of a sixth of the file.
-        let LoggedReader {
-            log,
-            reader,
-            version,
-            _dir,
-            ..
-        } = logged_reader_with_cache("m.bin", &data, config, 16 * bs);
-        let file = Arc::new(reader.open(version).await);
-        let entry = file.disk.clone().unwrap();
+        let t = reader_with_cache("m.bin", &data, config, 16 * BS).await;
+        let entry = t.file.disk.clone().unwrap();
         // A loader's reads, front to back, 128 KiB at a time.
-        let step = 2 * bs as usize;
+        let step = 2 * BS as usize;
         for at in (0..data.len()).step_by(step) {
-            let got = reader.read(&file, at as u64, step as u64).await.unwrap();
+            let got = t
+                .reader
+                .read(&t.file, at as u64, step as u64)
+                .await
+                .unwrap();
             assert!(got[..] == data[at..at + step], "bytes at {at}");
             // The sweep decides while the reader goes on; give it a turn.
             tokio::task::yield_now().await;
         }
         let no_room = entry.no_room().expect("the cache refused the file");
-        assert_eq!(no_room.limit, 16 * bs);
-        let fetched: u64 = log
-            .ranges
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|r| r.end - r.start)
-            .sum();
+        assert_eq!(no_room.limit, 16 * BS);
+        let fetched: u64 = t.store.ranges().iter().map(|r| r.end - r.start).sum();
         let size = data.len() as u64;
         assert!(
             fetched <= size + size / 20,
@@ -1021,10 +937,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_version_fails_reads_of_the_pinned_one() {
-        let store = Arc::new(MemoryStore::new());
-        let info = store.put("obj", pattern(4000));
-        let reader = reader(store.clone(), 1000);
-        let file = Arc::new(reader.open(version(&info)).await);
+        let (store, reader, file) = open_object("obj", pattern(4000), 1000).await;
         reader.read(&file, 3000, 10).await.unwrap();
         store.put("obj", vec![1u8; 4000]);
         let err = reader.read(&file, 0, 10).await.unwrap_err();

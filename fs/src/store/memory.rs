@@ -9,15 +9,15 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{FullObjectChecksum, ListPage, ObjectInfo, ObjectStore, StoreError};
+use super::{FullObjectChecksum, ListPage, ObjectInfo, ObjectStore, ObjectVersion, StoreError};
 
 /// A bucket held in memory. ETags are a per-store counter, so every put makes a new version.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     objects: Mutex<BTreeMap<String, (ObjectInfo, Bytes)>>,
     next_version: AtomicU64,
-    /// Number of `get_range` calls served (tests assert on it).
-    pub gets: AtomicU64,
+    /// The ranges asked of `get_range`, in order (tests assert on them).
+    ranges: Mutex<Vec<Range<u64>>>,
     /// Number of `list_page` calls served.
     pub lists: AtomicU64,
     /// Keys per listing page (small values exercise pagination).
@@ -59,6 +59,14 @@ impl MemoryStore {
     /// Removes `key`.
     pub fn delete(&self, key: &str) {
         self.lock().remove(key);
+    }
+
+    /// The ranges asked of [`ObjectStore::get_range`] so far, in order.
+    pub fn ranges(&self) -> Vec<Range<u64>> {
+        self.ranges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (ObjectInfo, Bytes)>> {
@@ -122,11 +130,14 @@ impl ObjectStore for MemoryStore {
 
     async fn get_range(
         &self,
-        key: &str,
+        version: &ObjectVersion,
         range: Range<u64>,
-        if_match: &str,
     ) -> Result<Bytes, StoreError> {
-        self.gets.fetch_add(1, Ordering::Relaxed);
+        self.ranges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(range.clone());
+        let (key, if_match) = (&*version.key, &*version.etag);
         let objects = self.lock();
         let (info, data) = objects.get(key).ok_or_else(|| StoreError::NotFound {
             key: key.to_string(),
@@ -200,16 +211,25 @@ mod tests {
     #[tokio::test]
     async fn get_range_checks_etag_and_length() {
         let store = MemoryStore::new();
-        let info = store.put("k", b"hello world".to_vec());
-        let got = store.get_range("k", 6..11, &info.etag).await.unwrap();
+        let version = store.put("k", b"hello world".to_vec()).version();
+        let got = store.get_range(&version, 6..11).await.unwrap();
         assert_eq!(&got[..], b"world");
+        let other = ObjectVersion {
+            etag: "\"other\"".into(),
+            ..version.clone()
+        };
         assert!(matches!(
-            store.get_range("k", 0..1, "\"other\"").await,
+            store.get_range(&other, 0..1).await,
             Err(StoreError::PreconditionFailed { .. })
         ));
         assert!(matches!(
-            store.get_range("k", 6..20, &info.etag).await,
+            store.get_range(&version, 6..20).await,
             Err(StoreError::ShortBody { .. })
         ));
+        assert_eq!(
+            store.ranges(),
+            [6..11, 0..1, 6..20],
+            "every range asked, in order"
+        );
     }
 }

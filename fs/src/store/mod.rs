@@ -44,6 +44,18 @@ pub struct ObjectInfo {
     pub checksum: Option<FullObjectChecksum>,
 }
 
+impl ObjectInfo {
+    /// The version this answer describes, to pin and read.
+    pub fn version(&self) -> ObjectVersion {
+        ObjectVersion {
+            key: self.key.as_str().into(),
+            etag: self.etag.as_str().into(),
+            size: self.size,
+            checksum: self.checksum,
+        }
+    }
+}
+
 /// One version of one object, pinned by an open: every read of the handle asks for exactly
 /// this ETag, so a handle never mixes bytes of two versions.
 ///
@@ -103,13 +115,12 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Reads the metadata of one object.
     async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError>;
 
-    /// Reads `range` of the object, but only if its ETag still equals `if_match`. The returned
-    /// buffer always holds exactly `range.end - range.start` bytes.
+    /// Reads `range` of `version`'s object, but only if its ETag still equals the pinned one.
+    /// The returned buffer always holds exactly `range.end - range.start` bytes.
     async fn get_range(
         &self,
-        key: &str,
+        version: &ObjectVersion,
         range: Range<u64>,
-        if_match: &str,
     ) -> Result<Bytes, StoreError>;
 
     /// Reads `range` like [`ObjectStore::get_range`], handing the body to `sink` piece by
@@ -119,22 +130,17 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// again and must start over. An error from `sink` ends the read (not retried).
     async fn get_range_into(
         &self,
-        key: &str,
+        version: &ObjectVersion,
         range: Range<u64>,
-        if_match: &str,
         sink: &mut RangeSink<'_>,
     ) -> Result<(), StoreError> {
-        let bytes = self.get_range(key, range.clone(), if_match).await?;
+        let bytes = self.get_range(version, range.clone()).await?;
         sink(range.start, &bytes)
     }
 
     /// A short human description (`s3://bucket at https://endpoint`) for messages.
     fn describe(&self) -> String;
 
-    /// Where the bytes come from, normalized: caches key blocks by it, so stores reading
-    /// through different endpoints (or addressing styles) never share cached bytes. A store
-    /// that talks to a network endpoint must override this; the default, for stores in
-    /// tests, takes the description as the endpoint.
     /// Whether this store's own credentials were allowed to read version `etag` of `key`
     /// recently (see [`ProvingStore`]); stores that keep no record say no, and an open then
     /// asks S3 with a HeadObject.
@@ -142,6 +148,10 @@ pub trait ObjectStore: Send + Sync + 'static {
         false
     }
 
+    /// Where the bytes come from, normalized: caches key blocks by it, so stores reading
+    /// through different endpoints (or addressing styles) never share cached bytes. A store
+    /// that talks to a network endpoint must override this; the default, for stores in
+    /// tests, takes the description as the endpoint.
     fn origin(&self) -> StoreOrigin {
         StoreOrigin {
             endpoint: self.describe(),

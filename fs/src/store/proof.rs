@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ListPage, ObjectInfo, ObjectStore, RangeSink, StoreError, StoreOrigin};
+use super::{ListPage, ObjectInfo, ObjectStore, ObjectVersion, RangeSink, StoreError, StoreOrigin};
 
 /// Most proofs one volume remembers (about 100 bytes each).
 const MAX_PROOFS: u64 = 100_000;
@@ -66,26 +66,22 @@ impl ObjectStore for ProvingStore {
 
     async fn get_range(
         &self,
-        key: &str,
+        version: &ObjectVersion,
         range: Range<u64>,
-        if_match: &str,
     ) -> Result<Bytes, StoreError> {
-        let bytes = self.inner.get_range(key, range, if_match).await?;
-        self.proved(key, if_match);
+        let bytes = self.inner.get_range(version, range).await?;
+        self.proved(&version.key, &version.etag);
         Ok(bytes)
     }
 
     async fn get_range_into(
         &self,
-        key: &str,
+        version: &ObjectVersion,
         range: Range<u64>,
-        if_match: &str,
         sink: &mut RangeSink<'_>,
     ) -> Result<(), StoreError> {
-        self.inner
-            .get_range_into(key, range, if_match, sink)
-            .await?;
-        self.proved(key, if_match);
+        self.inner.get_range_into(version, range, sink).await?;
+        self.proved(&version.key, &version.etag);
         Ok(())
     }
 
@@ -111,14 +107,12 @@ mod tests {
     #[tokio::test]
     async fn a_head_or_a_get_proves_that_version_only() {
         let memory = Arc::new(MemoryStore::new());
-        let etag = memory.put("m/a.safetensors", vec![7u8; 100]).etag;
+        let a = memory.put("m/a.safetensors", vec![7u8; 100]).version();
+        let etag = a.etag.to_string();
         memory.put("m/b.safetensors", vec![8u8; 100]);
         let store = ProvingStore::new(memory.clone(), Duration::from_secs(60));
         assert!(!store.proves_read("m/a.safetensors", &etag));
-        store
-            .get_range("m/a.safetensors", 0..10, &etag)
-            .await
-            .unwrap();
+        store.get_range(&a, 0..10).await.unwrap();
         assert!(store.proves_read("m/a.safetensors", &etag));
         assert!(!store.proves_read("m/a.safetensors", "\"other-version\""));
         assert!(!store.proves_read("m/b.safetensors", &etag));
@@ -132,9 +126,14 @@ mod tests {
     #[tokio::test]
     async fn a_refused_read_proves_nothing_and_proofs_expire() {
         let memory = Arc::new(MemoryStore::new());
-        let etag = memory.put("k", vec![1u8; 10]).etag;
+        let current = memory.put("k", vec![1u8; 10]).version();
+        let etag = current.etag.to_string();
         let store = ProvingStore::new(memory.clone(), Duration::from_millis(50));
-        assert!(store.get_range("k", 0..1, "\"stale\"").await.is_err());
+        let stale = ObjectVersion {
+            etag: "\"stale\"".into(),
+            ..current
+        };
+        assert!(store.get_range(&stale, 0..1).await.is_err());
         assert!(!store.proves_read("k", &etag));
         store.head("k").await.unwrap();
         assert!(store.proves_read("k", &etag));

@@ -17,8 +17,8 @@ use bytes::{Bytes, BytesMut};
 use futures::TryFutureExt;
 
 use super::{
-    ChecksumHeaders, FullObjectChecksum, ListPage, ObjectInfo, ObjectStore, RangeSink,
-    ReplaceableCredentials, StoreError, StoreOrigin,
+    ChecksumHeaders, FullObjectChecksum, ListPage, ObjectInfo, ObjectStore, ObjectVersion,
+    RangeSink, ReplaceableCredentials, StoreError, StoreOrigin,
 };
 use crate::metrics::metrics;
 
@@ -252,11 +252,11 @@ impl S3Store {
     /// checked for length.
     async fn get_range_once(
         &self,
-        key: &str,
+        version: &ObjectVersion,
         range: Range<u64>,
-        if_match: &str,
         sink: &Mutex<&mut RangeSink<'_>>,
     ) -> Result<(), StoreError> {
+        let (key, if_match) = (&*version.key, &*version.etag);
         let expected = range.end - range.start;
         let out = self
             .client
@@ -536,16 +536,15 @@ impl ObjectStore for S3Store {
 
     async fn get_range(
         &self,
-        key: &str,
+        version: &ObjectVersion,
         range: Range<u64>,
-        if_match: &str,
     ) -> Result<Bytes, StoreError> {
         if range.is_empty() {
             return Ok(Bytes::new());
         }
         let mut buf = BytesMut::with_capacity((range.end - range.start) as usize);
         let start = range.start;
-        self.get_range_into(key, range, if_match, &mut |at, chunk| {
+        self.get_range_into(version, range, &mut |at, chunk| {
             if at == start {
                 buf.clear(); // a retry starts over
             }
@@ -558,9 +557,8 @@ impl ObjectStore for S3Store {
 
     async fn get_range_into(
         &self,
-        key: &str,
+        version: &ObjectVersion,
         range: Range<u64>,
-        if_match: &str,
         sink: &mut RangeSink<'_>,
     ) -> Result<(), StoreError> {
         if range.is_empty() {
@@ -568,8 +566,8 @@ impl ObjectStore for S3Store {
         }
         let len = range.end - range.start;
         let sink = Mutex::new(sink);
-        self.with_retries("GetObject", key, read_retryable, || {
-            self.get_range_once(key, range.clone(), if_match, &sink)
+        self.with_retries("GetObject", &version.key, read_retryable, || {
+            self.get_range_once(version, range.clone(), &sink)
         })
         .await?;
         metrics().s3_bytes(len);
@@ -757,11 +755,17 @@ mod tests {
         };
         let bound = config.max_wait_without_answer();
         let store = S3Store::connect(&config).await;
+        let version = ObjectVersion {
+            key: "k".into(),
+            etag: "\"e\"".into(),
+            size: 10,
+            checksum: None,
+        };
         let mut sent = 0;
         for op in ["GetObject", "HeadObject", "ListObjectsV2"] {
             let started = Instant::now();
             let result = match op {
-                "GetObject" => store.get_range("k", 0..10, "\"e\"").await.map(drop),
+                "GetObject" => store.get_range(&version, 0..10).await.map(drop),
                 "HeadObject" => store.head("k").await.map(drop),
                 _ => store.list_page("p/", None).await.map(drop),
             };

@@ -89,15 +89,13 @@ impl Fetcher {
         let prefix = async {
             let prefix = self
                 .store
-                .get_range(&version.key, start..start + prefix_len, &version.etag)
+                .get_range(version, start..start + prefix_len)
                 .await
                 .map_err(FsError::from);
             let _ = prefix_tx.send(prefix.clone());
             prefix
         };
-        let rest = self
-            .store
-            .get_range(&version.key, start + prefix_len..end, &version.etag);
+        let rest = self.store.get_range(version, start + prefix_len..end);
         let (prefix, rest) = tokio::join!(prefix, rest);
         let (prefix, rest) = (prefix?, rest?);
         let mut block = BytesMut::with_capacity((end - start) as usize);

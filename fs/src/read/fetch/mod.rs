@@ -306,9 +306,6 @@ impl Fetcher {
         crate::metrics::metrics().fetched_block(priority.label());
         let bs = self.tiers.block_size;
         let range = index * bs..((index + 1) * bs).min(version.size);
-        Ok(self
-            .store
-            .get_range(&version.key, range, &version.etag)
-            .await?)
+        Ok(self.store.get_range(version, range).await?)
     }
 }

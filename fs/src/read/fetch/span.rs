@@ -34,6 +34,16 @@ enum Landing {
 }
 
 impl Landing {
+    /// Held by `stream` for its readers, each block with `lease`; `entry` is the file's disk
+    /// entry, if it has one.
+    fn for_stream(stream: &Arc<Stream>, lease: Lease, entry: Option<&Arc<CacheEntry>>) -> Landing {
+        Landing::Stream {
+            stream: Arc::downgrade(stream),
+            lease: Arc::new(lease),
+            entry: entry.cloned(),
+        }
+    }
+
     fn entry(&self) -> Option<&Arc<CacheEntry>> {
         match self {
             Landing::Disk(entry) => Some(entry),
@@ -137,13 +147,14 @@ impl Fetcher {
                 }
                 extend_runs(&mut runs, index);
             }
-            let spans: Vec<_> = runs
-                .into_iter()
-                .map(|(a, b)| {
-                    let landing = Landing::Disk(entry.clone());
-                    self.start_span(&mut in_flight, version, landing, a..b, Priority::Background)
-                })
-                .collect();
+            let landing = Landing::Disk(entry.clone());
+            let spans = self.start_spans(
+                &mut in_flight,
+                version,
+                &landing,
+                runs,
+                Priority::Background,
+            );
             (spans, waits)
         };
         let results = futures::future::join_all(spans).await;
@@ -153,24 +164,22 @@ impl Fetcher {
         results.into_iter().collect()
     }
 
-    /// Gets blocks `first..=last` of `entry` onto disk for a reader of a file being loaded.
-    /// The missing ones are fetched as spans at demand priority (no background slot), run on
-    /// towards `until` while the blocks after them are missing too, so the reader's next reads
-    /// find their blocks on the way (a loader's thread reads a tensor in 2 MiB steps: one GET
+    /// Gets `blocks` of `entry` onto disk for a reader of a file being loaded. The missing
+    /// ones are fetched as spans at demand priority (no background slot), run on towards
+    /// `until` while the blocks after them are missing too, so the reader's next reads find
+    /// their blocks on the way (a loader's thread reads a tensor in 2 MiB steps: one GET
     /// serves four of them); blocks in flight are waited for, not fetched again. Returns once
-    /// each of `first..=last` is stored or its fetch has given up; the caller reads them from
-    /// the disk tier, or falls back to the block path.
+    /// each of `blocks` is stored or its fetch has given up; the caller reads them from the
+    /// disk tier, or falls back to the block path.
     pub async fn fetch_to_disk(
         self: &Arc<Self>,
         version: &ObjectVersion,
         entry: &Arc<CacheEntry>,
-        first: u64,
-        last: u64,
+        blocks: RangeInclusive<u64>,
         until: u64,
     ) {
-        let until = until
-            .max(last + 1)
-            .min(version.size.div_ceil(self.tiers.block_size));
+        let (first, last) = (*blocks.start(), *blocks.end());
+        let until = self.run_on_end(version, last, until);
         // Blocks on disk but not checked by this process are left to the block path, which
         // reads and checks them; only blocks without a record are fetched.
         let unrecorded = {
@@ -196,12 +205,9 @@ impl Fetcher {
                 },
                 |_| false,
             );
-            for (a, b) in runs {
-                // The span runs as its own task; its blocks are in the table from here on.
-                let landing = Landing::Disk(entry.clone());
-                drop(self.start_span(&mut in_flight, version, landing, a..b, Priority::Demand));
-            }
-            self.in_flight_of(&in_flight, version, first..=last)
+            let landing = Landing::Disk(entry.clone());
+            drop(self.start_spans(&mut in_flight, version, &landing, runs, Priority::Demand));
+            self.in_flight_of(&in_flight, version, blocks)
         };
         futures::future::join_all(waits.into_iter().map(InFlight::landed)).await;
     }
@@ -217,11 +223,7 @@ impl Fetcher {
         blocks: Range<u64>,
         lease: Lease,
     ) {
-        let landing = Landing::Stream {
-            stream: Arc::downgrade(stream),
-            lease: Arc::new(lease),
-            entry: entry.cloned(),
-        };
+        let landing = Landing::for_stream(stream, lease, entry);
         let mut in_flight = self.tiers.in_flight.lock();
         let mut runs: Vec<(u64, u64)> = Vec::new();
         for index in blocks {
@@ -234,15 +236,13 @@ impl Fetcher {
             }
             extend_runs(&mut runs, index);
         }
-        for (a, b) in runs {
-            drop(self.start_span(
-                &mut in_flight,
-                version,
-                landing.clone(),
-                a..b,
-                Priority::Background,
-            ));
-        }
+        drop(self.start_spans(
+            &mut in_flight,
+            version,
+            &landing,
+            runs,
+            Priority::Background,
+        ));
     }
 
     /// Gets blocks `first..=last` of `version` held by `stream`, for its reader: the missing
@@ -259,9 +259,7 @@ impl Fetcher {
         until: u64,
     ) {
         let (first, last) = (*blocks.start(), *blocks.end());
-        let until = until
-            .max(last + 1)
-            .min(version.size.div_ceil(self.tiers.block_size));
+        let until = self.run_on_end(version, last, until);
         let waits: Vec<InFlight> = {
             let mut in_flight = self.tiers.in_flight.lock();
             let runs = runs_to_fetch(
@@ -280,25 +278,36 @@ impl Fetcher {
                 .then(|| stream.try_lease(&self.tiers.background_slots))
                 .flatten();
             if let Some(lease) = lease {
-                let landing = Landing::Stream {
-                    stream: Arc::downgrade(stream),
-                    lease: Arc::new(lease),
-                    entry: entry.cloned(),
-                };
-                for (a, b) in runs {
-                    // The span runs as its own task; its blocks are in the table from here on.
-                    drop(self.start_span(
-                        &mut in_flight,
-                        version,
-                        landing.clone(),
-                        a..b,
-                        Priority::Demand,
-                    ));
-                }
+                let landing = Landing::for_stream(stream, lease, entry);
+                drop(self.start_spans(&mut in_flight, version, &landing, runs, Priority::Demand));
             }
             self.in_flight_of(&in_flight, version, blocks)
         };
         futures::future::join_all(waits.into_iter().map(InFlight::landed)).await;
+    }
+
+    /// Where a run on from a reader of blocks up to `last` of `version` stops: at `until`, but
+    /// never before the block after `last` nor past the end of the file.
+    fn run_on_end(&self, version: &ObjectVersion, last: u64, until: u64) -> u64 {
+        until
+            .max(last + 1)
+            .min(version.size.div_ceil(self.tiers.block_size))
+    }
+
+    /// Starts each of `runs` (of blocks `start..end`) as a span of its own, landing at
+    /// `landing`. Each span runs as its own task, its blocks in the table from here on; the
+    /// handles are only for a caller that waits for the spans.
+    fn start_spans(
+        self: &Arc<Self>,
+        in_flight: &mut Table<'_>,
+        version: &ObjectVersion,
+        landing: &Landing,
+        runs: Vec<(u64, u64)>,
+        priority: Priority,
+    ) -> Vec<SharedFetch<()>> {
+        runs.into_iter()
+            .map(|(a, b)| self.start_span(in_flight, version, landing.clone(), a..b, priority))
+            .collect()
     }
 
     /// The downloads in flight of `blocks` of `version`.
@@ -421,9 +430,7 @@ impl Fetcher {
                 progress.send_if_modified(|done| std::mem::replace(done, stored) != stored);
                 Ok(())
             };
-            self.store
-                .get_range_into(&version.key, range, &version.etag, &mut sink)
-                .await?;
+            self.store.get_range_into(version, range, &mut sink).await?;
             writer.finish();
             tracing::trace!(first, last, "span end");
             return Ok(());
@@ -431,10 +438,7 @@ impl Fetcher {
         // No room on disk: one GET, kept in memory rather than fetched again per block.
         let bs = self.tiers.block_size;
         let range = first * bs..(last * bs).min(version.size);
-        let bytes = self
-            .store
-            .get_range(&version.key, range, &version.etag)
-            .await?;
+        let bytes = self.store.get_range(version, range).await?;
         for index in first..last {
             let from = ((index - first) * bs) as usize;
             let block = bytes.slice(from..(from + bs as usize).min(bytes.len()));
@@ -482,9 +486,7 @@ impl Fetcher {
             }
             Ok(())
         };
-        self.store
-            .get_range_into(&version.key, range, &version.etag, &mut sink)
-            .await?;
+        self.store.get_range_into(version, range, &mut sink).await?;
         crate::read::stream::span_fetched(stream, first, last);
         Ok(())
     }

@@ -66,9 +66,8 @@ impl ObjectStore for TestStore {
 
     async fn get_range(
         &self,
-        key: &str,
+        version: &ObjectVersion,
         range: Range<u64>,
-        if_match: &str,
     ) -> Result<Bytes, StoreError> {
         self.ranges.lock().unwrap().push(range.clone());
         let _ = self.open.subscribe().wait_for(|open| *open).await;
@@ -82,7 +81,7 @@ impl ObjectStore for TestStore {
                 message: "injected failure".into(),
             });
         }
-        self.inner.get_range(key, range, if_match).await
+        self.inner.get_range(version, range).await
     }
 
     fn describe(&self) -> String {
@@ -120,12 +119,7 @@ fn setup(disk_limit: Option<u64>, open: bool, failures: usize) -> Setup {
         })
         .unwrap()
     });
-    let version = ObjectVersion {
-        key: info.key.as_str().into(),
-        etag: info.etag.as_str().into(),
-        size: info.size,
-        checksum: None,
-    };
+    let version = info.version();
     let entry = disk.as_ref().map(|disk| {
         disk.entry(&EntryId {
             origin: "memory://local".into(),
@@ -163,6 +157,15 @@ impl Setup {
     async fn read(&self, index: u64, priority: Priority) -> Bytes {
         self.fetcher
             .block(&self.version, self.entry.as_ref(), index, priority)
+            .await
+            .unwrap()
+    }
+
+    /// The first `len` bytes of block `index` through the header probe's path, from this
+    /// setup's cache entry if it has one.
+    async fn prefix(&self, index: u64, len: u64) -> Bytes {
+        self.fetcher
+            .block_prefix(&self.version, self.entry.as_ref(), index, len)
             .await
             .unwrap()
     }
@@ -206,11 +209,7 @@ async fn a_read_goes_to_the_disk_once_when_the_block_is_there_and_twice_when_it_
     assert!(s.store.ranges().is_empty());
     // A cold block through the header probe's path: looked for before and after taking its
     // download lock, then fetched once.
-    let got = s
-        .fetcher
-        .block_prefix(&s.version, Some(&entry), 3, BS)
-        .await
-        .unwrap();
+    let got = s.prefix(3, BS).await;
     assert_eq!(&got[..], s.block(3));
     assert_eq!(disk.stats.snapshot().misses, 2);
     assert_eq!(s.store.ranges(), [bytes_of(3..4)]);
@@ -298,11 +297,7 @@ async fn a_header_probe_answers_from_the_prefix_get_and_stores_the_joined_block(
     let s = setup(Some(1 << 30), true, 0);
     let entry = s.entry.clone().unwrap();
     let probe = 4096;
-    let got = s
-        .fetcher
-        .block_prefix(&s.version, Some(&entry), 0, probe)
-        .await
-        .unwrap();
+    let got = s.prefix(0, probe).await;
     assert_eq!(&got[..], &s.data[..probe as usize]);
     // The rest of the block arrives in the second GET and is stored joined.
     for _ in 0..1000 {
@@ -315,11 +310,7 @@ async fn a_header_probe_answers_from_the_prefix_get_and_stores_the_joined_block(
     assert_eq!(s.store.ranges(), [0..probe, probe..BS]);
     let got = s.read(0, Priority::Demand).await;
     assert_eq!(&got[..], s.block(0));
-    let again = s
-        .fetcher
-        .block_prefix(&s.version, Some(&entry), 0, probe)
-        .await
-        .unwrap();
+    let again = s.prefix(0, probe).await;
     assert_eq!(&again[..], &s.data[..probe as usize]);
     assert_eq!(s.store.ranges().len(), 2, "no GET once stored");
 }
