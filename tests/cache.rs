@@ -11,13 +11,10 @@ use common::drop_page_cache;
 use common::mount::Mount;
 use common::s3::LocalServer;
 use common::suite::eventually;
+use common::tmpfs::Tmpfs;
 
 const BUCKET: &str = "models";
 const MIB: u64 = 1 << 20;
-
-fn seed(server: &LocalServer, key: &str, size: u64, seed: u64) -> PathBuf {
-    common::seed_pseudo_random(server, key, size, seed)
-}
 
 fn mount(server: &LocalServer, cache: &Path, extra: &[&str]) -> Mount {
     common::mount::mount_with_cache(&server.endpoint, cache, "4GiB", extra)
@@ -58,7 +55,7 @@ fn disk_usage(dir: &Path) -> u64 {
 #[test]
 fn second_read_after_remount_makes_zero_gets() {
     let server = LocalServer::start(BUCKET);
-    let source = seed(&server, "m/checkpoints/a.safetensors", 48 * MIB + 123, 1);
+    let source = server.seed_pseudo_random("m/checkpoints/a.safetensors", 48 * MIB + 123, 1);
     let cache = tempfile::tempdir().expect("cache dir");
     let mut first = mount(&server, cache.path(), &[]);
     assert_same_file(&first.join("checkpoints/a.safetensors"), &source);
@@ -81,7 +78,7 @@ fn second_read_after_remount_makes_zero_gets() {
 fn two_mounts_on_one_cache_download_each_block_once() {
     let server = LocalServer::start(BUCKET);
     let size = 64 * MIB;
-    let source = seed(&server, "m/loras/shared.safetensors", size, 2);
+    let source = server.seed_pseudo_random("m/loras/shared.safetensors", size, 2);
     let cache = tempfile::tempdir().expect("cache dir");
     let a = mount(&server, cache.path(), &[]);
     let b = mount(&server, cache.path(), &[]);
@@ -104,7 +101,7 @@ fn two_mounts_on_one_cache_download_each_block_once() {
 fn kill_9_mid_download_then_restart_serves_every_byte_correctly() {
     let server = LocalServer::start(BUCKET);
     let size = 256 * MIB;
-    let source = seed(&server, "m/checkpoints/big.safetensors", size, 3);
+    let source = server.seed_pseudo_random("m/checkpoints/big.safetensors", size, 3);
     let cache = tempfile::tempdir().expect("cache dir");
     let mut victim = mount(&server, cache.path(), &[]);
     let path = victim.join("checkpoints/big.safetensors");
@@ -140,7 +137,7 @@ fn kill_9_mid_download_then_restart_serves_every_byte_correctly() {
 #[test]
 fn a_flipped_byte_on_disk_is_detected_and_fetched_again() {
     let server = LocalServer::start(BUCKET);
-    let source = seed(&server, "m/vae/v.safetensors", 16 * MIB, 4);
+    let source = server.seed_pseudo_random("m/vae/v.safetensors", 16 * MIB, 4);
     let cache = tempfile::tempdir().expect("cache dir");
     let mut first = mount(&server, cache.path(), &[]);
     assert_same_file(&first.join("vae/v.safetensors"), &source);
@@ -169,14 +166,7 @@ fn eviction_keeps_the_cache_under_its_limit() {
     let server = LocalServer::start(BUCKET);
     let limit = 24 * MIB;
     let sources: Vec<PathBuf> = (0..6)
-        .map(|i| {
-            seed(
-                &server,
-                &format!("m/loras/l{i}.safetensors"),
-                8 * MIB,
-                10 + i,
-            )
-        })
+        .map(|i| server.seed_pseudo_random(&format!("m/loras/l{i}.safetensors"), 8 * MIB, 10 + i))
         .collect();
     let cache = tempfile::tempdir().expect("cache dir");
     let mut m = mount(&server, cache.path(), &["--cache-size", "24MiB"]);
@@ -199,25 +189,10 @@ fn eviction_keeps_the_cache_under_its_limit() {
 #[test]
 fn a_full_cache_filesystem_still_serves_correct_bytes() {
     let server = LocalServer::start(BUCKET);
-    let source = seed(&server, "m/checkpoints/c.safetensors", 40 * MIB, 5);
-    let dir = tempfile::tempdir().expect("tmp");
-    let tiny = dir.path().join("tiny");
-    std::fs::create_dir(&tiny).expect("mkdir");
-    let status = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs"])
-        .arg(&tiny)
-        .status()
-        .expect("mount tmpfs");
-    assert!(status.success(), "cannot mount a tmpfs (tests run as root)");
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(tiny.clone());
+    let source = server.seed_pseudo_random("m/checkpoints/c.safetensors", 40 * MIB, 5);
+    let tiny = Tmpfs::new("8m");
     // Limit far above the filesystem's size: writes hit ENOSPC and must degrade.
-    let mut m = mount(&server, &tiny, &["--cache-size", "1GiB"]);
+    let mut m = mount(&server, &tiny.path, &["--cache-size", "1GiB"]);
     assert_same_file(&m.join("checkpoints/c.safetensors"), &source);
     assert_same_file(&m.join("checkpoints/c.safetensors"), &source);
     m.unmount();
@@ -265,34 +240,40 @@ fn final_reads(log: &str) -> u64 {
         .expect("final read count in log")
 }
 
-#[test]
-fn passthrough_serves_complete_entries_without_daemon_reads() {
-    let server = LocalServer::start(BUCKET);
-    let source = seed(&server, "m/checkpoints/p.safetensors", 32 * MIB, 6);
-    let cache = tempfile::tempdir().expect("cache dir");
-    let mut m = mount(&server, cache.path(), &[]);
-    let path = m.join("checkpoints/p.safetensors");
-    assert_same_file(&path, &source); // fills the cache
-                                      // Opens of a complete entry start its verification; once verified, opens pass through.
-    let mut passthrough_file = None;
+/// Opens `path` until an open passes through, for at most 20 s, and returns that open: each
+/// open of a complete entry starts its verification, and once verified, opens pass through.
+fn open_until_passthrough(m: &Mount, path: &Path) -> std::fs::File {
+    let mut passthrough = None;
     assert!(
         eventually(Duration::from_secs(20), || {
-            let f = std::fs::File::open(&path).expect("open");
-            if last_open(&m.log_text(), "Passthrough").is_some() {
-                passthrough_file = Some(f);
-                true
-            } else {
-                false
+            let f = std::fs::File::open(path).expect("open");
+            let passes = last_open(&m.log_text(), "Passthrough").is_some();
+            if passes {
+                passthrough = Some(f);
             }
+            passes
         }),
         "no passthrough open within 20 s:\n{}",
         m.log_text()
     );
+    passthrough.expect("the passthrough open")
+}
+
+#[test]
+fn passthrough_serves_complete_entries_without_daemon_reads() {
+    let server = LocalServer::start(BUCKET);
+    let source = server.seed_pseudo_random("m/checkpoints/p.safetensors", 32 * MIB, 6);
+    let cache = tempfile::tempdir().expect("cache dir");
+    let mut m = mount(&server, cache.path(), &[]);
+    let path = m.join("checkpoints/p.safetensors");
+    assert_same_file(&path, &source); // fills the cache
+    let mut passthrough_file = open_until_passthrough(&m, &path);
     let reads_before = last_open(&m.log_text(), "Passthrough").expect("open line");
     drop_page_cache();
     let mut via_fd = Vec::new();
-    std::io::Read::read_to_end(&mut passthrough_file.take().expect("file"), &mut via_fd)
+    std::io::Read::read_to_end(&mut passthrough_file, &mut via_fd)
         .expect("read through passthrough");
+    drop(passthrough_file);
     assert!(via_fd == std::fs::read(&source).expect("source"));
     m.unmount();
     assert_eq!(
@@ -305,7 +286,7 @@ fn passthrough_serves_complete_entries_without_daemon_reads() {
 #[test]
 fn without_passthrough_reads_fall_back_to_the_daemon() {
     let server = LocalServer::start(BUCKET);
-    let source = seed(&server, "m/checkpoints/n.safetensors", 16 * MIB, 7);
+    let source = server.seed_pseudo_random("m/checkpoints/n.safetensors", 16 * MIB, 7);
     let cache = tempfile::tempdir().expect("cache dir");
     let mut m = mount(&server, cache.path(), &["--no-passthrough"]);
     let path = m.join("checkpoints/n.safetensors");
@@ -314,11 +295,7 @@ fn without_passthrough_reads_fall_back_to_the_daemon() {
     drop_page_cache();
     server.server.reset_stats();
     assert_same_file(&path, &source);
-    assert_eq!(
-        server.server.stats().get_object,
-        0,
-        "served from the disk cache"
-    );
+    server.assert_no_gets("served from the disk cache");
     m.unmount();
     let log = m.log_text();
     assert!(last_open(&log, "Passthrough").is_none(), "{log}");
@@ -328,7 +305,7 @@ fn without_passthrough_reads_fall_back_to_the_daemon() {
 #[test]
 fn a_file_read_to_the_end_is_served_by_passthrough_after_a_remount() {
     let server = LocalServer::start(BUCKET);
-    let source = seed(&server, "m/checkpoints/seal.safetensors", 24 * MIB, 8);
+    let source = server.seed_pseudo_random("m/checkpoints/seal.safetensors", 24 * MIB, 8);
     let cache = tempfile::tempdir().expect("cache dir");
     let mut first = mount(&server, cache.path(), &[]);
     assert_same_file(&first.join("checkpoints/seal.safetensors"), &source);
@@ -347,24 +324,12 @@ fn a_file_read_to_the_end_is_served_by_passthrough_after_a_remount() {
 #[test]
 fn concurrent_passthrough_opens_of_one_file_share_its_backing_and_read_exactly() {
     let server = LocalServer::start(BUCKET);
-    let source = seed(&server, "m/checkpoints/shared.safetensors", 16 * MIB, 9);
+    let source = server.seed_pseudo_random("m/checkpoints/shared.safetensors", 16 * MIB, 9);
     let cache = tempfile::tempdir().expect("cache dir");
     let mut m = mount(&server, cache.path(), &[]);
     let path = m.join("checkpoints/shared.safetensors");
     assert_same_file(&path, &source); // fills the cache
-    let mut first = None;
-    assert!(
-        eventually(Duration::from_secs(20), || {
-            let f = std::fs::File::open(&path).expect("open");
-            let passes = last_open(&m.log_text(), "Passthrough").is_some();
-            if passes {
-                first = Some(f);
-            }
-            passes
-        }),
-        "no passthrough open within 20 s:\n{}",
-        m.log_text()
-    );
+    let first = open_until_passthrough(&m, &path);
     // While one passthrough open is held, many more open and read at once (ComfyUI workers
     // loading the same model): every open must join the inode's backing file.
     let expected = std::sync::Arc::new(std::fs::read(&source).expect("source"));

@@ -21,26 +21,32 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("a UTF-8 temporary path")
 }
 
+/// `modelfs mount` at `mountpoint` with a disk cache at `cache` that must not be on the
+/// filesystem of `keep_clear`; the endpoint is a closed port, never reached.
+fn mount_keeping_clear(mountpoint: &Path, cache: &Path, keep_clear: &str) -> Output {
+    modelfs(&[
+        "mount",
+        "s3://models/ComfyUI/models",
+        path(mountpoint),
+        "--foreground",
+        "--cache-dir",
+        path(cache),
+        "--cache-not-on",
+        keep_clear,
+        "--endpoint-url",
+        "http://127.0.0.1:9",
+        "--region",
+        "us-east-1",
+    ])
+}
+
 #[test]
 fn mount_refuses_a_cache_on_the_filesystem_it_must_keep_clear() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mountpoint = dir.path().join("models");
     std::fs::create_dir(&mountpoint).expect("mkdir");
     let cache = dir.path().join("cache");
-    let output = modelfs(&[
-        "mount",
-        "s3://models/ComfyUI/models",
-        path(&mountpoint),
-        "--foreground",
-        "--cache-dir",
-        path(&cache),
-        "--cache-not-on",
-        path(dir.path()),
-        "--endpoint-url",
-        "http://127.0.0.1:9",
-        "--region",
-        "us-east-1",
-    ]);
+    let output = mount_keeping_clear(&mountpoint, &cache, path(dir.path()));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     assert!(
@@ -59,20 +65,11 @@ fn mount_refuses_a_cache_on_the_filesystem_it_must_keep_clear() {
 fn a_cache_on_another_filesystem_passes_the_check() {
     let dir = tempfile::tempdir().expect("tempdir");
     // A missing mountpoint fails the next check, which proves this one passed.
-    let output = modelfs(&[
-        "mount",
-        "s3://models/ComfyUI/models",
-        path(&dir.path().join("missing")),
-        "--foreground",
-        "--cache-dir",
-        path(&dir.path().join("cache")),
-        "--cache-not-on",
+    let output = mount_keeping_clear(
+        &dir.path().join("missing"),
+        &dir.path().join("cache"),
         "/proc",
-        "--endpoint-url",
-        "http://127.0.0.1:9",
-        "--region",
-        "us-east-1",
-    ]);
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     assert!(!stderr.contains("same filesystem"), "{stderr}");

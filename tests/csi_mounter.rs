@@ -11,6 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::csi::{is_stale, modelfs_processes, mount_count, wait_for, Node, BUCKET, WAIT};
@@ -68,6 +69,42 @@ fn stream_and_compare(
     }
 }
 
+/// A node serving a large file as `checkpoints/big.bin` of vol-1, published at pod-a's
+/// target, while a thread streams it through the mount (`stream_and_compare`).
+struct StreamUnderTest {
+    node: Node,
+    /// The server's copy of the file (the expected bytes).
+    reference: PathBuf,
+    /// The volume's target path.
+    target: PathBuf,
+    /// Bytes the reader has checked so far.
+    progress: Arc<AtomicU64>,
+    /// The reader: the bytes it read, or where it failed.
+    reader: JoinHandle<Result<u64, StreamEnd>>,
+}
+
+/// Starts a node, seeds `len` pseudo-random bytes from `seed`, publishes them and starts a
+/// reader that sleeps `pace` after each 1 MiB.
+fn publish_and_stream(seed: u64, len: u64, pace: Duration) -> StreamUnderTest {
+    let node = Node::start();
+    let reference = seed_model(&node, "checkpoints/big.bin", seed, len);
+    let target = node.target("pod-a", "models");
+    node.publish_ok(node.request("vol-1", &target));
+    let progress = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let path = target.join("checkpoints/big.bin");
+        let (reference, progress) = (reference.clone(), progress.clone());
+        std::thread::spawn(move || stream_and_compare(&path, &reference, pace, &progress))
+    };
+    StreamUnderTest {
+        node,
+        reference,
+        target,
+        progress,
+        reader,
+    }
+}
+
 fn wait_progress(progress: &AtomicU64, at_least: u64) {
     wait_for("the reader to make progress", || {
         progress.load(Ordering::Relaxed) >= at_least
@@ -88,18 +125,13 @@ fn peak_rss(pid: i32) -> u64 {
 #[test]
 fn a_stream_keeps_going_byte_exact_while_the_plugin_is_killed_and_restarted() {
     const LEN: u64 = 1 << 30;
-    let mut node = Node::start();
-    let reference = seed_model(&node, "checkpoints/big.bin", 21, LEN);
-    let target = node.target("pod-a", "models");
-    node.publish_ok(node.request("vol-1", &target));
-
-    let progress = Arc::new(AtomicU64::new(0));
-    let reader = {
-        let (path, progress) = (target.join("checkpoints/big.bin"), progress.clone());
-        std::thread::spawn(move || {
-            stream_and_compare(&path, &reference, Duration::from_millis(10), &progress)
-        })
-    };
+    let StreamUnderTest {
+        mut node,
+        target,
+        progress,
+        reader,
+        ..
+    } = publish_and_stream(21, LEN, Duration::from_millis(10));
     wait_progress(&progress, 64 * MIB);
 
     // The plugin's container is killed and started again under the running read.
@@ -136,19 +168,13 @@ fn a_stream_keeps_going_byte_exact_while_the_plugin_is_killed_and_restarted() {
 #[test]
 fn a_killed_mounter_fails_reads_in_flight_and_the_plugin_repairs_the_mount() {
     const LEN: u64 = 256 << 20;
-    let mut node = Node::start();
-    let reference = seed_model(&node, "checkpoints/big.bin", 22, LEN);
-    let target = node.target("pod-a", "models");
-    node.publish_ok(node.request("vol-1", &target));
-
-    let progress = Arc::new(AtomicU64::new(0));
-    let reader = {
-        let (path, progress) = (target.join("checkpoints/big.bin"), progress.clone());
-        let reference = reference.clone();
-        std::thread::spawn(move || {
-            stream_and_compare(&path, &reference, Duration::from_millis(20), &progress)
-        })
-    };
+    let StreamUnderTest {
+        mut node,
+        reference,
+        target,
+        progress,
+        reader,
+    } = publish_and_stream(22, LEN, Duration::from_millis(20));
     wait_progress(&progress, 16 * MIB);
 
     // The mounter dies: the read in flight fails (every byte it returned was right).

@@ -22,11 +22,10 @@ fn mount_processes(dir: &Path) -> usize {
 fn identity_reports_name_version_capabilities_and_readiness() {
     let node = Node::start();
     let mut identity = node.identity();
-    let info = node
-        .runtime
-        .block_on(identity.get_plugin_info(proto::GetPluginInfoRequest {}))
-        .expect("GetPluginInfo")
-        .into_inner();
+    let info = node.call(
+        "GetPluginInfo",
+        identity.get_plugin_info(proto::GetPluginInfoRequest {}),
+    );
     assert_eq!(info.name, "s3.modelfs.io");
     let chars: Vec<char> = info.name.chars().collect();
     assert!(chars.len() <= 63 && chars[0].is_ascii_alphabetic());
@@ -36,11 +35,10 @@ fn identity_reports_name_version_capabilities_and_readiness() {
         .all(|c| c.is_ascii_alphanumeric() || "-._".contains(*c)));
     assert!(!info.vendor_version.is_empty());
 
-    let caps = node
-        .runtime
-        .block_on(identity.get_plugin_capabilities(proto::GetPluginCapabilitiesRequest {}))
-        .expect("GetPluginCapabilities")
-        .into_inner();
+    let caps = node.call(
+        "GetPluginCapabilities",
+        identity.get_plugin_capabilities(proto::GetPluginCapabilitiesRequest {}),
+    );
     // Node-only: no controller service advertised.
     assert!(caps.capabilities.iter().all(|c| !matches!(
         c.r#type,
@@ -49,10 +47,7 @@ fn identity_reports_name_version_capabilities_and_readiness() {
     )));
 
     wait_for("Probe to report ready", || {
-        node.runtime
-            .block_on(identity.probe(proto::ProbeRequest {}))
-            .expect("Probe")
-            .into_inner()
+        node.call("Probe", identity.probe(proto::ProbeRequest {}))
             .ready
             .unwrap_or(true)
     });
@@ -62,18 +57,16 @@ fn identity_reports_name_version_capabilities_and_readiness() {
 fn node_reports_its_id_and_no_stage_capability() {
     let node = Node::start();
     let mut client = node.node();
-    let info = node
-        .runtime
-        .block_on(client.node_get_info(proto::NodeGetInfoRequest {}))
-        .expect("NodeGetInfo")
-        .into_inner();
+    let info = node.call(
+        "NodeGetInfo",
+        client.node_get_info(proto::NodeGetInfoRequest {}),
+    );
     assert_eq!(info.node_id, NODE_ID);
     assert!(info.accessible_topology.is_none());
-    let caps = node
-        .runtime
-        .block_on(client.node_get_capabilities(proto::NodeGetCapabilitiesRequest {}))
-        .expect("NodeGetCapabilities")
-        .into_inner();
+    let caps = node.call(
+        "NodeGetCapabilities",
+        client.node_get_capabilities(proto::NodeGetCapabilitiesRequest {}),
+    );
     let stage = node_service_capability::rpc::Type::StageUnstageVolume as i32;
     assert!(!caps.capabilities.iter().any(|c| matches!(
         c.r#type,

@@ -368,6 +368,17 @@ fn overlays() -> Vec<&'static Render> {
     found
 }
 
+/// Each driver overlay with its plugin and mounter DaemonSets.
+fn node_daemonsets() -> Vec<(&'static Render, NodeDaemonSet, NodeDaemonSet)> {
+    overlays()
+        .into_iter()
+        .map(|overlay| {
+            let (plugin, mounter) = NodeDaemonSet::pair(overlay);
+            (overlay, plugin, mounter)
+        })
+        .collect()
+}
+
 /// One node DaemonSet of the driver, and its container that runs `modelfs COMMAND`.
 struct NodeDaemonSet {
     file: String,
@@ -518,8 +529,7 @@ fn bytes(text: &str) -> u64 {
 
 #[test]
 fn every_overlay_renders_and_the_plugin_hands_mounts_to_the_mounter_over_one_socket() {
-    for overlay in overlays() {
-        let (plugin, mounter) = NodeDaemonSet::pair(overlay);
+    for (overlay, plugin, mounter) in node_daemonsets() {
         assert_ne!(
             plugin.daemonset["metadata"]["name"], mounter.daemonset["metadata"]["name"],
             "the mounter is a DaemonSet of its own, not a container of the plugin's pod"
@@ -552,8 +562,7 @@ fn every_overlay_renders_and_the_plugin_hands_mounts_to_the_mounter_over_one_soc
 
 #[test]
 fn the_mounter_is_replaced_only_on_delete_and_the_plugin_rolls_freely() {
-    for overlay in overlays() {
-        let (plugin, mounter) = NodeDaemonSet::pair(overlay);
+    for (_, plugin, mounter) in node_daemonsets() {
         assert_eq!(
             mounter.daemonset["spec"]["updateStrategy"]["type"], "OnDelete",
             "{}: replacing the mounter drops every mount on the node",
@@ -576,8 +585,7 @@ fn the_mounter_is_replaced_only_on_delete_and_the_plugin_rolls_freely() {
 
 #[test]
 fn the_mounter_alone_holds_the_cache_within_its_memory_limit() {
-    for overlay in overlays() {
-        let (plugin, mounter) = NodeDaemonSet::pair(overlay);
+    for (overlay, plugin, mounter) in node_daemonsets() {
         for flag in [
             "cache-dir",
             "cache-size",
@@ -655,8 +663,7 @@ const MARGIN_PERCENT: f64 = 5.0;
 
 #[test]
 fn the_cache_stays_clear_of_kubelets_thresholds_and_off_the_root_filesystem_unless_told() {
-    for overlay in overlays() {
-        let (_, mounter) = NodeDaemonSet::pair(overlay);
+    for (overlay, _, mounter) in node_daemonsets() {
         // On instance-store nodes the RAID0 also holds kubelet and containerd; on EBS-only
         // nodes the root volume does: in both the cache shares kubelet's filesystem and must
         // leave it more free space than image GC aims at, let alone eviction.
@@ -701,8 +708,7 @@ fn the_cache_stays_clear_of_kubelets_thresholds_and_off_the_root_filesystem_unle
 
 #[test]
 fn both_daemonsets_run_the_same_image_on_the_same_nodes() {
-    for overlay in overlays() {
-        let (plugin, mounter) = NodeDaemonSet::pair(overlay);
+    for (_, plugin, mounter) in node_daemonsets() {
         assert_eq!(
             plugin.container["image"], mounter.container["image"],
             "one image"
@@ -728,8 +734,7 @@ fn the_mounter_takes_the_flags_in_its_manifest() {
     // Clap stops at the first unknown flag or bad value, before it prints the help; the help
     // thus comes only when every flag before it is fine.
     let binary = env!("CARGO_BIN_EXE_modelfs");
-    for overlay in overlays() {
-        let (_, mounter) = NodeDaemonSet::pair(overlay);
+    for (overlay, _, mounter) in node_daemonsets() {
         let output = Command::new(binary)
             .args(mounter.args())
             .arg("--help")
@@ -788,8 +793,7 @@ fn the_nodepool_taints_new_nodes_until_the_plugin_removes_it() {
         assert_eq!(startup.len(), 1, "{karpenter}: the startup taint");
         let taint = startup[0];
         let labels = template["metadata"]["labels"].as_object().expect("labels");
-        for overlay in overlays() {
-            let (plugin, mounter) = NodeDaemonSet::pair(overlay);
+        for (overlay, plugin, mounter) in node_daemonsets() {
             assert_eq!(
                 plugin.flag("startup-taint").as_deref(),
                 Some(taint_text(taint).as_str()),

@@ -449,10 +449,7 @@ impl Drop for HelperLink {
 #[test]
 fn fstab_style_mount_t_fuse_modelfs_mounts_and_umount_removes_it() {
     let server = LocalServer::start(BUCKET);
-    server
-        .store()
-        .put_bytes(BUCKET, "m/checkpoints/a.safetensors", b"fstab works")
-        .expect("seed");
+    server.seed("m/checkpoints/a.safetensors", b"fstab works");
     let _helper = HelperLink::install();
     let dir = tempfile::tempdir().expect("tmp");
     let mnt = dir.path().join("models");
@@ -488,10 +485,7 @@ fn sigterm_with_an_active_reader_lets_it_finish_and_releases_the_mountpoint() {
     let server = LocalServer::start(BUCKET);
     let size = 32usize << 20;
     let data = common::pseudo_random(5, size);
-    server
-        .store()
-        .put_bytes(BUCKET, "m/loras/big.safetensors", &data)
-        .expect("seed");
+    server.seed("m/loras/big.safetensors", &data);
     let mut mount = Mount::new(&server.endpoint, "s3://models/m", &[]);
     let path = mount.join("loras/big.safetensors");
     let pid = mount.pid().expect("pid") as i32;

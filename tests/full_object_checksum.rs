@@ -22,10 +22,7 @@ const MISMATCH: &str = "does not match S3's full-object checksum";
 
 fn seed(server: &LocalServer, key: &str, len: usize, seed: u64) -> Vec<u8> {
     let data = common::pseudo_random(seed, len);
-    server
-        .store()
-        .put_bytes(BUCKET, key, &data)
-        .expect("seed object");
+    server.seed(key, &data);
     data
 }
 
@@ -174,58 +171,43 @@ fn the_local_server_keeps_answers_and_enforces_full_object_checksums() {
         );
         assert!(server.store().head(BUCKET, "c").is_none(), "nothing stored");
         put(crc32c.to_base64()).await.expect("put");
-        let head = client
-            .head_object()
-            .bucket(BUCKET)
-            .key("c")
-            .checksum_mode(ChecksumMode::Enabled)
-            .send()
-            .await
-            .expect("head");
-        assert_eq!(head.checksum_crc32_c(), Some(crc32c.to_base64().as_str()));
+        let head = |key: &str, mode: Option<ChecksumMode>| {
+            client
+                .head_object()
+                .bucket(BUCKET)
+                .key(key)
+                .set_checksum_mode(mode)
+                .send()
+        };
+        let head_c = head("c", Some(ChecksumMode::Enabled)).await.expect("head");
+        assert_eq!(head_c.checksum_crc32_c(), Some(crc32c.to_base64().as_str()));
         assert_eq!(
-            head.checksum_type().map(|t| t.as_str()),
+            head_c.checksum_type().map(|t| t.as_str()),
             Some("FULL_OBJECT")
         );
 
         // Without a checksum from the client, the server computes CRC64NVME.
-        server.store().put_bytes(BUCKET, "d", &data).expect("seed");
+        server.seed("d", &data);
         let crc64 = ObjectChecksum::of(None, &data).expect("crc64nvme");
-        let head = client
-            .head_object()
-            .bucket(BUCKET)
-            .key("d")
-            .checksum_mode(ChecksumMode::Enabled)
-            .send()
-            .await
-            .expect("head");
-        assert_eq!(head.checksum_crc64_nvme(), Some(crc64.to_base64().as_str()));
-        let plain = client
-            .head_object()
-            .bucket(BUCKET)
-            .key("d")
-            .send()
-            .await
-            .expect("head");
+        let head_d = head("d", Some(ChecksumMode::Enabled)).await.expect("head");
+        assert_eq!(
+            head_d.checksum_crc64_nvme(),
+            Some(crc64.to_base64().as_str())
+        );
+        let plain = head("d", None).await.expect("head");
         assert_eq!(plain.checksum_crc64_nvme(), None, "only when asked");
-        let ranged = client
-            .get_object()
-            .bucket(BUCKET)
-            .key("d")
-            .range("bytes=0-99")
-            .checksum_mode(ChecksumMode::Enabled)
-            .send()
-            .await
-            .expect("ranged get");
+        let get_d = |range: Option<&str>| {
+            client
+                .get_object()
+                .bucket(BUCKET)
+                .key("d")
+                .set_range(range.map(str::to_string))
+                .checksum_mode(ChecksumMode::Enabled)
+                .send()
+        };
+        let ranged = get_d(Some("bytes=0-99")).await.expect("ranged get");
         assert_eq!(ranged.checksum_crc64_nvme(), None, "never on a ranged GET");
-        let whole = client
-            .get_object()
-            .bucket(BUCKET)
-            .key("d")
-            .checksum_mode(ChecksumMode::Enabled)
-            .send()
-            .await
-            .expect("get");
+        let whole = get_d(None).await.expect("get");
         assert_eq!(
             whole.checksum_crc64_nvme(),
             Some(crc64.to_base64().as_str())

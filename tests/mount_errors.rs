@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::mount::{endpoint_args, is_mounted, modelfs_bin, s3_env};
+use common::mount::{endpoint_args, is_mounted, modelfs_bin, mount_command, s3_env};
 use common::process::{output_within, unmount_lazily};
 use common::s3::{Endpoint, LocalServer};
 
@@ -28,12 +28,7 @@ fn run(mut cmd: Command, mountpoint: &Path) -> (bool, String) {
 }
 
 fn mount_cmd(endpoint: &Endpoint, source: &str, mountpoint: &Path, foreground: bool) -> Command {
-    let mut cmd = Command::new(modelfs_bin());
-    s3_env(&mut cmd, endpoint);
-    cmd.arg("mount")
-        .arg(source)
-        .arg(mountpoint)
-        .args(endpoint_args(endpoint));
+    let mut cmd = mount_command(endpoint, source, mountpoint);
     if foreground {
         cmd.arg("--foreground");
     }
@@ -117,16 +112,17 @@ fn bad_mountpoints_and_urls_are_reported() {
     let server = LocalServer::start(BUCKET);
     let dir = tempfile::tempdir().expect("tempdir");
     let missing = dir.path().join("missing");
-    let cmd = mount_cmd(&server.endpoint, "s3://models", &missing, true);
-    assert_fails(cmd, &missing, &["does not exist"]);
     let file = dir.path().join("file");
     std::fs::write(&file, b"x").expect("write");
-    let cmd = mount_cmd(&server.endpoint, "s3://models", &file, false);
-    assert_fails(cmd, &file, &["not a directory"]);
-    let cmd = mount_cmd(&server.endpoint, "models", dir.path(), true);
-    assert_fails(cmd, dir.path(), &["expected s3://"]);
-    let cmd = mount_cmd(&server.endpoint, "s3://Bad_Bucket", dir.path(), true);
-    assert_fails(cmd, dir.path(), &["invalid bucket name"]);
+    for (source, mountpoint, foreground, expected) in [
+        ("s3://models", missing.as_path(), true, "does not exist"),
+        ("s3://models", file.as_path(), false, "not a directory"),
+        ("models", dir.path(), true, "expected s3://"),
+        ("s3://Bad_Bucket", dir.path(), true, "invalid bucket name"),
+    ] {
+        let cmd = mount_cmd(&server.endpoint, source, mountpoint, foreground);
+        assert_fails(cmd, mountpoint, &[expected]);
+    }
 }
 
 #[test]
@@ -169,10 +165,7 @@ fn missing_dev_fuse_is_reported() {
 #[test]
 fn background_mount_returns_when_ready_and_unmount_command_works() {
     let server = LocalServer::start(BUCKET);
-    server
-        .store()
-        .put_bytes(BUCKET, "m/checkpoints/a.safetensors", b"hello")
-        .expect("seed");
+    server.seed("m/checkpoints/a.safetensors", b"hello");
     let dir = tempfile::tempdir().expect("tempdir");
     let mp = dir.path();
     let (ok, stderr) = run(mount_cmd(&server.endpoint, "s3://models/m", mp, false), mp);

@@ -20,35 +20,19 @@ fn with_target(check: impl FnOnce(&Target, &LocalServer)) {
     check(&target, &server);
 }
 
-#[test]
-fn nested_listing_and_stat() {
-    with_target(|t, _| suite::nested_listing_and_stat(t));
+/// Runs a check of the shared suite against a fresh server.
+fn run_check(check: fn(&Target)) {
+    with_target(|t, _| check(t));
 }
 
-#[test]
-fn empty_objects_and_unusual_names() {
-    with_target(|t, _| suite::empty_objects_and_unusual_names(t));
-}
-
-#[test]
-fn changes_appear_after_ttl() {
-    with_target(|t, _| suite::changes_appear_after_ttl(t));
-}
-
-#[test]
-fn overwrite_during_read_errors_never_mixes() {
-    with_target(|t, _| suite::overwrite_during_read(t));
-}
-
-#[test]
-fn mutations_are_read_only() {
-    with_target(|t, _| suite::read_only(t));
-}
-
-#[test]
-fn unmount_leaves_nothing() {
-    with_target(|t, _| suite::unmount_leaves_nothing(t));
-}
+crate::suite_tests!(run_check;
+    nested_listing_and_stat: nested_listing_and_stat,
+    empty_objects_and_unusual_names: empty_objects_and_unusual_names,
+    changes_appear_after_ttl: changes_appear_after_ttl,
+    overwrite_during_read_errors_never_mixes: overwrite_during_read,
+    mutations_are_read_only: read_only,
+    unmount_leaves_nothing: unmount_leaves_nothing,
+);
 
 #[test]
 fn random_reads_over_a_1gib_object_are_byte_exact() {

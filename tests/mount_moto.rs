@@ -21,35 +21,14 @@ fn with_target(check: impl FnOnce(&Target)) {
     check(&target);
 }
 
-#[test]
-fn moto_nested_listing_and_stat() {
-    with_target(suite::nested_listing_and_stat);
-}
-
-#[test]
-fn moto_empty_objects_and_unusual_names() {
-    with_target(suite::empty_objects_and_unusual_names);
-}
-
-#[test]
-fn moto_changes_appear_after_ttl() {
-    with_target(suite::changes_appear_after_ttl);
-}
-
-#[test]
-fn moto_overwrite_during_read_errors_never_mixes() {
-    with_target(suite::overwrite_during_read);
-}
-
-#[test]
-fn moto_mutations_are_read_only() {
-    with_target(suite::read_only);
-}
-
-#[test]
-fn moto_unmount_leaves_nothing() {
-    with_target(suite::unmount_leaves_nothing);
-}
+crate::suite_tests!(with_target;
+    moto_nested_listing_and_stat: nested_listing_and_stat,
+    moto_empty_objects_and_unusual_names: empty_objects_and_unusual_names,
+    moto_changes_appear_after_ttl: changes_appear_after_ttl,
+    moto_overwrite_during_read_errors_never_mixes: overwrite_during_read,
+    moto_mutations_are_read_only: read_only,
+    moto_unmount_leaves_nothing: unmount_leaves_nothing,
+);
 
 #[test]
 fn moto_random_reads_are_byte_exact() {

@@ -14,15 +14,13 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use common::csi::{is_stale, wait_for, Node, OBJECTS};
+use common::csi::{is_stale, mount_capability, wait_for, Node, OBJECTS};
 use common::kube_api::FakeKubeApi;
 use common::moto::{AssumedRole, MotoServer};
 use common::pod_identity_agent::FakePodIdentityAgent;
 use common::s3::LocalServer;
 use modelfs_csi::proto;
-use modelfs_csi::proto::volume_capability::{
-    access_mode::Mode, AccessMode, AccessType, MountVolume,
-};
+use modelfs_csi::proto::volume_capability::{access_mode::Mode, MountVolume};
 use modelfs_s3local::{IssuedSession, SessionIssuer};
 use tonic::Code;
 
@@ -172,12 +170,10 @@ fn pod_request(
         volume_id: format!("csi-inline-{namespace}"),
         target_path: target.to_string_lossy().into_owned(),
         // Inline volumes arrive as SINGLE_NODE_WRITER, readonly unless the pod says otherwise.
-        volume_capability: Some(proto::VolumeCapability {
-            access_type: Some(AccessType::Mount(MountVolume::default())),
-            access_mode: Some(AccessMode {
-                mode: Mode::SingleNodeWriter as i32,
-            }),
-        }),
+        volume_capability: Some(mount_capability(
+            Mode::SingleNodeWriter,
+            MountVolume::default(),
+        )),
         readonly: false,
         volume_context: context,
         ..Default::default()

@@ -9,7 +9,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use common::mount::Mount;
+use common::mount::mount_with_cache;
 use common::s3::{Endpoint, LocalServer};
 
 const BUCKET: &str = "models";
@@ -152,18 +152,9 @@ fn relay(client: TcpStream, upstream: &str, flipped: &AtomicU64) -> std::io::Res
 fn bytes_from_another_endpoint_never_reach_a_mount_of_the_real_one() {
     let server = LocalServer::start(BUCKET);
     let real = common::pseudo_random(20, (3 << 20) + 12345);
-    server
-        .store()
-        .put_bytes(BUCKET, "m/unet/model.safetensors", &real)
-        .expect("seed");
+    server.seed("m/unet/model.safetensors", &real);
     let cache = tempfile::tempdir().expect("cache");
     let cache_dir = cache.path().join("c");
-    let args = [
-        "--cache-dir",
-        cache_dir.to_str().expect("utf-8"),
-        "--cache-size",
-        "1GiB",
-    ];
 
     // The pod author's mount: their endpoint, the node's cache directory.
     let proxy = FlippingProxy::start(&server.endpoint.url);
@@ -171,7 +162,7 @@ fn bytes_from_another_endpoint_never_reach_a_mount_of_the_real_one() {
         url: proxy.url.clone(),
         ..server.endpoint.clone()
     };
-    let mut theirs = Mount::new(&evil, "s3://models/m", &args);
+    let mut theirs = mount_with_cache(&evil, &cache_dir, "1GiB", &[]);
     let served = std::fs::read(theirs.join("unet/model.safetensors")).expect("read via proxy");
     theirs.unmount();
     assert_eq!(served.len(), real.len(), "the proxy keeps sizes");
@@ -182,7 +173,7 @@ fn bytes_from_another_endpoint_never_reach_a_mount_of_the_real_one() {
     );
 
     // The real mount, sharing the cache directory, must read the real bytes.
-    let mut ours = Mount::new(&server.endpoint, "s3://models/m", &args);
+    let mut ours = mount_with_cache(&server.endpoint, &cache_dir, "1GiB", &[]);
     let got = std::fs::read(ours.join("unet/model.safetensors")).expect("read");
     ours.unmount();
     assert_eq!(got.len(), real.len());

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::ops::Range;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,9 +11,7 @@ use std::time::Duration;
 use common::mount::Mount;
 use common::s3::LocalServer;
 use common::suite::eventually;
-use modelfs_s3local::models::{
-    parse_safetensors_header, Header, SafetensorsReader, SafetensorsSpec,
-};
+use modelfs_s3local::models::{parse_safetensors_header, Header, TensorInfo};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
@@ -20,29 +19,37 @@ const BUCKET: &str = "models";
 const MIB: u64 = 1 << 20;
 
 fn seed_model(server: &LocalServer, key: &str, data_bytes: u64, seed: u64) -> (PathBuf, Header) {
-    let spec = SafetensorsSpec::new(seed, data_bytes);
-    server
-        .store()
-        .put_from_reader(BUCKET, key, SafetensorsReader::new(&spec))
-        .expect("seed model");
-    let source = server.store().data_path(BUCKET, key).expect("source");
+    let source = server.seed_safetensors(key, data_bytes, seed);
     let bytes = std::fs::read(&source).expect("read source");
     let header = parse_safetensors_header(&bytes).expect("valid header");
     (source, header)
 }
 
+/// The path in the mount of the `i`th LoRA of a folder seeded by `seed_loras`.
+fn lora(i: u64) -> String {
+    format!("loras/l{i:02}.safetensors")
+}
+
+/// Seeds `files` models of `data_bytes` each as `lora(0..files)`, from seeds `first_seed..`.
+fn seed_loras(server: &LocalServer, files: u64, data_bytes: u64, first_seed: u64) {
+    for i in 0..files {
+        seed_model(
+            server,
+            &format!("m/{}", lora(i)),
+            data_bytes,
+            first_seed + i,
+        );
+    }
+}
+
+/// Where tensor `t` of `header` lies in the file.
+fn file_range(header: &Header, t: &TensorInfo) -> Range<u64> {
+    header.data_start + t.data_offsets.0..header.data_start + t.data_offsets.1
+}
+
 fn mount(server: &LocalServer, cache: Option<&Path>) -> Mount {
     match cache {
-        Some(dir) => Mount::new(
-            &server.endpoint,
-            "s3://models/m",
-            &[
-                "--cache-dir",
-                dir.to_str().expect("utf-8"),
-                "--cache-size",
-                "4GiB",
-            ],
-        ),
+        Some(dir) => common::mount::mount_with_cache(&server.endpoint, dir, "4GiB", &[]),
         None => Mount::new(&server.endpoint, "s3://models/m", &[]),
     }
 }
@@ -73,14 +80,12 @@ fn scan_header(path: &Path) -> usize {
 fn a_header_scan_downloads_only_headers_and_one_block_per_file() {
     let server = LocalServer::start(BUCKET);
     let files = 40;
-    for i in 0..files {
-        seed_model(&server, &format!("m/loras/l{i:02}.safetensors"), 6 * MIB, i);
-    }
+    seed_loras(&server, files, 6 * MIB, 0);
     for cache in [None, Some(tempfile::tempdir().expect("cache"))] {
         server.server.reset_stats();
         let mut m = mount(&server, cache.as_ref().map(|d| d.path()));
         for i in 0..files {
-            assert!(scan_header(&m.join(&format!("loras/l{i:02}.safetensors"))) > 1);
+            assert!(scan_header(&m.join(&lora(i))) > 1);
         }
         // Let anything that might have been started in the background run.
         std::thread::sleep(Duration::from_millis(500));
@@ -92,13 +97,9 @@ fn a_header_scan_downloads_only_headers_and_one_block_per_file() {
         );
         server.server.reset_stats();
         for i in 0..files {
-            scan_header(&m.join(&format!("loras/l{i:02}.safetensors")));
+            scan_header(&m.join(&lora(i)));
         }
-        assert_eq!(
-            server.server.stats().get_object,
-            0,
-            "repeat scans need no GET"
-        );
+        server.assert_no_gets("repeat scans need no GET");
         m.unmount();
     }
 }
@@ -107,14 +108,7 @@ fn a_header_scan_downloads_only_headers_and_one_block_per_file() {
 fn a_folder_being_scanned_has_its_other_headers_learned_in_the_background() {
     let server = LocalServer::start(BUCKET);
     let files = 24;
-    for i in 0..files {
-        seed_model(
-            &server,
-            &format!("m/loras/l{i:02}.safetensors"),
-            3 * MIB,
-            40 + i,
-        );
-    }
+    seed_loras(&server, files, 3 * MIB, 40);
     seed_model(&server, "m/vae/alone.safetensors", 3 * MIB, 99);
     let cache = tempfile::tempdir().expect("cache");
     let mut m = mount(&server, Some(cache.path()));
@@ -125,8 +119,8 @@ fn a_folder_being_scanned_has_its_other_headers_learned_in_the_background() {
     assert!(after_one <= 2, "one header cost {after_one} GETs");
     // The second header in one folder is: the other files' headers arrive unasked.
     server.server.reset_stats();
-    scan_header(&m.join("loras/l00.safetensors"));
-    scan_header(&m.join("loras/l01.safetensors"));
+    scan_header(&m.join(&lora(0)));
+    scan_header(&m.join(&lora(1)));
     assert!(
         gets_settle(&server, files),
         "headers of the folder were not prefetched ({} GETs)",
@@ -140,13 +134,9 @@ fn a_folder_being_scanned_has_its_other_headers_learned_in_the_background() {
     );
     server.server.reset_stats();
     for i in 0..files {
-        assert!(scan_header(&m.join(&format!("loras/l{i:02}.safetensors"))) > 1);
+        assert!(scan_header(&m.join(&lora(i))) > 1);
     }
-    assert_eq!(
-        server.server.stats().get_object,
-        0,
-        "the rest of the scan is served from memory"
-    );
+    server.assert_no_gets("the rest of the scan is served from memory");
     m.unmount();
 }
 
@@ -154,18 +144,11 @@ fn a_folder_being_scanned_has_its_other_headers_learned_in_the_background() {
 fn two_models_opened_from_a_big_folder_learn_a_bounded_number_of_headers_ahead() {
     let server = LocalServer::start(BUCKET);
     let files = 80;
-    for i in 0..files {
-        seed_model(
-            &server,
-            &format!("m/loras/l{i:02}.safetensors"),
-            2 * MIB,
-            200 + i,
-        );
-    }
+    seed_loras(&server, files, 2 * MIB, 200);
     let cache = tempfile::tempdir().expect("cache");
     let mut m = mount(&server, Some(cache.path()));
-    scan_header(&m.join("loras/l10.safetensors"));
-    scan_header(&m.join("loras/l11.safetensors"));
+    scan_header(&m.join(&lora(10)));
+    scan_header(&m.join(&lora(11)));
     assert!(gets_settle(&server, 0), "GETs went on");
     // Two GETs per header (the probe, then the rest of block 0): the two opened, and the 32
     // files after the second at most; never the other 46 of the folder.
@@ -189,11 +172,10 @@ fn threaded_2mib_preads_in_shuffled_tensor_order_are_byte_exact() {
     // ComfyUI's dynamic-VRAM loader: each tensor split into 2 MiB preads over 8 threads.
     let mut jobs = Vec::new();
     for t in &tensors {
-        let (begin, end) = (
-            header.data_start + t.data_offsets.0,
-            header.data_start + t.data_offsets.1,
-        );
-        let mut off = begin;
+        let Range {
+            start: mut off,
+            end,
+        } = file_range(&header, t);
         while off < end {
             let len = (end - off).min(2 * MIB);
             jobs.push((off, len as usize));
@@ -244,10 +226,8 @@ fn mmap_loads_in_name_order_shared_and_private_are_byte_exact() {
         .expect("mmap");
         assert_eq!(map.len(), want.len());
         for t in &by_name {
-            let (b, e) = (
-                (header.data_start + t.data_offsets.0) as usize,
-                (header.data_start + t.data_offsets.1) as usize,
-            );
+            let range = file_range(&header, t);
+            let (b, e) = (range.start as usize, range.end as usize);
             assert!(
                 map[b..e] == want[b..e],
                 "tensor {} differs (shared={shared})",
@@ -320,11 +300,7 @@ fn loading_a_model_sweeps_the_whole_file_into_the_cache_once() {
     let mut again = mount(&server, Some(cache.path()));
     let got = std::fs::read(again.join("checkpoints/s.safetensors")).expect("read");
     assert!(got == std::fs::read(&source).expect("source"));
-    assert_eq!(
-        server.server.stats().get_object,
-        0,
-        "everything came from the cache"
-    );
+    server.assert_no_gets("everything came from the cache");
     again.unmount();
 }
 
@@ -402,11 +378,7 @@ fn warm_fills_the_cache_from_globs_and_a_workflow() {
     ] {
         assert!(std::fs::read(m.join(rel)).expect("read") == std::fs::read(source).expect("src"));
     }
-    assert_eq!(
-        server.server.stats().get_object,
-        0,
-        "warmed files need no GET"
-    );
+    server.assert_no_gets("warmed files need no GET");
     m.unmount();
 }
 
@@ -414,23 +386,20 @@ fn warm_fills_the_cache_from_globs_and_a_workflow() {
 fn a_scan_of_headers_another_mount_cached_asks_for_its_read_proofs_ahead() {
     let server = LocalServer::start(BUCKET);
     let files = 12;
-    let path = |i: u64| format!("loras/l{i:02}.safetensors");
-    for i in 0..files {
-        seed_model(&server, &format!("m/{}", path(i)), 3 * MIB, 60 + i);
-    }
+    seed_loras(&server, files, 3 * MIB, 60);
     let cache = tempfile::tempdir().expect("cache");
     // Another volume scanned the folder: the headers are in the shared disk tier.
     let mut other = mount(&server, Some(cache.path()));
     for i in 0..files {
-        scan_header(&other.join(&path(i)));
+        scan_header(&other.join(&lora(i)));
     }
     other.unmount();
     // A new mount has proven nothing: each file needs a HeadObject of its own before it
     // opens, and the scan ahead asks for them, all at once, as it learns the headers.
     let mut m = mount(&server, Some(cache.path()));
     server.server.reset_stats();
-    scan_header(&m.join(&path(0)));
-    scan_header(&m.join(&path(1)));
+    scan_header(&m.join(&lora(0)));
+    scan_header(&m.join(&lora(1)));
     assert!(
         eventually(Duration::from_secs(20), || {
             server.server.stats().head_object >= files
@@ -440,7 +409,7 @@ fn a_scan_of_headers_another_mount_cached_asks_for_its_read_proofs_ahead() {
     );
     let heads = server.server.stats().head_object;
     for i in 2..files {
-        assert!(scan_header(&m.join(&path(i))) > 1);
+        assert!(scan_header(&m.join(&lora(i))) > 1);
     }
     assert_eq!(
         server.server.stats().head_object,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::mount::{endpoint_args, is_mounted, modelfs_bin, s3_env, Mount};
+use common::mount::{is_mounted, mount_command, mount_with_cache, Mount};
 use common::process::output_within;
 use common::s3::LocalServer;
 
@@ -28,14 +28,7 @@ fn mount_options(path: &Path) -> String {
 #[test]
 fn credentials_and_signatures_never_reach_the_trace_log() {
     let server = LocalServer::start(BUCKET);
-    server
-        .store()
-        .put_bytes(
-            BUCKET,
-            "m/loras/a.safetensors",
-            &common::pseudo_random(1, 3 << 20),
-        )
-        .expect("seed");
+    server.seed("m/loras/a.safetensors", &common::pseudo_random(1, 3 << 20));
     let mut m = Mount::new(&server.endpoint, "s3://models/m", &["--log-level", "trace"]);
     std::fs::read(m.join("loras/a.safetensors")).expect("read");
     m.unmount();
@@ -61,22 +54,10 @@ fn credentials_and_signatures_never_reach_the_trace_log() {
 #[test]
 fn allow_other_only_when_asked_and_cache_files_are_private() {
     let server = LocalServer::start(BUCKET);
-    server
-        .store()
-        .put_bytes(BUCKET, "m/vae/v.safetensors", &[7u8; 4096])
-        .expect("seed");
+    server.seed("m/vae/v.safetensors", &[7u8; 4096]);
     let cache = tempfile::tempdir().expect("cache");
     let cache_dir = cache.path().join("c");
-    let mut private = Mount::new(
-        &server.endpoint,
-        "s3://models/m",
-        &[
-            "--cache-dir",
-            cache_dir.to_str().expect("utf-8"),
-            "--cache-size",
-            "1GiB",
-        ],
-    );
+    let mut private = mount_with_cache(&server.endpoint, &cache_dir, "1GiB", &[]);
     std::fs::read(private.join("vae/v.safetensors")).expect("read");
     let options = mount_options(&private.path);
     private.unmount();
@@ -145,17 +126,11 @@ fn links_planted_in_the_cache_are_never_followed() {
         })
         .collect();
     for (key, data) in &files {
-        server.store().put_bytes(BUCKET, key, data).expect("seed");
+        server.seed(key, data);
     }
     let cache = tempfile::tempdir().expect("cache");
     let cache_dir = cache.path().join("c");
-    let args = [
-        "--cache-dir",
-        cache_dir.to_str().expect("utf-8"),
-        "--cache-size",
-        "1GiB",
-    ];
-    let mut first = Mount::new(&server.endpoint, "s3://models/m", &args);
+    let mut first = mount_with_cache(&server.endpoint, &cache_dir, "1GiB", &[]);
     for (key, data) in &files {
         let got = std::fs::read(first.join(key.trim_start_matches("m/"))).expect("read");
         assert!(&got == data, "{key}");
@@ -193,7 +168,7 @@ fn links_planted_in_the_cache_are_never_followed() {
     let _ = std::fs::remove_file(&sealed);
     symlink(&victims[3].0, &sealed).expect("symlink");
 
-    let mut second = Mount::new(&server.endpoint, "s3://models/m", &args);
+    let mut second = mount_with_cache(&server.endpoint, &cache_dir, "1GiB", &[]);
     for (key, data) in &files {
         let got = std::fs::read(second.join(key.trim_start_matches("m/"))).expect("read");
         assert!(&got == data, "{key}: wrong bytes");
@@ -214,14 +189,8 @@ fn mount_expecting_failure(server: &LocalServer, args: &[&str]) -> (bool, String
     let dir = tempfile::tempdir().expect("tempdir");
     let mountpoint = dir.path().join("mnt");
     std::fs::create_dir(&mountpoint).expect("mkdir");
-    let mut cmd = Command::new(modelfs_bin());
-    s3_env(&mut cmd, &server.endpoint);
-    cmd.arg("mount")
-        .arg("s3://models/m")
-        .arg(&mountpoint)
-        .args(endpoint_args(&server.endpoint))
-        .arg("--foreground")
-        .args(args);
+    let mut cmd = mount_command(&server.endpoint, "s3://models/m", &mountpoint);
+    cmd.arg("--foreground").args(args);
     let out = output_within(
         &mut cmd,
         Duration::from_secs(60),

@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::drop_page_cache;
@@ -17,10 +17,6 @@ use common::suite::eventually;
 
 const BUCKET: &str = "models";
 const MIB: u64 = 1 << 20;
-
-fn seed(server: &LocalServer, key: &str, size: u64, seed: u64) -> PathBuf {
-    common::seed_pseudo_random(server, key, size, seed)
-}
 
 fn mount(server: &LocalServer, cache: &Path, extra: &[&str]) -> Mount {
     common::mount::mount_with_cache(&server.endpoint, cache, "4GiB", extra)
@@ -75,8 +71,8 @@ fn passthrough_opens(log: &str) -> usize {
 fn a_file_held_open_is_read_ahead_and_a_header_scan_is_not() {
     let server = LocalServer::start(BUCKET);
     let (load_size, scan_size) = (96 * MIB, 96 * MIB + 4096);
-    let load_src = seed(&server, "m/checkpoints/load.safetensors", load_size, 31);
-    let scan_src = seed(&server, "m/checkpoints/scan.safetensors", scan_size, 32);
+    let load_src = server.seed_pseudo_random("m/checkpoints/load.safetensors", load_size, 31);
+    let scan_src = server.seed_pseudo_random("m/checkpoints/scan.safetensors", scan_size, 32);
     let cache = tempfile::tempdir().expect("cache dir");
     let (load_rel, scan_rel) = (
         "checkpoints/load.safetensors",
@@ -136,7 +132,7 @@ fn a_file_held_open_is_read_ahead_and_a_header_scan_is_not() {
 fn warm_read_ahead_0_turns_it_off() {
     let server = LocalServer::start(BUCKET);
     let size = 80 * MIB;
-    let source = seed(&server, "m/checkpoints/off.safetensors", size, 33);
+    let source = server.seed_pseudo_random("m/checkpoints/off.safetensors", size, 33);
     let cache = tempfile::tempdir().expect("cache dir");
     let rel = "checkpoints/off.safetensors";
     fill_cache(&server, cache.path(), &[(rel, &source)]);
@@ -175,7 +171,7 @@ fn measure_warm_cat() {
         .unwrap_or(1024);
     let size = mib * MIB;
     let server = LocalServer::start(BUCKET);
-    let source = seed(&server, "m/checkpoints/big.safetensors", size, 34);
+    let source = server.seed_pseudo_random("m/checkpoints/big.safetensors", size, 34);
     let cache = tempfile::tempdir().expect("cache dir");
     let rel = "checkpoints/big.safetensors";
     fill_cache(&server, cache.path(), &[(rel, &source)]);

@@ -391,6 +391,19 @@ impl Node {
         self.identity.clone().expect("connected")
     }
 
+    /// Runs `call`, one RPC of a client of this node, to its answer; panics naming `what`
+    /// if the plugin answers with an error status.
+    pub fn call<T>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> T {
+        self.runtime
+            .block_on(call)
+            .unwrap_or_else(|status| panic!("{what}: {status:?}"))
+            .into_inner()
+    }
+
     /// The attributes of a PV for the test bucket at `prefix`, read with the mounter's
     /// credentials (`authenticationSource: driver`, as an admin's PV may choose).
     pub fn attributes(&self, prefix: &str) -> HashMap<String, String> {
@@ -414,16 +427,13 @@ impl Node {
         proto::NodePublishVolumeRequest {
             volume_id: volume.to_string(),
             target_path: target.to_string_lossy().into_owned(),
-            volume_capability: Some(proto::VolumeCapability {
-                access_type: Some(AccessType::Mount(MountVolume {
-                    fs_type: String::new(),
+            volume_capability: Some(mount_capability(
+                Mode::MultiNodeReaderOnly,
+                MountVolume {
                     mount_flags: vec!["uid=1000".into(), "gid=1000".into()],
-                    volume_mount_group: String::new(),
-                })),
-                access_mode: Some(AccessMode {
-                    mode: Mode::MultiNodeReaderOnly as i32,
-                }),
-            }),
+                    ..MountVolume::default()
+                },
+            )),
             readonly: true,
             volume_context: self.attributes(""),
             ..Default::default()
@@ -504,6 +514,14 @@ impl Drop for Node {
                 .stderr(Stdio::null())
                 .status();
         }
+    }
+}
+
+/// A filesystem volume capability: mounted as `mount` says, accessed in `mode`.
+pub fn mount_capability(mode: Mode, mount: MountVolume) -> proto::VolumeCapability {
+    proto::VolumeCapability {
+        access_type: Some(AccessType::Mount(mount)),
+        access_mode: Some(AccessMode { mode: mode as i32 }),
     }
 }
 

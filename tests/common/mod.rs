@@ -15,6 +15,7 @@ pub mod process;
 pub mod residency;
 pub mod s3;
 pub mod suite;
+pub mod tmpfs;
 
 use std::io::Read;
 use std::path::Path;
@@ -110,22 +111,4 @@ pub fn drop_page_cache() {
     // SAFETY: sync(2) takes no arguments and cannot fail.
     unsafe { libc::sync() };
     std::fs::write("/proc/sys/vm/drop_caches", "3").expect("drop caches (needs root)");
-}
-
-/// Stores `size` pseudo-random bytes from `seed` as `key` of bucket `models` on `server`;
-/// returns the path of the stored copy (the expected bytes).
-pub fn seed_pseudo_random(
-    server: &s3::LocalServer,
-    key: &str,
-    size: u64,
-    seed: u64,
-) -> std::path::PathBuf {
-    server
-        .store()
-        .put_from_reader("models", key, PseudoRandomReader::new(seed, size))
-        .expect("seed object");
-    server
-        .store()
-        .data_path("models", key)
-        .expect("source path")
 }

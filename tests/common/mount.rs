@@ -45,6 +45,18 @@ pub fn endpoint_args(endpoint: &Endpoint) -> Vec<String> {
     ]
 }
 
+/// `modelfs mount SOURCE MOUNTPOINT` against `endpoint`, with its environment; the caller adds
+/// the mode (`--foreground` or not) and any other flags.
+pub fn mount_command(endpoint: &Endpoint, source: &str, mountpoint: &Path) -> Command {
+    let mut cmd = Command::new(modelfs_bin());
+    s3_env(&mut cmd, endpoint);
+    cmd.arg("mount")
+        .arg(source)
+        .arg(mountpoint)
+        .args(endpoint_args(endpoint));
+    cmd
+}
+
 /// A mounted `modelfs` in the foreground; unmounted and reaped on drop.
 pub struct Mount {
     /// The mountpoint (inside `dir`).
@@ -63,13 +75,8 @@ impl Mount {
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path).expect("mkdir mountpoint");
         let log = dir.path().join("modelfs.log");
-        let mut cmd = Command::new(modelfs_bin());
-        s3_env(&mut cmd, endpoint);
-        cmd.arg("mount")
-            .arg(source)
-            .arg(&path)
-            .args(endpoint_args(endpoint))
-            .args(["--foreground", "--log-level", "debug", "--log-file"])
+        let mut cmd = mount_command(endpoint, source, &path);
+        cmd.args(["--foreground", "--log-level", "debug", "--log-file"])
             .arg(&log)
             .args(args)
             .stdin(Stdio::null())

@@ -25,6 +25,7 @@ pub struct LocalServer {
     pub server: LocalS3,
     /// How to reach it.
     pub endpoint: Endpoint,
+    bucket: String,
     _root: tempfile::TempDir,
 }
 
@@ -65,6 +66,7 @@ impl LocalServer {
         LocalServer {
             server,
             endpoint,
+            bucket: bucket.to_string(),
             _root: root,
         }
     }
@@ -81,6 +83,51 @@ impl LocalServer {
     /// The file store behind the server (seeds large or unusual objects without HTTP).
     pub fn store(&self) -> &Arc<FileStore> {
         self.server.store()
+    }
+
+    /// Stores a safetensors model with `data_bytes` of tensor data generated from `seed` as
+    /// `key` of the server's bucket; returns the path of the stored copy (the expected bytes).
+    pub fn seed_safetensors(&self, key: &str, data_bytes: u64, seed: u64) -> std::path::PathBuf {
+        let spec = modelfs_s3local::SafetensorsSpec::new(seed, data_bytes);
+        self.store()
+            .put_from_reader(
+                &self.bucket,
+                key,
+                modelfs_s3local::models::SafetensorsReader::new(&spec),
+            )
+            .unwrap_or_else(|e| panic!("seed {key}: {e}"));
+        self.store()
+            .data_path(&self.bucket, key)
+            .expect("source path")
+    }
+
+    /// Asserts that no GetObject reached the server since its stats were last reset, failing
+    /// with `message`.
+    #[track_caller]
+    pub fn assert_no_gets(&self, message: &str) {
+        assert_eq!(self.server.stats().get_object, 0, "{message}");
+    }
+
+    /// Stores `data` as `key` of the server's bucket.
+    pub fn seed(&self, key: &str, data: &[u8]) {
+        self.store()
+            .put_bytes(&self.bucket, key, data)
+            .unwrap_or_else(|e| panic!("seed {key}: {e}"));
+    }
+
+    /// Stores `size` pseudo-random bytes from `seed` as `key` of the server's bucket without
+    /// holding them in memory; returns the path of the stored copy (the expected bytes).
+    pub fn seed_pseudo_random(&self, key: &str, size: u64, seed: u64) -> std::path::PathBuf {
+        self.store()
+            .put_from_reader(
+                &self.bucket,
+                key,
+                super::PseudoRandomReader::new(seed, size),
+            )
+            .unwrap_or_else(|e| panic!("seed {key}: {e}"));
+        self.store()
+            .data_path(&self.bucket, key)
+            .expect("source path")
     }
 }
 

@@ -33,6 +33,21 @@ impl Target<'_> {
     }
 }
 
+/// Declares one `#[test]` per named check of this suite, each handed to `$run` (a function
+/// that runs a `fn(&Target)` on a fresh target):
+/// `suite_tests!(run; test_name: check, ...)`.
+#[macro_export]
+macro_rules! suite_tests {
+    ($run:ident; $($test:ident: $check:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                $run($crate::common::suite::$check);
+            }
+        )+
+    };
+}
+
 fn names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
