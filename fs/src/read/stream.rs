@@ -305,7 +305,21 @@ pub fn join_or_start(
 /// Counts a load the disk cache cannot hold, and warns about the first of `version`.
 fn report(fetcher: &Fetcher, version: &ObjectVersion, no_room: NoRoom) {
     crate::metrics::metrics().cache_too_small_load();
-    if fetcher.first_too_small(version) {
+    if !fetcher.first_too_small(version) {
+        return;
+    }
+    if no_room.kept > 0 {
+        tracing::warn!(
+            key = %version.key,
+            file_bytes = version.size,
+            cache_limit_bytes = no_room.limit,
+            kept_bytes = no_room.kept,
+            "models in use take turns and do not fit in the disk cache together: streaming \
+             this one from S3 through memory rather than evicting the ones used since its last \
+             load; grow --cache-size (or the cache volume) to keep them all (later loads of it \
+             are counted in modelfs_cache_too_small_loads_total, not logged)"
+        );
+    } else {
         tracing::warn!(
             key = %version.key,
             file_bytes = version.size,
@@ -358,7 +372,8 @@ fn spawn(fetcher: Arc<Fetcher>, stream: &Arc<Stream>, file: &OpenObject) {
                     continue;
                 }
             };
-            let Some((first, count)) = plan.next_span() else {
+            // Held in memory until read: the default span, whatever S3's throttling.
+            let Some((first, count)) = plan.next_span(super::sweep_plan::SPAN_BLOCKS) else {
                 return;
             };
             // Every open of the file is closed: nothing more to read ahead for.

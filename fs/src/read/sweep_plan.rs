@@ -2,7 +2,7 @@
 //! the file's readers show a load by name (see `tensor_order`), then in name order.
 //!
 //! Readers of the file report their jumps (reads that continue no recent one); the sweep
-//! task takes spans of up to [`SPAN_BLOCKS`] adjacent blocks from the plan as its slots free
+//! task takes spans of adjacent blocks (see `span_size`) from the plan as its slots free
 //! up, so a change of order applies to the next span it starts. Every block is handed out
 //! at most once.
 
@@ -11,7 +11,8 @@ use std::sync::Mutex;
 use super::load_detect::RecentRuns;
 use super::tensor_order::TensorLayout;
 
-/// Blocks per sweep request: 8 MiB GETs, like mountpoint-s3's parts and S3's guidance.
+/// Blocks per sweep request while S3 does not throttle: 8 MiB GETs, like mountpoint-s3's
+/// parts and S3's guidance.
 pub const SPAN_BLOCKS: u64 = 8;
 
 /// Jumps remembered until the sweep knows the header's layout.
@@ -107,8 +108,9 @@ impl SweepPlan {
         self.state().by_name
     }
 
-    /// The next span to fetch, `(first block, count)`: adjacent blocks not handed out yet.
-    pub fn next_span(&self) -> Option<(u64, u64)> {
+    /// The next span to fetch, `(first block, count)`: up to `max_blocks` adjacent blocks
+    /// not handed out yet.
+    pub fn next_span(&self, max_blocks: u64) -> Option<(u64, u64)> {
         let mut state = self.state();
         let state = &mut *state;
         while let Some(&index) = state.queue.get(state.next) {
@@ -120,7 +122,7 @@ impl SweepPlan {
         let first = *state.queue.get(state.next)?;
         let mut count = 0;
         while let Some(&index) = state.queue.get(state.next) {
-            if index != first + count || count == SPAN_BLOCKS || state.handed[index as usize] {
+            if index != first + count || count == max_blocks || state.handed[index as usize] {
                 break;
             }
             state.handed[index as usize] = true;
@@ -172,7 +174,7 @@ mod tests {
     fn spans_take_adjacent_blocks_once_each_wrapping_around() {
         let plan = SweepPlan::new(18, 1, 20, &ReadJumps::default());
         plan.skip_present(|i| i == 3);
-        let spans: Vec<_> = std::iter::from_fn(|| plan.next_span()).collect();
+        let spans: Vec<_> = std::iter::from_fn(|| plan.next_span(SPAN_BLOCKS)).collect();
         assert_eq!(spans, vec![(18, 2), (0, 3), (4, 8), (12, 6)]);
     }
 
@@ -189,14 +191,14 @@ mod tests {
         jumps.observe(0, 300 << 10);
         jumps.observe(b_w - 2 * MIB, b_w - MIB);
         let plan = SweepPlan::new(0, MIB, size, &jumps);
-        assert_eq!(plan.next_span(), Some((0, 8)));
+        assert_eq!(plan.next_span(SPAN_BLOCKS), Some((0, 8)));
         plan.set_layout(TensorLayout::parse(&header, size).unwrap());
         assert!(plan.in_name_order());
-        let (first, count) = plan.next_span().unwrap();
+        let (first, count) = plan.next_span(SPAN_BLOCKS).unwrap();
         assert_eq!(first, b_w / MIB, "b.w next");
         // Every block still comes exactly once.
         let mut all: Vec<u64> = (0..8).chain(first..first + count).collect();
-        while let Some((first, count)) = plan.next_span() {
+        while let Some((first, count)) = plan.next_span(SPAN_BLOCKS) {
             all.extend(first..first + count);
         }
         all.sort_unstable();
@@ -215,6 +217,6 @@ mod tests {
         plan.set_layout(TensorLayout::parse(&header, size).unwrap());
         plan.note_jump(data_start + 6 * MIB);
         assert!(!plan.in_name_order());
-        assert_eq!(plan.next_span(), Some((3, 8)));
+        assert_eq!(plan.next_span(SPAN_BLOCKS), Some((3, 8)));
     }
 }

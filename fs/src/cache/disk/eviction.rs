@@ -14,6 +14,11 @@ impl DiskCache {
     /// is marked [`CacheEntry::no_room`] and nothing of it is written. Blocking (scans the
     /// cache when it must make room).
     pub fn admit(&self, entry: &CacheEntry) -> Admission {
+        let previous_load = self
+            .loads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(entry.entry.stem(), SystemTime::now());
         if let Some(no_room) = entry.no_room() {
             return Admission::TooSmall(no_room);
         }
@@ -28,7 +33,7 @@ impl DiskCache {
         if let Some(stored) = self.try_allocate(entry) {
             return stored;
         }
-        let refused = match self.make_room(entry) {
+        let refused = match self.make_room(entry, previous_load) {
             Ok(Ok(())) => match self.try_allocate(entry) {
                 Some(stored) => return stored,
                 // Others wrote into the room meanwhile: counted as held by them.
@@ -36,6 +41,7 @@ impl DiskCache {
                     needed: entry.entry.id.size,
                     limit: self.limit(),
                     pinned: self.usage(),
+                    kept: 0,
                 },
             },
             Ok(Err(no_room)) => no_room,
@@ -45,6 +51,7 @@ impl DiskCache {
                     needed: entry.entry.id.size,
                     limit: self.limit(),
                     pinned: self.usage(),
+                    kept: 0,
                 }
             }
         };
@@ -73,6 +80,7 @@ impl DiskCache {
                         needed: entry.entry.id.size,
                         limit: self.limit(),
                         pinned: self.usage(),
+                        kept: 0,
                     };
                     return Admission::TooSmall(*entry.no_room.get_or_init(|| refused));
                 }
@@ -111,8 +119,15 @@ impl DiskCache {
 
     /// Measures the cache and evicts least recently used entries nobody has open until the
     /// rest of `entry`'s data file fits under the limit; `Err` (and nothing evicted) when it
-    /// cannot, even with every such entry gone. Called with `passes` held.
-    pub(super) fn make_room(&self, entry: &CacheEntry) -> io::Result<Result<(), NoRoom>> {
+    /// cannot, even with every such entry gone, or when it would evict an entry used since
+    /// `entry`'s own previous load (`previous_load`): the models in use then take turns and
+    /// each would push out the next one loaded, so this one is streamed and they stay.
+    /// Called with `passes` held.
+    pub(super) fn make_room(
+        &self,
+        entry: &CacheEntry,
+        previous_load: Option<SystemTime>,
+    ) -> io::Result<Result<(), NoRoom>> {
         let before = self.usage();
         let unwritten = self.unwritten.load(Ordering::Acquire);
         let entries = scan(&self.objects)?;
@@ -132,17 +147,19 @@ impl DiskCache {
                 candidates.push(scanned);
             }
         }
-        let result = if pinned + needed + 4096 > limit {
+        // Writes in flight land too: room for them as well.
+        let enough = |usage| usage + missing + unwritten <= limit;
+        candidates.sort_by_key(|e| e.last_used);
+        let kept = victims_used_since(&candidates, usage, enough, previous_load);
+        let result = if pinned + needed + 4096 > limit || kept > 0 {
             Err(NoRoom {
                 needed,
                 limit,
                 pinned,
+                kept,
             })
         } else {
-            // Writes in flight land too: room for them as well.
-            usage = self.evict_lru(candidates, usage, |usage| {
-                usage + missing + unwritten <= limit
-            });
+            usage = self.evict_lru(candidates, usage, enough);
             Ok(())
         };
         // As in `evict_pass`: what was written or reserved during the scan counts again.
@@ -199,4 +216,28 @@ impl DiskCache {
         write_usage_record(&self.v1, usage);
         Ok(())
     }
+}
+
+/// Bytes of the entries an eviction until `enough` would remove (`candidates` least recently
+/// used first) that were used after `previous_load`.
+fn victims_used_since(
+    candidates: &[ScannedEntry],
+    mut usage: u64,
+    enough: impl Fn(u64) -> bool,
+    previous_load: Option<SystemTime>,
+) -> u64 {
+    let Some(previous_load) = previous_load else {
+        return 0;
+    };
+    let mut used_since = 0;
+    for candidate in candidates {
+        if enough(usage) {
+            break;
+        }
+        usage = usage.saturating_sub(candidate.bytes);
+        if candidate.last_used > previous_load {
+            used_since += candidate.bytes;
+        }
+    }
+    used_since
 }

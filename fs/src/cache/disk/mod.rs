@@ -34,13 +34,17 @@
 //!   ([`DiskCache::admit`]) before its sweep starts: its data file is allocated whole, after
 //!   evicting least recently used entries nobody has open if needed; a file that cannot fit
 //!   beside the entries in use is not written at all (the read path streams it), so a load
-//!   never downloads bytes the cache then declines to store.
+//!   never downloads bytes the cache then declines to store. Nor is a file whose room would
+//!   come from evicting an entry used since its own previous load: models that take turns
+//!   and do not fit together would each push out the next one loaded (every load a
+//!   download, plus the disk writes); instead the ones stored stay and this one streams.
 //! - **Degrades, never fails**: every disk error (full, read-only, I/O) is counted, warned
 //!   about once, and the read is served from S3 instead.
 
 mod block_set;
 pub mod entry;
 mod eviction;
+mod load_history;
 pub mod lock;
 pub mod safe_dir;
 mod space;
@@ -133,6 +137,9 @@ pub struct NoRoom {
     pub limit: u64,
     /// Bytes of other entries in use (open in any process), which no eviction may remove.
     pub pinned: u64,
+    /// Bytes of entries that making room would have evicted but that were used since this
+    /// file's previous load (kept: the models in use take turns and do not fit together).
+    pub kept: u64,
 }
 
 /// One cache entry in use by this process. While it exists the process holds a shared lock
@@ -229,6 +236,8 @@ pub struct DiskCache {
     /// entries away at once.
     passes: Mutex<()>,
     open: Mutex<HashMap<String, Weak<CacheEntry>>>,
+    /// When each file was last loaded ([`DiskCache::admit`]).
+    loads: Mutex<load_history::LoadHistory>,
     warned: Mutex<std::collections::HashSet<&'static str>>,
     /// Counters of this tier.
     pub stats: Arc<TierStats>,
@@ -268,6 +277,7 @@ impl DiskCache {
             evicting: AtomicBool::new(false),
             passes: Mutex::new(()),
             open: Mutex::new(HashMap::new()),
+            loads: Mutex::default(),
             warned: Mutex::new(Default::default()),
             stats: Arc::new(TierStats::default()),
         });

@@ -123,6 +123,40 @@ fn a_load_is_stored_whole_after_making_room_or_not_at_all() {
 }
 
 #[test]
+fn a_file_loaded_again_never_evicts_what_was_used_since_its_last_load() {
+    const MIB: u64 = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    // Room for one of the two models, not both.
+    let cache = open(dir.path(), CacheSize::Bytes(10 * MIB));
+    let load = |key: &str| {
+        let entry = cache.entry(&id(key, 6 * MIB)).unwrap();
+        let admission = cache.admit(&entry);
+        if admission == Admission::Stored {
+            fill(&cache, &entry);
+        }
+        admission
+    };
+    assert_eq!(load("a"), Admission::Stored);
+    assert_eq!(load("b"), Admission::Stored, "a first load makes room");
+    assert_eq!(cache.stats.snapshot().evictions, 1);
+    // "b" was used after "a"'s last load: the two take turns, so "a" streams and "b" stays.
+    let Admission::TooSmall(no_room) = load("a") else {
+        panic!("a evicted b, used since a's last load");
+    };
+    assert!(no_room.kept >= 6 * MIB, "{no_room:?}");
+    assert_eq!(no_room.pinned, 0, "{no_room:?}");
+    assert_eq!(cache.stats.snapshot().evictions, 1);
+    assert_eq!(load("b"), Admission::Stored, "b is still stored");
+    assert!(
+        matches!(load("a"), Admission::TooSmall(_)),
+        "b was used again"
+    );
+    // Nothing used since "a"'s last load: the working set moved on, "a" is stored.
+    assert_eq!(load("a"), Admission::Stored);
+    assert_eq!(cache.stats.snapshot().evictions, 2);
+}
+
+#[test]
 fn a_second_cache_instance_sees_the_first_ones_blocks() {
     let dir = tempfile::tempdir().unwrap();
     let a = open(dir.path(), CacheSize::Bytes(1 << 30));
