@@ -3,7 +3,8 @@
 //! --metrics-addr` with [`CONTENT_TYPE`]).
 //!
 //! - `modelfs_s3_requests_total{op,result}`, `modelfs_s3_request_seconds{op}` (histogram),
-//!   `modelfs_s3_bytes_total`, `modelfs_s3_retries_total`;
+//!   `modelfs_s3_bytes_total`, `modelfs_s3_retries_total`, `modelfs_s3_throttled_total`
+//!   (throttling answers, every attempt: sweeps then ask for larger spans);
 //! - `modelfs_cache_{hits,misses,writes,evictions,corrupt,errors,checksum_mismatch}_total{tier}`;
 //! - `modelfs_fetch_blocks_total{priority}` (demand vs background: readahead and sweeps);
 //! - `modelfs_cache_too_small_loads_total`: loads of a model the disk cache could not hold
@@ -72,6 +73,7 @@ pub struct Metrics {
     s3_latency: LatencyFamily<OpLabels>,
     s3_bytes: Counter,
     s3_retries: Counter,
+    s3_throttled: Counter,
     fetch_blocks: Family<PriorityLabels, Counter>,
     fuse_requests: Family<OpLabels, Counter>,
     fuse_latency: LatencyFamily<OpLabels>,
@@ -103,6 +105,7 @@ impl Metrics {
             s3_latency: Family::new_with_constructor(latency_histogram),
             s3_bytes: Counter::default(),
             s3_retries: Counter::default(),
+            s3_throttled: Counter::default(),
             fetch_blocks: Family::default(),
             fuse_requests: Family::default(),
             fuse_latency: Family::new_with_constructor(latency_histogram),
@@ -133,6 +136,11 @@ impl Metrics {
             "modelfs_s3_retries",
             "Ranged reads retried",
             m.s3_retries.clone(),
+        );
+        registry.register(
+            "modelfs_s3_throttled",
+            "Throttling answers from S3 (503, 429), every attempt counted",
+            m.s3_throttled.clone(),
         );
         registry.register(
             "modelfs_fetch_blocks",
@@ -208,6 +216,11 @@ impl Metrics {
     /// Counts a retried ranged read.
     pub fn s3_retry(&self) {
         self.s3_retries.inc();
+    }
+
+    /// Counts a throttling answer from S3.
+    pub fn s3_throttled(&self) {
+        self.s3_throttled.inc();
     }
 
     /// Counts a block fetched from S3 for a reader (`demand`) or ahead of one (`background`).
@@ -375,6 +388,7 @@ mod tests {
         m.s3_request("GetObject", "not_found", Duration::from_millis(3));
         m.s3_bytes(1024);
         m.s3_retry();
+        m.s3_throttled();
         m.fetched_block("demand");
         m.cache_too_small_load();
         m.fuse_request("read", Duration::from_micros(200));
@@ -397,6 +411,7 @@ mod tests {
             ("modelfs_s3_request_seconds_count{op=\"GetObject\"}", 3.0),
             ("modelfs_s3_bytes_total", 1024.0),
             ("modelfs_s3_retries_total", 1.0),
+            ("modelfs_s3_throttled_total", 1.0),
             ("modelfs_fetch_blocks_total{priority=\"demand\"}", 1.0),
             ("modelfs_cache_too_small_loads_total", 1.0),
             ("modelfs_fuse_requests_total{op=\"read\"}", 1.0),
@@ -498,6 +513,7 @@ mod tests {
             "modelfs_s3_request_seconds histogram",
             "modelfs_s3_bytes_total counter",
             "modelfs_s3_retries_total counter",
+            "modelfs_s3_throttled_total counter",
             "modelfs_fetch_blocks_total counter",
             "modelfs_cache_too_small_loads_total counter",
             "modelfs_fuse_requests_total counter",

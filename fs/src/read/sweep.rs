@@ -74,7 +74,7 @@ pub fn spawn(
         let (mut running, mut open) = (FuturesUnordered::new(), true);
         loop {
             while open && running.len() < concurrency.max(1) {
-                let Some((first, count)) = plan.next_span() else {
+                let Some((first, count)) = plan.next_span(fetcher.span_blocks()) else {
                     break;
                 };
                 let (fetcher, weak, entry) = (fetcher.clone(), weak.clone(), entry.clone());

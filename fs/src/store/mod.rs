@@ -12,6 +12,7 @@ mod memory;
 mod origin;
 mod proof;
 mod s3;
+mod throttle;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -146,6 +147,13 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// asks S3 with a HeadObject.
     fn proves_read(&self, _key: &str, _etag: &str) -> bool {
         false
+    }
+
+    /// Throttling answers (`503`, `429`) this store's requests have had so far, every attempt
+    /// counted: sweeps ask for larger spans while it grows (see `read::span_size`). Stores
+    /// that are never throttled keep the default.
+    fn throttles(&self) -> u64 {
+        0
     }
 
     /// Where the bytes come from, normalized: caches key blocks by it, so stores reading

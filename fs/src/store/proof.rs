@@ -93,6 +93,10 @@ impl ObjectStore for ProvingStore {
         self.inner.origin()
     }
 
+    fn throttles(&self) -> u64 {
+        self.inner.throttles()
+    }
+
     fn proves_read(&self, key: &str, etag: &str) -> bool {
         self.proofs
             .contains_key(&(key.to_string(), etag.to_string()))

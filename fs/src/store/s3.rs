@@ -16,6 +16,7 @@ use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
 use futures::TryFutureExt;
 
+use super::throttle::Throttles;
 use super::{
     ChecksumHeaders, FullObjectChecksum, ListPage, ObjectInfo, ObjectStore, ObjectVersion,
     RangeSink, ReplaceableCredentials, StoreError, StoreOrigin,
@@ -84,6 +85,8 @@ pub struct S3Store {
     stall_timeout: Duration,
     /// As configured (for error messages; the SDK client enforces it).
     first_byte_timeout: Duration,
+    /// Throttling answers to this store's requests, counted by the client.
+    throttles: Throttles,
 }
 
 /// Connect timeout (or the first-byte timeout, if shorter: that one counts the connecting
@@ -171,6 +174,7 @@ impl S3Store {
         let first_byte = first_byte_timeout(config.first_byte_timeout);
         // The HTTP client's read timeout runs from sending the request (connecting included)
         // to the response headers: our first-byte timeout, retried by the SDK as transient.
+        let throttles = Throttles::default();
         let s3_config = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(config.force_path_style)
             .timeout_config(
@@ -185,6 +189,7 @@ impl S3Store {
                     .with_max_attempts(MAX_ATTEMPTS)
                     .with_initial_backoff(SDK_INITIAL_BACKOFF),
             )
+            .interceptor(throttles.clone())
             .build();
         let endpoint = config
             .endpoint_url
@@ -205,6 +210,7 @@ impl S3Store {
             origin,
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             first_byte_timeout: first_byte,
+            throttles,
         }
     }
 
@@ -580,6 +586,10 @@ impl ObjectStore for S3Store {
 
     fn origin(&self) -> StoreOrigin {
         self.origin.clone()
+    }
+
+    fn throttles(&self) -> u64 {
+        self.throttles.count()
     }
 }
 

@@ -17,7 +17,7 @@ mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::Semaphore;
@@ -26,6 +26,7 @@ use crate::cache::disk::CacheEntry;
 pub use crate::cache::Priority;
 use crate::cache::{BlockKey, DiskCache, Lookup, MemoryTier, Tiers};
 use crate::error::FsError;
+use crate::read::span_size::SpanSize;
 use crate::read::stream::Stream;
 use crate::store::{ObjectStore, ObjectVersion};
 use in_flight::InFlightTable;
@@ -104,6 +105,8 @@ pub struct Fetcher {
     /// origins never share blocks.
     origin: Arc<str>,
     tiers: SharedTiers,
+    /// How many blocks a sweep GET asks for, adapted to the store's throttling.
+    span_size: SpanSize,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -119,9 +122,16 @@ impl Fetcher {
     pub fn new(store: Arc<dyn ObjectStore>, tiers: &SharedTiers) -> Fetcher {
         Fetcher {
             origin: store.origin().to_string().into(),
+            span_size: SpanSize::new(store.throttles(), Instant::now()),
             store,
             tiers: tiers.clone(),
         }
+    }
+
+    /// Blocks the next sweep GET asks for: more while S3 throttles this store's requests.
+    pub(in crate::read) fn span_blocks(&self) -> u64 {
+        self.span_size
+            .blocks(self.store.throttles(), Instant::now())
     }
 
     /// The store blocks are fetched from (the volume's own credentials).
