@@ -180,6 +180,15 @@ impl CpuSplit {
         }
     }
 
+    /// How many CPUs the bench had (the bench's own thread is pinned by now, so
+    /// `available_parallelism` would count only the client's).
+    fn count(&self) -> usize {
+        let mut all: Vec<usize> = self.server.iter().chain(&self.client).copied().collect();
+        all.sort_unstable();
+        all.dedup();
+        all.len()
+    }
+
     /// For the report's Endpoint line.
     fn describe(&self) -> String {
         if self.server == self.client {
@@ -1944,7 +1953,7 @@ fn meta(fx: &Fixture) -> serde_json::Value {
     serde_json::json!({
         "date": cmd_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         "kernel": cmd_output("uname", &["-r"]),
-        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cores": fx.cpus.count(),
         "cpu": cmd_output("sh", &["-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"]),
         "memory": cmd_output("sh", &["-c", "grep MemTotal /proc/meminfo | awk '{print $2\" kB\"}'"]),
         "shaping": fx.shaping.describe(),
