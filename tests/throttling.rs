@@ -31,16 +31,26 @@ fn load(server: &LocalServer, mount: &Mount, rel: &str, expected: &Path) -> (u64
 fn after_throttling_a_load_takes_fewer_gets_for_the_same_exact_bytes() {
     let server = LocalServer::start(BUCKET);
     let before = server.seed_safetensors("m/checkpoints/before.safetensors", MODEL_BYTES, 1);
-    let during = server.seed_safetensors("m/checkpoints/during.safetensors", 96 * MIB, 2);
+    let during = [
+        server.seed_safetensors("m/checkpoints/during-1.safetensors", 96 * MIB, 2),
+        server.seed_safetensors("m/checkpoints/during-2.safetensors", 96 * MIB, 4),
+    ];
     let after = server.seed_safetensors("m/checkpoints/after.safetensors", MODEL_BYTES, 3);
     let cache = tempfile::tempdir().expect("cache dir");
     let mut mount = mount_with_cache(&server.endpoint, cache.path(), "4GiB", &[]);
 
     let (gets_before, _) = load(&server, &mount, "checkpoints/before.safetensors", &before);
-    // A fifth of the GETs answered 503 SlowDown for one load.
+    // A fifth of the GETs answered 503 SlowDown for two loads, more than a second apart: the
+    // span doubles at most once a second, so the growth does not hang on how fast one load is.
     let faults = server.server.faults();
     faults.set([Rule::get(Fault::SlowDown).rate(0.2)]);
-    load(&server, &mount, "checkpoints/during.safetensors", &during);
+    for (i, expected) in during.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+        }
+        let rel = format!("checkpoints/during-{}.safetensors", i + 1);
+        load(&server, &mount, &rel, expected);
+    }
     assert!(faults.stats().slow_down > 0, "S3 throttled");
     faults.clear();
     let (gets_after, bytes_after) = load(&server, &mount, "checkpoints/after.safetensors", &after);

@@ -29,8 +29,9 @@ struct State {
     blocks: u64,
     /// The store's throttle count when last looked at.
     throttles: u64,
-    /// When the span last changed.
-    changed: Instant,
+    /// When the span last changed (`None` until it first does: the first throttling doubles
+    /// it at once, however soon after the mount).
+    changed: Option<Instant>,
     /// When the span last changed or a throttling answer was last seen.
     unquiet: Instant,
 }
@@ -42,7 +43,7 @@ impl SpanSize {
             state: Mutex::new(State {
                 blocks: SPAN_BLOCKS,
                 throttles,
-                changed: now,
+                changed: None,
                 unquiet: now,
             }),
         }
@@ -54,10 +55,12 @@ impl SpanSize {
         if throttles > state.throttles {
             state.throttles = throttles;
             state.unquiet = now;
-            let settled = now.saturating_duration_since(state.changed) >= SETTLE;
+            let settled = state
+                .changed
+                .is_none_or(|changed| now.saturating_duration_since(changed) >= SETTLE);
             if settled && state.blocks < MAX_SPAN_BLOCKS {
                 state.blocks *= 2;
-                state.changed = now;
+                state.changed = Some(now);
                 tracing::info!(
                     span_blocks = state.blocks,
                     "S3 is throttling: sweep spans doubled"
@@ -67,7 +70,7 @@ impl SpanSize {
             && state.blocks > SPAN_BLOCKS
         {
             state.blocks /= 2;
-            state.changed = now;
+            state.changed = Some(now);
             state.unquiet = now;
         }
         state.blocks
@@ -84,8 +87,10 @@ mod tests {
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let size = SpanSize::new(5, t0);
         assert_eq!(size.blocks(5, at(10)), SPAN_BLOCKS, "no new throttling");
-        assert_eq!(size.blocks(6, at(1000)), 2 * SPAN_BLOCKS);
+        // The first throttling doubles at once, even right after the start.
+        assert_eq!(size.blocks(6, at(20)), 2 * SPAN_BLOCKS);
         // A burst of answers to requests already sent: one doubling.
+        assert_eq!(size.blocks(9, at(1000)), 2 * SPAN_BLOCKS);
         assert_eq!(size.blocks(9, at(1100)), 2 * SPAN_BLOCKS);
         assert_eq!(size.blocks(10, at(2100)), 4 * SPAN_BLOCKS);
         for (n, ms) in (11..20).zip((3..12).map(|s| s * 1000 + 100)) {
