@@ -541,6 +541,10 @@ fn an_overwrite_mid_read_gives_estale_never_mixed_bytes_and_the_cache_stays_exac
     fx.finish(mount);
 }
 
+/// Two levels down: a mount lists the subdirectories of a listed directory ahead, and a
+/// listing ahead of the root that finished before the faults were set would prove nothing.
+const MANY_DIR: &str = "deep/many";
+
 #[test]
 fn a_listing_of_many_pages_under_list_and_head_faults_shows_every_name() {
     let fx = Fixture::new();
@@ -553,7 +557,7 @@ fn a_listing_of_many_pages_under_list_and_head_faults_shows_every_name() {
     for (name, data) in &files {
         fx.server
             .store()
-            .put_bytes(BUCKET, &key(&format!("many/{name}")), data)
+            .put_bytes(BUCKET, &key(&format!("{MANY_DIR}/{name}")), data)
             .expect("seed");
     }
     let files = Arc::new(files);
@@ -570,7 +574,7 @@ fn a_listing_of_many_pages_under_list_and_head_faults_shows_every_name() {
         Rule::new(Op::HeadObject, Fault::InternalError).next(3),
         Rule::new(Op::HeadObject, Fault::InternalError).rate(0.3),
     ]);
-    let dir: PathBuf = mount.join("many");
+    let dir: PathBuf = mount.join(MANY_DIR);
     let started = Instant::now();
     let names = within(READ_LIMIT, "list 50 names", move || {
         let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -604,7 +608,7 @@ fn a_listing_of_many_pages_under_list_and_head_faults_shows_every_name() {
     let started = Instant::now();
     within(READ_LIMIT * 2, "open and read 50 files", move || {
         for (name, data) in all.iter().step_by(5) {
-            let got = std::fs::read(root.join("many").join(name))
+            let got = std::fs::read(root.join(MANY_DIR).join(name))
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert!(got == *data, "{name}: wrong bytes");
         }
