@@ -19,14 +19,12 @@ impl Throttles {
         self.0.load(Ordering::Relaxed)
     }
 
-    /// Counts an answer with HTTP `status`; true if it was a throttling one.
-    pub fn observe(&self, status: u16) -> bool {
-        let throttled = matches!(status, 429 | 503);
-        if throttled {
+    /// Counts an answer with HTTP `status` if it is a throttling one.
+    pub fn observe(&self, status: u16) {
+        if matches!(status, 429 | 503) {
             self.0.fetch_add(1, Ordering::Relaxed);
             crate::metrics::metrics().s3_throttled();
         }
-        throttled
     }
 }
 

@@ -37,25 +37,26 @@ impl DiskCache {
             Ok(Ok(())) => match self.try_allocate(entry) {
                 Some(stored) => return stored,
                 // Others wrote into the room meanwhile: counted as held by them.
-                None => NoRoom {
-                    needed: entry.entry.id.size,
-                    limit: self.limit(),
-                    pinned: self.usage(),
-                    kept: 0,
-                },
+                None => self.no_room_now(entry),
             },
             Ok(Err(no_room)) => no_room,
             Err(e) => {
                 self.warn_once("eviction", &e);
-                NoRoom {
-                    needed: entry.entry.id.size,
-                    limit: self.limit(),
-                    pinned: self.usage(),
-                    kept: 0,
-                }
+                self.no_room_now(entry)
             }
         };
         Admission::TooSmall(*entry.no_room.get_or_init(|| refused))
+    }
+
+    /// Why `entry` finds no room, by the usage and limit as they stand (no scan): every
+    /// byte in use counted as held by others.
+    fn no_room_now(&self, entry: &CacheEntry) -> NoRoom {
+        NoRoom {
+            needed: entry.entry.id.size,
+            limit: self.limit(),
+            pinned: self.usage(),
+            kept: 0,
+        }
     }
 
     /// Charges and allocates what `entry`'s data file lacks, if it fits under the limit now.
@@ -76,12 +77,7 @@ impl DiskCache {
                 self.uncharge(missing);
                 if full {
                     // The filesystem holds less than the limit says (other files share it).
-                    let refused = NoRoom {
-                        needed: entry.entry.id.size,
-                        limit: self.limit(),
-                        pinned: self.usage(),
-                        kept: 0,
-                    };
+                    let refused = self.no_room_now(entry);
                     return Admission::TooSmall(*entry.no_room.get_or_init(|| refused));
                 }
                 // Not supported here: the room is there; its blocks are counted as written.
@@ -128,41 +124,64 @@ impl DiskCache {
         entry: &CacheEntry,
         previous_load: Option<SystemTime>,
     ) -> io::Result<Result<(), NoRoom>> {
+        self.measure_and_evict(|measured| {
+            let Measured {
+                entries,
+                usage,
+                limit,
+                unwritten,
+            } = measured;
+            let missing = unallocated(entry);
+            let own = entry.entry.stem();
+            let mut needed = missing;
+            let (mut pinned, mut candidates) = (0, Vec::new());
+            for scanned in entries {
+                if scanned.name == own {
+                    needed += scanned.bytes;
+                } else if is_in_use(&scanned) {
+                    pinned += scanned.bytes;
+                } else {
+                    candidates.push(scanned);
+                }
+            }
+            // Writes in flight land too: room for them as well.
+            let enough = |usage| usage + missing + unwritten <= limit;
+            candidates.sort_by_key(|e| e.last_used);
+            let kept = victims_used_since(&candidates, usage, enough, previous_load);
+            if pinned + needed + 4096 > limit || kept > 0 {
+                let no_room = NoRoom {
+                    needed,
+                    limit,
+                    pinned,
+                    kept,
+                };
+                (usage, Err(no_room))
+            } else {
+                (self.evict_lru(candidates, usage, enough), Ok(()))
+            }
+        })
+    }
+
+    /// One measured pass, with `passes` held: scans the cache and its limit, lets `evict`
+    /// remove entries and return the usage left, then records that usage.
+    fn measure_and_evict<R>(&self, evict: impl FnOnce(Measured) -> (u64, R)) -> io::Result<R> {
         let before = self.usage();
+        // Bytes reserved but not written yet are not on disk for the scan to find.
         let unwritten = self.unwritten.load(Ordering::Acquire);
         let entries = scan(&self.objects)?;
-        let missing = unallocated(entry);
-        let mut usage: u64 = entries.iter().map(|e| e.bytes).sum::<u64>() + 4096;
+        // The usage record itself takes a block.
+        let usage: u64 = entries.iter().map(|e| e.bytes).sum::<u64>() + 4096;
         let limit = self.compute_limit(usage)?;
         self.written_since_scan.store(0, Ordering::Relaxed);
-        let own = entry.entry.stem();
-        let mut needed = missing;
-        let (mut pinned, mut candidates) = (0, Vec::new());
-        for scanned in entries {
-            if scanned.name == own {
-                needed += scanned.bytes;
-            } else if is_in_use(&scanned) {
-                pinned += scanned.bytes;
-            } else {
-                candidates.push(scanned);
-            }
-        }
-        // Writes in flight land too: room for them as well.
-        let enough = |usage| usage + missing + unwritten <= limit;
-        candidates.sort_by_key(|e| e.last_used);
-        let kept = victims_used_since(&candidates, usage, enough, previous_load);
-        let result = if pinned + needed + 4096 > limit || kept > 0 {
-            Err(NoRoom {
-                needed,
-                limit,
-                pinned,
-                kept,
-            })
-        } else {
-            usage = self.evict_lru(candidates, usage, enough);
-            Ok(())
-        };
-        // As in `evict_pass`: what was written or reserved during the scan counts again.
+        let (usage, result) = evict(Measured {
+            entries,
+            usage,
+            limit,
+            unwritten,
+        });
+        // Blocks this process wrote while the pass ran may be missing from the scan, and so
+        // may those reserved before it: count them again rather than risk crossing the limit
+        // (the next pass corrects the excess).
         let during = self.usage().saturating_sub(before);
         let usage = usage + during + unwritten;
         self.usage.store(usage, Ordering::Relaxed);
@@ -194,28 +213,27 @@ impl DiskCache {
     /// that no process has open until usage is below 90% of the limit.
     pub fn evict_pass(&self) -> io::Result<()> {
         let _pass = self.passes.lock().unwrap_or_else(|e| e.into_inner());
-        let before = self.usage();
-        // Bytes reserved but not written yet are not on disk for the scan to find.
-        let unwritten = self.unwritten.load(Ordering::Acquire);
-        let entries = scan(&self.objects)?;
-        // The usage record itself takes a block.
-        let mut usage: u64 = entries.iter().map(|e| e.bytes).sum::<u64>() + 4096;
-        let limit = self.compute_limit(usage)?;
-        self.written_since_scan.store(0, Ordering::Relaxed);
-        if usage > limit || usage + (64 << 20) > limit {
-            let target = limit / 10 * 9;
-            usage = self.evict_lru(entries, usage, |usage| usage <= target);
-        }
-        // Blocks this process wrote while the pass ran may be missing from the scan, and so
-        // may those reserved before it: count them again rather than risk crossing the limit
-        // (the next pass corrects the excess).
-        let during = self.usage().saturating_sub(before);
-        let usage = usage + during + unwritten;
-        self.usage.store(usage, Ordering::Relaxed);
-        self.limit.store(limit, Ordering::Relaxed);
-        write_usage_record(&self.v1, usage);
-        Ok(())
+        self.measure_and_evict(|m| {
+            if m.usage > m.limit || m.usage + (64 << 20) > m.limit {
+                let target = m.limit / 10 * 9;
+                (
+                    self.evict_lru(m.entries, m.usage, |usage| usage <= target),
+                    (),
+                )
+            } else {
+                (m.usage, ())
+            }
+        })
     }
+}
+
+/// What a pass measured: the cache's entries and their usage (the usage record included),
+/// its limit, and the bytes reserved but not yet written (not on disk for the scan).
+struct Measured {
+    entries: Vec<ScannedEntry>,
+    usage: u64,
+    limit: u64,
+    unwritten: u64,
 }
 
 /// Bytes of the entries an eviction until `enough` would remove (`candidates` least recently
