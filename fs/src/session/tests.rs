@@ -125,13 +125,19 @@ impl Fixture {
 
     /// Reads `ino` whole through a cached open and closes it; its entry is then complete
     /// and, once the verification the close starts has run, verified.
-    async fn cache_and_verify(&self, ino: u64, expected: &[u8]) {
+    /// Reads `ino` whole into the disk cache and waits until the entry is verified; returns
+    /// the entry's data file (another descriptor of it).
+    async fn cache_and_verify(&self, ino: u64, expected: &[u8]) -> std::fs::File {
         let registrar = FakeRegistrar::default();
         let opened = self.open_to_read(ino, &registrar).await;
         assert_ne!(opened.mode, IoMode::Passthrough, "nothing cached yet");
         self.read_all(opened.fh, expected).await;
+        let file = self.session.files.get(opened.fh).unwrap();
+        let data = file.object.disk.as_ref().unwrap().entry.data.try_clone();
+        drop(file);
         self.session.release(opened.fh);
         self.wait_for_verifications();
+        data.unwrap()
     }
 
     fn wait_for_verifications(&self) {
@@ -301,10 +307,8 @@ async fn directory_handles_serve_the_listing_taken_at_opendir() {
     assert!(matches!(f.session.readdir(fh), Err(FsError::BadHandle(_))));
 }
 
-/// Writes back and drops the page-cache pages of `fh`'s cache data file.
-fn drop_cache_pages(f: &Fixture, fh: u64) {
-    let file = f.session.files.get(fh).unwrap();
-    let data = &file.object.disk.as_ref().unwrap().entry.data;
+/// Writes back and drops the page-cache pages of a cache data file.
+fn drop_cache_pages(data: &std::fs::File) {
     data.sync_all().unwrap();
     // SAFETY: fadvise on an open descriptor.
     let rc = unsafe { libc::posix_fadvise(data.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
@@ -320,13 +324,14 @@ async fn a_large_file_held_open_is_read_ahead_and_one_closed_at_once_is_not() {
         WarmLimit::Auto,
     );
     let ino = f.ino("big.bin").await;
-    f.cache_and_verify(ino, &pattern(len, 0)).await;
+    let data = f.cache_and_verify(ino, &pattern(len, 0)).await;
     let registrar = FakeRegistrar::default();
 
-    // A header scan: open, close at once.
+    // A header scan: open, close at once (the pages dropped before: writing them back can
+    // take longer than the settle time).
+    drop_cache_pages(&data);
     let scan = f.open_to_read(ino, &registrar).await;
     assert_eq!(scan.mode, IoMode::Passthrough);
-    drop_cache_pages(&f, scan.fh);
     f.session.release(scan.fh);
     tokio::time::sleep(warm_read_ahead::SETTLE * 5).await;
     assert_eq!(
@@ -336,8 +341,8 @@ async fn a_large_file_held_open_is_read_ahead_and_one_closed_at_once_is_not() {
     );
 
     // A load: the open is still held after the settle time.
+    drop_cache_pages(&data);
     let load = f.open_to_read(ino, &registrar).await;
-    drop_cache_pages(&f, load.fh);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while f.session.warm_read_ahead_bytes() < len as u64 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
