@@ -85,14 +85,55 @@ impl FullObjectChecksum {
 
     /// A running computation of the same algorithm, to check `self` against content.
     pub fn digest(&self) -> ChecksumDigest {
-        let algorithm = match self {
+        ChecksumDigest {
+            like: *self,
+            digest: crc_fast::Digest::new(self.crc_algorithm()),
+        }
+    }
+
+    /// The checksum of `bytes` (one part of the content) in the same algorithm, as a raw
+    /// value for [`FullObjectChecksum::combine`].
+    pub fn of(&self, bytes: &[u8]) -> u64 {
+        crc_fast::checksum(self.crc_algorithm(), bytes)
+    }
+
+    /// The checksum, in the same algorithm, of content made of `parts` in order, each given
+    /// as its raw checksum and its length: parts checksummed as they arrived need no second
+    /// pass over the content.
+    pub fn combine(&self, parts: impl IntoIterator<Item = (u64, u64)>) -> FullObjectChecksum {
+        let algorithm = self.crc_algorithm();
+        let whole = parts.into_iter().fold(None, |whole, (part, len)| {
+            Some(match whole {
+                None => part,
+                Some(before) => crc_fast::checksum_combine(algorithm, before, part, len),
+            })
+        });
+        self.with_value(whole.unwrap_or_else(|| crc_fast::checksum(algorithm, &[])))
+    }
+
+    /// The raw value (32-bit CRCs in the low half).
+    pub fn value(&self) -> u64 {
+        match *self {
+            FullObjectChecksum::Crc64Nvme(v) => v,
+            FullObjectChecksum::Crc32c(v) | FullObjectChecksum::Crc32(v) => u64::from(v),
+        }
+    }
+
+    fn crc_algorithm(&self) -> CrcAlgorithm {
+        match self {
             FullObjectChecksum::Crc64Nvme(_) => CrcAlgorithm::Crc64Nvme,
             FullObjectChecksum::Crc32c(_) => CrcAlgorithm::Crc32Iscsi,
             FullObjectChecksum::Crc32(_) => CrcAlgorithm::Crc32IsoHdlc,
-        };
-        ChecksumDigest {
-            like: *self,
-            digest: crc_fast::Digest::new(algorithm),
+        }
+    }
+
+    /// A checksum of the same algorithm with raw value `value`.
+    fn with_value(&self, value: u64) -> FullObjectChecksum {
+        match self {
+            FullObjectChecksum::Crc64Nvme(_) => FullObjectChecksum::Crc64Nvme(value),
+            // 32-bit CRCs come back in the low half.
+            FullObjectChecksum::Crc32c(_) => FullObjectChecksum::Crc32c(value as u32),
+            FullObjectChecksum::Crc32(_) => FullObjectChecksum::Crc32(value as u32),
         }
     }
 }
@@ -116,15 +157,14 @@ impl ChecksumDigest {
         self.digest.update(bytes);
     }
 
+    /// Forgets everything fed: the next bytes start new content.
+    pub fn reset(&mut self) {
+        self.digest.reset();
+    }
+
     /// The checksum of everything fed, of the algorithm it was started for.
     pub fn finish(&self) -> FullObjectChecksum {
-        let value = self.digest.finalize();
-        match self.like {
-            FullObjectChecksum::Crc64Nvme(_) => FullObjectChecksum::Crc64Nvme(value),
-            // 32-bit CRCs come back in the low half.
-            FullObjectChecksum::Crc32c(_) => FullObjectChecksum::Crc32c(value as u32),
-            FullObjectChecksum::Crc32(_) => FullObjectChecksum::Crc32(value as u32),
-        }
+        self.like.with_value(self.digest.finalize())
     }
 }
 
@@ -217,6 +257,26 @@ mod tests {
             digest.update(b"1234");
             digest.update(b"56789");
             assert_eq!(digest.finish(), check);
+        }
+    }
+
+    #[test]
+    fn parts_combine_to_the_checksum_of_the_whole() {
+        let content: Vec<u8> = (0..10_000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+        for like in [
+            FullObjectChecksum::Crc64Nvme(0),
+            FullObjectChecksum::Crc32c(0),
+            FullObjectChecksum::Crc32(0),
+        ] {
+            let mut whole = like.digest();
+            whole.update(&content);
+            let parts = content
+                .chunks(4096)
+                .map(|part| (like.of(part), part.len() as u64));
+            assert_eq!(like.combine(parts), whole.finish(), "{}", like.algorithm());
+            let mut empty = like.digest();
+            empty.update(&[]);
+            assert_eq!(like.combine([]), empty.finish());
         }
     }
 }

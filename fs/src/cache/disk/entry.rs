@@ -541,65 +541,60 @@ impl Entry {
 
 impl Entry {
     /// [`Entry::verify_except`], also computing the content's full-object checksum of
-    /// `expected`'s algorithm in the same pass, in block order; the third value is `None`
-    /// when a block is missing or damaged (there is no whole content to check). CRC32C is
-    /// combined from the block records (no reads beyond the verification's); the others read
-    /// the blocks trusted without checking too.
+    /// `expected`'s algorithm, combined from each block's part in block order; the third
+    /// value is `None` when a block is missing or damaged (there is no whole content to
+    /// check). A block's part is its record for CRC32C; for the others `folded` gives it for
+    /// blocks trusted without checking (computed as they were written), and any other block
+    /// is read for it.
     pub fn verify_with_checksum(
         &self,
         known_good: impl Fn(u64) -> bool,
+        folded: impl Fn(u64) -> Option<u64>,
         expected: FullObjectChecksum,
     ) -> io::Result<(u64, u64, Option<FullObjectChecksum>)> {
         let (mut present, mut corrupt, mut whole) = (0, 0, true);
-        let combine = matches!(expected, FullObjectChecksum::Crc32c(_));
-        let mut digest = (!combine).then(|| expected.digest());
+        let from_records = matches!(expected, FullObjectChecksum::Crc32c(_));
         let records = self.records()?;
+        let mut parts = Vec::with_capacity(records.len());
         for (index, record) in (0..self.id.blocks()).zip(records.iter()) {
-            let bytes = if record.is_some() && known_good(index) {
-                present += 1;
-                match &digest {
-                    Some(_) if whole => {
-                        Some(self.read_range(index * self.id.block_size, self.id.block_len(index))?)
-                    }
-                    _ => None,
-                }
+            let len = self.id.block_len(index);
+            let read = if record.is_some() && known_good(index) {
+                None
             } else {
                 match self.read_block(index) {
-                    Ok(Some(bytes)) => {
-                        present += 1;
-                        Some(bytes)
-                    }
+                    Ok(Some(bytes)) => Some(bytes),
                     Ok(None) => {
                         whole = false;
-                        None
+                        continue;
                     }
                     Err(ReadBlockError::Corrupt) => {
                         corrupt += 1;
                         whole = false;
-                        None
+                        continue;
                     }
                     Err(ReadBlockError::Io(e)) => return Err(e),
                 }
             };
-            if let (true, Some(digest), Some(bytes)) = (whole, digest.as_mut(), bytes) {
-                digest.update(&bytes);
+            present += 1;
+            if !whole {
+                continue;
             }
+            // Every record of a present block now matches it: checked here, or written by
+            // this process.
+            let part = match (record, read) {
+                (Some(crc), _) if from_records => u64::from(*crc),
+                (_, Some(bytes)) => expected.of(&bytes),
+                (_, None) => match folded(index) {
+                    Some(part) => part,
+                    None => expected.of(&self.read_range(index * self.id.block_size, len)?),
+                },
+            };
+            parts.push((part, len));
         }
         if !whole {
             return Ok((present, corrupt, None));
         }
-        let computed = match digest {
-            Some(digest) => digest.finish(),
-            // Every record now matches its block: checked above, or written by this process.
-            None => FullObjectChecksum::Crc32c(records.iter().zip(0..).fold(
-                0,
-                |crc, (record, index)| {
-                    let len = self.id.block_len(index) as usize;
-                    crc32c::crc32c_combine(crc, record.unwrap_or_default(), len)
-                },
-            )),
-        };
-        Ok((present, corrupt, Some(computed)))
+        Ok((present, corrupt, Some(expected.combine(parts))))
     }
 }
 
@@ -694,6 +689,39 @@ mod tests {
         let meta = std::fs::metadata(entry.dir.join("data")).unwrap();
         assert_eq!(meta.mode() & 0o777, 0o600);
         assert_eq!(std::fs::metadata(&entry.dir).unwrap().mode() & 0o777, 0o700);
+    }
+
+    #[test]
+    fn trusted_blocks_with_folded_parts_are_not_read_for_the_full_object_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = id(2500);
+        let entry = Entry::open_or_create(&Dir::open_path(dir.path()).unwrap(), &id).unwrap();
+        let blocks: [&[u8]; 3] = [&[1u8; 1000], &[2u8; 1000], &[3u8; 500]];
+        for (index, bytes) in (0..).zip(blocks) {
+            entry.write_block(index, bytes).unwrap();
+        }
+        let like = FullObjectChecksum::Crc64Nvme(0);
+        let of_disk = like.combine(blocks.map(|b| (like.of(b), b.len() as u64)));
+        let trusted = |_| true;
+        // Parts of other bytes than those on disk: only a check that never reads block 1
+        // computes what they say.
+        let other = like.of(&[9u8; 1000]);
+        let folded = |index| (index == 1).then_some(other);
+        let (present, corrupt, computed) =
+            entry.verify_with_checksum(trusted, folded, like).unwrap();
+        assert_eq!((present, corrupt), (3, 0));
+        let expected = like.combine([
+            (like.of(blocks[0]), 1000),
+            (other, 1000),
+            (like.of(blocks[2]), 500),
+        ]);
+        assert_eq!(computed, Some(expected));
+        let (_, _, computed) = entry.verify_with_checksum(trusted, |_| None, like).unwrap();
+        assert_eq!(
+            computed,
+            Some(of_disk),
+            "without parts, every block is read"
+        );
     }
 
     #[test]

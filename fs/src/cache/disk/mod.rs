@@ -44,6 +44,7 @@
 mod block_set;
 pub mod entry;
 mod eviction;
+mod folded;
 mod load_history;
 pub mod lock;
 pub mod safe_dir;
@@ -163,6 +164,8 @@ pub struct CacheEntry {
     /// brought it: checked before the entry is sealed. Not part of the entry's identity (the
     /// ETag is), so opens that pinned the version from a listing share the entry.
     expected: std::sync::OnceLock<FullObjectChecksum>,
+    /// Each block's part of the expected checksum, from the bytes this process wrote.
+    folded: folded::FoldedChecksums,
 }
 
 impl CacheEntry {
@@ -201,6 +204,13 @@ impl CacheEntry {
     /// The full-object checksum the entry is checked against before it is sealed, if known.
     pub fn expected_checksum(&self) -> Option<FullObjectChecksum> {
         self.expected.get().copied()
+    }
+
+    /// The checksum whose per-block parts writers compute as they store blocks: the expected
+    /// one, unless it is CRC32C, which sealing combines from the block records.
+    fn to_fold(&self) -> Option<FullObjectChecksum> {
+        self.expected_checksum()
+            .filter(|c| !matches!(c, FullObjectChecksum::Crc32c(_)))
     }
 
     /// Learns the version's full-object checksum from a later open. An entry verified without
@@ -366,6 +376,7 @@ impl DiskCache {
             no_room: std::sync::OnceLock::new(),
             allocated: AtomicBool::new(false),
             expected,
+            folded: folded::FoldedChecksums::new(id.blocks()),
         });
         // Count the entry's map (and the directory) until the next scan measures it.
         let overhead =
@@ -482,7 +493,12 @@ impl DiskCache {
             return false;
         };
         let written = entry.entry.write_block(index, bytes);
-        self.written(entry, index..index + 1, written)
+        let part = entry.to_fold().map(|like| like.of(bytes));
+        let stored = self.written(entry, index..index + 1, written);
+        if let (true, Some(part)) = (stored, part) {
+            entry.folded.record(index, part);
+        }
+        stored
     }
 
     /// Starts storing the blocks `blocks` of `entry` as their bytes arrive (see

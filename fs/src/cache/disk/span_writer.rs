@@ -3,8 +3,8 @@
 //! A sweep's 8 MiB GET used to be collected in memory and written when complete; by then its
 //! bytes had left the CPU's caches, and writing them cost three times what copying them did
 //! while they were fresh. The writer takes each piece of the body as it arrives, writes it at
-//! its offset and folds it into its block's CRC. As each block is complete its record
-//! follows, which makes it visible (readers waiting for the span may take it then); a torn or
+//! its offset and folds it into its block's CRC (and its part of the version's full-object
+//! checksum, so sealing reads nothing back). As each block is complete its record follows, which makes it visible (readers waiting for the span may take it then); a torn or
 //! abandoned download leaves bytes of its unfinished block that no reader will ever see.
 
 use std::io;
@@ -12,6 +12,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::{CacheEntry, DiskCache, Reservation};
+use crate::store::ChecksumDigest;
 
 /// Stores the blocks `blocks` of one entry from the pieces of their download.
 #[derive(Debug)]
@@ -26,6 +27,9 @@ pub struct SpanWriter {
     written: u64,
     /// The running CRC of the block being written.
     crc: u32,
+    /// The running part of the full-object checksum of the block being written, when the
+    /// entry expects one to fold (see `folded`).
+    part: Option<ChecksumDigest>,
     /// Blocks from the span's first stored so far (a retried download does not store them
     /// again).
     stored: u64,
@@ -43,6 +47,7 @@ impl SpanWriter {
         let id = &entry.entry.id;
         let start = blocks.start * id.block_size;
         let end = (blocks.end * id.block_size).min(id.size);
+        let part = entry.to_fold().map(|like| like.digest());
         SpanWriter {
             cache,
             entry,
@@ -51,6 +56,7 @@ impl SpanWriter {
             end,
             written: 0,
             crc: 0,
+            part,
             stored: 0,
             _reservation: reservation,
         }
@@ -73,6 +79,7 @@ impl SpanWriter {
         if at == self.start {
             self.written = 0;
             self.crc = 0;
+            self.restart_part();
         }
         if at != self.start + self.written || at + bytes.len() as u64 > self.end {
             return Err(io::Error::new(
@@ -94,21 +101,36 @@ impl SpanWriter {
             let block_end = ((pos / bs + 1) * bs).min(self.end);
             let take = rest.len().min((block_end - pos) as usize);
             self.crc = crc32c::crc32c_append(self.crc, &rest[..take]);
+            if let Some(part) = &mut self.part {
+                part.update(&rest[..take]);
+            }
             self.written += take as u64;
             rest = &rest[take..];
             if self.start + self.written == block_end {
                 let crc = std::mem::take(&mut self.crc);
+                let part = self.part.as_ref().map(|part| part.finish().value());
+                self.restart_part();
                 let index = (block_end - 1) / bs;
                 if index >= self.blocks.start + self.stored {
                     let result = self.entry.entry.write_records(index, &[crc]);
                     if !self.cache.written(&self.entry, index..index + 1, result) {
                         return Err(io::Error::other("cannot store a block's record"));
                     }
+                    if let Some(part) = part {
+                        self.entry.folded.record(index, part);
+                    }
                     self.stored += 1;
                 }
             }
         }
         Ok(())
+    }
+
+    /// Starts the next block's part of the full-object checksum.
+    fn restart_part(&mut self) {
+        if let Some(part) = &mut self.part {
+            part.reset();
+        }
     }
 
     /// Whether every block of the span is stored.

@@ -445,6 +445,35 @@ fn a_complete_entry_matching_the_full_object_checksum_is_sealed_with_it() {
 }
 
 #[test]
+fn an_entry_written_partly_by_an_earlier_process_is_sealed_from_read_and_folded_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = (4 << 20) - 3;
+    for like in [
+        FullObjectChecksum::Crc64Nvme(0),
+        FullObjectChecksum::Crc32(0),
+    ] {
+        let expected = checksum_of(like, &filled_content(size));
+        let key = format!("halves-{}", like.algorithm());
+        let write = |cache: &Arc<DiskCache>, entry: &CacheEntry, blocks: std::ops::Range<u64>| {
+            for i in blocks {
+                let len = entry.entry.id.block_len(i) as usize;
+                assert!(cache.write_block(entry, i, &vec![i as u8; len]));
+            }
+        };
+        let earlier = open(dir.path(), CacheSize::Bytes(1 << 30));
+        let entry = earlier.entry_for(&id(&key, size), Some(expected)).unwrap();
+        write(&earlier, &entry, 0..2);
+        drop(entry);
+        // This process read none of blocks 0 and 1: their parts come from reading them.
+        let cache = open(dir.path(), CacheSize::Bytes(1 << 30));
+        let entry = cache.entry_for(&id(&key, size), Some(expected)).unwrap();
+        write(&cache, &entry, 2..4);
+        assert!(cache.verify_complete(&entry), "{expected}");
+        assert!(entry.entry.is_sealed_for(Some(expected)));
+    }
+}
+
+#[test]
 fn a_mismatch_with_the_full_object_checksum_drops_the_entry_unsealed() {
     let dir = tempfile::tempdir().unwrap();
     let cache = open(dir.path(), CacheSize::Bytes(1 << 30));

@@ -29,9 +29,10 @@ impl DiskCache {
     /// Verifies every present block of `entry` (dropping damaged ones) and records the
     /// result; true if the entry is complete and intact. Blocks this process wrote or checked
     /// already are not read again: a load that downloaded the whole file seals it for free.
-    /// When the version carries S3's full-object checksum, the content must match it too
-    /// (computed in the same pass, which then reads the trusted blocks as well, except for
-    /// CRC32C, combined from the block records); an entry that does not is dropped whole.
+    /// When the version carries S3's full-object checksum, the content must match it too:
+    /// combined from each block's part (CRC32C's from the block records, the others' from
+    /// the parts computed as this process wrote the blocks, or from the blocks read in the
+    /// same pass); an entry that does not match is dropped whole.
     pub fn verify_complete(&self, entry: &CacheEntry) -> bool {
         let expected = entry.expected_checksum();
         let known_good = |index| entry.checked.contains(index);
@@ -40,7 +41,12 @@ impl DiskCache {
                 .entry
                 .verify_except(known_good)
                 .map(|(present, corrupt)| (present, corrupt, None)),
-            Some(expected) => entry.entry.verify_with_checksum(known_good, expected),
+            Some(expected) => {
+                let folded = |index| entry.folded.get(index);
+                entry
+                    .entry
+                    .verify_with_checksum(known_good, folded, expected)
+            }
         };
         let (present, corrupt, computed) = match verified {
             Ok(verified) => verified,
@@ -86,6 +92,7 @@ impl DiskCache {
         entry.verified.store(false, Ordering::Release);
         entry.entry.unseal();
         entry.checked.clear();
+        entry.folded.clear();
         for index in 0..entry.entry.id.blocks() {
             if let Err(e) = entry.entry.clear(index) {
                 self.warn_once("drop", &e);
