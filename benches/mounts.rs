@@ -301,6 +301,8 @@ struct Fixture {
     shaping: Shaping,
     s3: aws_sdk_s3::Client,
     rt: tokio::runtime::Runtime,
+    /// What this machine charges for memory, measured at the start.
+    page_cost: PageCost,
 }
 
 fn big_spec(mib: u64) -> SafetensorsSpec {
@@ -334,11 +336,12 @@ fn seed_big(server: &LocalS3, local: Option<&Path>, mib: u64) {
 }
 
 impl Fixture {
-    /// Reads the objects workload `w` fetches into the page cache from the endpoint's disk,
-    /// after `drop_caches`: S3's disks are not on the client's machine, so no system measured
-    /// may pay the endpoint's disk reads here (the link limit, which drops no caches, never
-    /// did; the mounts did, on the same 2 cores as themselves).
-    fn endpoint_resident(&self, w: Workload, mib: u64) {
+    /// Locks the objects workload `w` fetches in memory, read from the endpoint's disk after
+    /// `drop_caches`, until the returned guard is dropped: S3's disks are not on the client's
+    /// machine, so no system measured may pay the endpoint's disk reads, nor compete with them
+    /// for the disk its cache writes to (at 8 GiB, reclaim evicted the copy and the endpoint
+    /// read it back at 1 GB/s during the run).
+    fn endpoint_resident(&self, w: Workload, mib: u64) -> Resident {
         let rels: Vec<String> = match w {
             Workload::MmapLoad | Workload::Pread8 | Workload::Seq1M | Workload::Random64K => {
                 vec![big_rel(mib)]
@@ -346,7 +349,7 @@ impl Fixture {
             Workload::HeaderScan => (0..HEADER_FILES).map(scan_rel).collect(),
             Workload::LsLR => Vec::new(),
         };
-        self.resident(&rels);
+        self.resident(&rels)
     }
 
     /// The deadline of a run starting now: past it, a workload stops where it is.
@@ -354,23 +357,21 @@ impl Fixture {
         Deadline(Instant::now() + self.config.deadline)
     }
 
-    /// Reads the objects at `rels` into the page cache from the endpoint's disk (see
-    /// [`Fixture::endpoint_resident`]).
-    fn resident(&self, rels: &[String]) {
+    /// Locks the objects at `rels` in memory (see [`Fixture::endpoint_resident`]).
+    fn resident(&self, rels: &[String]) -> Resident {
+        let mut locked = Vec::new();
         for rel in rels {
             let key = format!("{PREFIX}/{rel}");
             let Some(path) = self.server.store().data_path(BUCKET, &key) else {
                 continue;
             };
-            let read =
-                File::open(&path).and_then(|mut f| std::io::copy(&mut f, &mut std::io::sink()));
-            if let Err(err) = read {
-                eprintln!(
-                    "warning: cannot read {} into the page cache: {err}",
-                    path.display()
-                );
+            match lock_in_memory(&path) {
+                Ok(Some(map)) => locked.push(map),
+                Ok(None) => {}
+                Err(err) => eprintln!("warning: cannot lock {} in memory: {err}", path.display()),
             }
         }
+        Resident { _locked: locked }
     }
 
     fn start(config: Config) -> Fixture {
@@ -388,6 +389,11 @@ impl Fixture {
         eprintln!(
             "estimated duration: ~{:.0} min",
             estimate_seconds(&config) / 60.0
+        );
+        let page_cost = PageCost::measure();
+        eprintln!(
+            "memory: {:.2} s per GiB touched after it sat free, {:.2} s just freed",
+            page_cost.fresh_s_per_gib, page_cost.reused_s_per_gib
         );
         let store_dir = config.workdir.join("store");
         let local = config.workdir.join("local");
@@ -475,6 +481,7 @@ impl Fixture {
             shaping,
             s3,
             rt,
+            page_cost,
         }
     }
 }
@@ -529,6 +536,67 @@ fn drop_caches() {
     }
 }
 
+/// The endpoint's copies of the objects a run fetches, locked in memory while it is held.
+struct Resident {
+    _locked: Vec<memmap2::Mmap>,
+}
+
+/// A read-only mapping of `path`, its pages read in and locked (`None` for an empty file).
+fn lock_in_memory(path: &Path) -> std::io::Result<Option<memmap2::Mmap>> {
+    let file = File::open(path)?;
+    if file.metadata()?.len() == 0 {
+        return Ok(None);
+    }
+    // SAFETY: the endpoint replaces objects by renaming new files over them and never
+    // truncates a published file, so the mapping stays valid while it is held.
+    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }?;
+    map.lock()?;
+    Ok(Some(map))
+}
+
+/// Seconds per GiB of anonymous memory touched: after it sat free for [`PAGE_COST_IDLE`]
+/// (a host that takes back what the guest leaves free faults it in again), and again at once.
+/// The report gives them beside the cells that allocate more page cache than
+/// [`back_memory`] can cover.
+#[derive(Clone, Copy, Debug)]
+struct PageCost {
+    fresh_s_per_gib: f64,
+    reused_s_per_gib: f64,
+}
+
+/// How long memory sits free before [`PageCost::measure`] touches it.
+const PAGE_COST_IDLE: Duration = Duration::from_secs(20);
+
+impl PageCost {
+    fn measure() -> PageCost {
+        const GIB: usize = 1 << 30;
+        let touch = || {
+            let started = Instant::now();
+            match memmap2::MmapOptions::new()
+                .len(2 * GIB)
+                .populate()
+                .map_anon()
+            {
+                Ok(map) => {
+                    let seconds = started.elapsed().as_secs_f64() / 2.0;
+                    drop(map);
+                    seconds
+                }
+                Err(err) => {
+                    eprintln!("warning: cannot measure the cost of memory: {err}");
+                    f64::NAN
+                }
+            }
+        };
+        std::thread::sleep(PAGE_COST_IDLE);
+        let fresh_s_per_gib = touch();
+        PageCost {
+            fresh_s_per_gib,
+            reused_s_per_gib: touch(),
+        }
+    }
+}
+
 /// Makes the guest's free memory backed by the host before a measured run. These machines are
 /// virtual: memory the guest has freed for a few seconds is handed back to the host, and the
 /// first touch of it again costs the host's fault (writing 3 GiB into fresh pages: 6.8 s;
@@ -537,12 +605,12 @@ fn drop_caches() {
 /// GiB it allocates beyond what an earlier run left backed (the 2 and 4 GiB loads fell to
 /// 300-400 MiB/s, and the first run of a series was slow), which real instances never pay.
 /// Touches up to three times the model plus 512 MiB of anonymous memory, then frees it for
-/// the run to reuse.
+/// the run to reuse; only free memory, so no page cache (the endpoint's copy) is evicted.
 fn back_memory(model_mib: u64) {
     let available = std::fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()
         .lines()
-        .find(|l| l.starts_with("MemAvailable:"))
+        .find(|l| l.starts_with("MemFree:"))
         .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         .map_or(0, |kib| kib * 1024);
     let len = ((3 * model_mib + 512) * MIB).min(available.saturating_sub(2 << 30));
@@ -1190,7 +1258,7 @@ fn run_case(
     let io = |e: std::io::Error| e.to_string();
     match (system, mode) {
         (System::Limit, _) => {
-            fx.endpoint_resident(w, mib);
+            let _resident = fx.endpoint_resident(w, mib);
             back_memory(mib);
             timed(|| run_limit(fx, w, mib)).map(Measured::without_daemon)
         }
@@ -1249,13 +1317,14 @@ fn measure_mount(
     before_unmount: impl FnOnce(&Mount),
 ) -> Result<Measured, String> {
     drop_caches();
-    fx.endpoint_resident(w, mib);
+    let resident = fx.endpoint_resident(w, mib);
     back_memory(mib);
     let cpu_before = mount.cpu_seconds();
     let result =
         timed(|| run_workload(w, &mount.path, mib, &fx.deadline()).map_err(|e| e.to_string()));
     let daemon_cpu_s = mount.cpu_seconds().zip(cpu_before).map(|(a, b)| a - b);
     let peak_rss_kib = mount.peak_rss_kib();
+    drop(resident);
     before_unmount(&mount);
     mount.stop();
     let (seconds, outcome) = result?;
@@ -1381,7 +1450,7 @@ fn modelfs_loads(fx: &Fixture, cache_size: Option<&str>, rels: &[String]) -> Res
             .map(|meta| meta.len())
             .map_err(|e| e.to_string());
         drop_caches();
-        fx.resident(std::slice::from_ref(rel));
+        let resident = fx.resident(std::slice::from_ref(rel));
         back_memory(file_bytes.as_ref().map_or(0, |len| len / MIB));
         fx.server.reset_stats();
         let deadline = fx.deadline();
@@ -1390,6 +1459,7 @@ fn modelfs_loads(fx: &Fixture, cache_size: Option<&str>, rels: &[String]) -> Res
                 timed(|| mmap_load(&path, &deadline).map_err(|e| e.to_string()))?;
             Ok((len, seconds, outcome))
         });
+        drop(resident);
         run.s3_bytes += fx.server.stats().bytes_sent;
         match result {
             Ok((len, seconds, outcome)) => {
@@ -1635,7 +1705,7 @@ fn fleet_case(fx: &Fixture, system: System, mib: u64) -> Result<FleetRun, String
 
 fn fleet_load(fx: &Fixture, mounts: &[Mount], rel: &str, mib: u64) -> Result<FleetRun, String> {
     drop_caches();
-    fx.resident(&[rel.to_string()]);
+    let _resident = fx.resident(&[rel.to_string()]);
     back_memory(mib * mounts.len() as u64);
     let cpu_before: Vec<Option<f64>> = mounts.iter().map(Mount::cpu_seconds).collect();
     let before = fx.server.stats();
@@ -1970,6 +2040,8 @@ fn meta(fx: &Fixture) -> serde_json::Value {
         "fleet_mounts": FLEET_MOUNTS,
         "cost_mib": if fx.config.chosen("cost") { fx.config.cost_mib.clone() } else { Vec::new() },
         "modelfs_memory_mib": MODELFS_MEMORY_MIB,
+        "page_cost_fresh_s_per_gib": fx.page_cost.fresh_s_per_gib,
+        "page_cost_reused_s_per_gib": fx.page_cost.reused_s_per_gib,
         "deadline_s": fx.config.deadline.as_secs(), "repeat": fx.config.repeat,
         "limit": format!("{LIMIT_CONCURRENCY} parallel ranged GETs of {} MiB into memory (aws-sdk-s3); header scan, random reads and listing: the same requests, one after the other", LIMIT_PART / MIB),
         "header_files": HEADER_FILES, "header_file_mib": HEADER_FILE_BYTES / MIB,

@@ -215,6 +215,17 @@ def cost_section(w, meta, cases):
         w(f"- **{mib} MiB**: {why}.")
     if skipped:
         w("")
+    fresh, reused = meta.get("page_cost_fresh_s_per_gib"), meta.get("page_cost_reused_s_per_gib")
+    if fresh is not None and reused is not None:
+        w(f"**This machine's memory.** Touching memory that sat free for 20 s costs {fresh:.2} s per GiB"
+          f" here, memory just freed {reused:.2} s per GiB (measured at the start of this run,"
+          " `PageCost` in `benches/mounts.rs`): the host faults in again what the guest left free. A"
+          " cold load allocates page cache for the reader's pages, and a system that fills a disk cache"
+          " (modelfs, mountpoint-s3 `--cache`) as much again for the cache file. At 2 GiB the memory"
+          " touched before each run covers it; at 8 GiB (the endpoint's locked copy, the reader's pages"
+          " and the cache file together near this machine's RAM) it cannot, and the cells pay this cost"
+          " per GiB allocated, which an EC2 instance's memory does not.")
+        w("")
     budget = meta.get("modelfs_memory_mib")
     if budget:
         w(f"modelfs runs with `--memory-cache-size {budget}MiB` (its default), which bounds its block"
@@ -355,9 +366,11 @@ def main():
     w(f"- **Endpoint**: the project's local S3 server (`s3local`) on 127.0.0.1, shaped: {meta['shaping']}."
       f" CPUs: {pinning}. The server sends object bytes from a mapping of"
       " its files (no copy of its own), and before every measured run of every system the objects the"
-      " workload fetches are read back into the page cache after the drop below: S3's disks and CPU are"
-      " not on the client's machine, so no system pays the endpoint's disk reads (the link limit, which"
-      " drops no caches, never did; until 2026-12-02 the mounts did).")
+      " workload fetches are read back into the page cache after the drop below and locked there"
+      " (`mlock`) for the run: S3's disks and CPU are not on the client's machine, so no system pays"
+      " the endpoint's disk reads, nor shares the disk its cache writes to with them (until 2026-12-02"
+      " the mounts paid them; until 2026-12-05 the 8 GiB cells did, the copy evicted by the memory"
+      " touch below and read back from disk at up to 1 GB/s during the run).")
     w(f"- **mountpoint-s3**: {meta['mountpoint']}, mount-s3 1.23 defaults (8 MiB parts, default prefetcher,"
       " 16 FUSE threads); `--cache` = its disk cache (1 MiB blocks).")
     w(f"- **Link limit**: {meta['limit']}.")
@@ -371,7 +384,7 @@ def main():
       " \"Page cache dropped\" = `sync`, wait until no dirty or writeback pages are left, 2 s more for the"
       " disk to settle, then `drop_caches`, before every measured run. Before every measured run of every"
       " system (link limit included), up to 3x the model + 512 MiB of anonymous memory (never more than"
-      " what leaves 2 GiB available) is touched and freed:"
+      " what leaves 2 GiB free) is touched and freed:"
       " these VMs hand memory the guest left free for a few seconds back to the host, and its first touch"
       " again costs a host fault, which a real instance never pays (`back_memory` in `benches/mounts.rs`)."
       f" Each workload cell is the median of {meta.get('repeat', 1)} runs, the systems' runs interleaved"
