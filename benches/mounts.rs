@@ -301,8 +301,6 @@ struct Fixture {
     shaping: Shaping,
     s3: aws_sdk_s3::Client,
     rt: tokio::runtime::Runtime,
-    /// What this machine charges for memory, measured at the start.
-    page_cost: PageCost,
 }
 
 fn big_spec(mib: u64) -> SafetensorsSpec {
@@ -390,11 +388,6 @@ impl Fixture {
             "estimated duration: ~{:.0} min",
             estimate_seconds(&config) / 60.0
         );
-        let page_cost = PageCost::measure();
-        eprintln!(
-            "memory: {:.2} s per GiB touched after it sat free, {:.2} s just freed",
-            page_cost.fresh_s_per_gib, page_cost.reused_s_per_gib
-        );
         let store_dir = config.workdir.join("store");
         let local = config.workdir.join("local");
         std::fs::create_dir_all(&store_dir).expect("workdir");
@@ -481,7 +474,6 @@ impl Fixture {
             shaping,
             s3,
             rt,
-            page_cost,
         }
     }
 }
@@ -552,49 +544,6 @@ fn lock_in_memory(path: &Path) -> std::io::Result<Option<memmap2::Mmap>> {
     let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }?;
     map.lock()?;
     Ok(Some(map))
-}
-
-/// Seconds per GiB of anonymous memory touched: after it sat free for [`PAGE_COST_IDLE`]
-/// (a host that takes back what the guest leaves free faults it in again), and again at once.
-/// The report gives them beside the cells that allocate more page cache than
-/// [`back_memory`] can cover.
-#[derive(Clone, Copy, Debug)]
-struct PageCost {
-    fresh_s_per_gib: f64,
-    reused_s_per_gib: f64,
-}
-
-/// How long memory sits free before [`PageCost::measure`] touches it.
-const PAGE_COST_IDLE: Duration = Duration::from_secs(20);
-
-impl PageCost {
-    fn measure() -> PageCost {
-        const GIB: usize = 1 << 30;
-        let touch = || {
-            let started = Instant::now();
-            match memmap2::MmapOptions::new()
-                .len(2 * GIB)
-                .populate()
-                .map_anon()
-            {
-                Ok(map) => {
-                    let seconds = started.elapsed().as_secs_f64() / 2.0;
-                    drop(map);
-                    seconds
-                }
-                Err(err) => {
-                    eprintln!("warning: cannot measure the cost of memory: {err}");
-                    f64::NAN
-                }
-            }
-        };
-        std::thread::sleep(PAGE_COST_IDLE);
-        let fresh_s_per_gib = touch();
-        PageCost {
-            fresh_s_per_gib,
-            reused_s_per_gib: touch(),
-        }
-    }
 }
 
 /// Makes the guest's free memory backed by the host before a measured run. These machines are
@@ -2040,8 +1989,6 @@ fn meta(fx: &Fixture) -> serde_json::Value {
         "fleet_mounts": FLEET_MOUNTS,
         "cost_mib": if fx.config.chosen("cost") { fx.config.cost_mib.clone() } else { Vec::new() },
         "modelfs_memory_mib": MODELFS_MEMORY_MIB,
-        "page_cost_fresh_s_per_gib": fx.page_cost.fresh_s_per_gib,
-        "page_cost_reused_s_per_gib": fx.page_cost.reused_s_per_gib,
         "deadline_s": fx.config.deadline.as_secs(), "repeat": fx.config.repeat,
         "limit": format!("{LIMIT_CONCURRENCY} parallel ranged GETs of {} MiB into memory (aws-sdk-s3); header scan, random reads and listing: the same requests, one after the other", LIMIT_PART / MIB),
         "header_files": HEADER_FILES, "header_file_mib": HEADER_FILE_BYTES / MIB,

@@ -215,17 +215,15 @@ def cost_section(w, meta, cases):
         w(f"- **{mib} MiB**: {why}.")
     if skipped:
         w("")
-    fresh, reused = meta.get("page_cost_fresh_s_per_gib"), meta.get("page_cost_reused_s_per_gib")
-    if fresh is not None and reused is not None:
-        w(f"**This machine's memory.** Touching memory that sat free for 20 s costs {fresh:.2} s per GiB"
-          f" here, memory just freed {reused:.2} s per GiB (measured at the start of this run,"
-          " `PageCost` in `benches/mounts.rs`): the host faults in again what the guest left free. A"
-          " cold load allocates page cache for the reader's pages, and a system that fills a disk cache"
-          " (modelfs, mountpoint-s3 `--cache`) as much again for the cache file. At 2 GiB the memory"
-          " touched before each run covers it; at 8 GiB (the endpoint's locked copy, the reader's pages"
-          " and the cache file together near this machine's RAM) it cannot, and the cells pay this cost"
-          " per GiB allocated, which an EC2 instance's memory does not.")
-        w("")
+    w("**This machine's memory.** The host of these VMs takes back memory the guest leaves free, and"
+      " touching it again costs a host fault (`scripts/page_cost.sh` measures it: seconds per GiB"
+      " written into pages that sat free, into pages just freed, and after idling again). A cold load"
+      " allocates page cache for the reader's pages, and a system that fills a disk cache (modelfs,"
+      " mountpoint-s3 `--cache`) as much again for the cache file. At 2 GiB the memory touched before"
+      " each run covers it; at 8 GiB (the endpoint's locked copy, the reader's pages and the cache file"
+      " together are about this machine's RAM) it cannot, and those cells pay the fault per GiB"
+      " allocated beyond it, which an EC2 instance's memory does not.")
+    w("")
     budget = meta.get("modelfs_memory_mib")
     if budget:
         w(f"modelfs runs with `--memory-cache-size {budget}MiB` (its default), which bounds its block"
