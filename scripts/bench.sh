@@ -28,6 +28,9 @@
 #   MODELFS_BENCH_LOG=debug              modelfs log level (logs in the workdir)
 #   MODELFS_BENCH_HOLD_S=60              keep each modelfs mount that long after measuring it
 #   MODELFS_BENCH_MARKS=1                print each measured run's start and end (Unix time) to stderr
+#
+# Beside it: scripts/sample_memory.sh samples memory, disk and reclaim each second while a run
+# goes; scripts/page_cost.sh measures what this machine charges for fresh memory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export AWS_EC2_METADATA_DISABLED=true

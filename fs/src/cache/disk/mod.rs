@@ -166,6 +166,10 @@ pub struct CacheEntry {
     expected: std::sync::OnceLock<FullObjectChecksum>,
     /// Each block's part of the expected checksum, from the bytes this process wrote.
     folded: folded::FoldedChecksums,
+    /// Set when the content failed S3's full-object checksum: this process stores none of
+    /// its blocks again (what it fetches now would be stored with CRCs of its own and served
+    /// to the next process as if intact); the next process starts over.
+    mismatched: AtomicBool,
 }
 
 impl CacheEntry {
@@ -377,6 +381,7 @@ impl DiskCache {
             allocated: AtomicBool::new(false),
             expected,
             folded: folded::FoldedChecksums::new(id.blocks()),
+            mismatched: AtomicBool::new(false),
         });
         // Count the entry's map (and the directory) until the next scan measures it.
         let overhead =

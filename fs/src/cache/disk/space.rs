@@ -22,7 +22,7 @@ impl DiskCache {
     /// nothing is written to one the cache cannot hold (no eviction either: it would only
     /// push out entries that fit).
     pub(super) fn reserve(self: &Arc<Self>, entry: &CacheEntry, len: u64) -> Option<Reservation> {
-        if entry.no_room.get().is_some() {
+        if entry.no_room.get().is_some() || entry.mismatched.load(Ordering::Acquire) {
             return None;
         }
         if entry.allocated.load(Ordering::Acquire) {

@@ -504,6 +504,16 @@ fn a_mismatch_with_the_full_object_checksum_drops_the_entry_unsealed() {
         );
         assert!(!entry.is_checked(0), "nor trusted by this process");
         assert_eq!(cache.read_block(&entry, 0), None, "fetched again");
+        assert!(
+            !cache.write_block(&entry, 0, &content[..1 << 20]),
+            "not stored again by this process"
+        );
+        let later = open(dir.path(), CacheSize::Bytes(1 << 30));
+        let fresh = later.entry_for(&id(&key, size), Some(expected)).unwrap();
+        assert!(
+            later.write_block(&fresh, 0, &content[..1 << 20]),
+            "the next process starts over"
+        );
     }
 }
 

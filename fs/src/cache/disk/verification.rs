@@ -74,7 +74,7 @@ impl DiskCache {
 
     /// Drops every block of `entry`, whose content is not what S3 says was uploaded: the
     /// bytes we received were whole by our own CRCs but not the object's, so none of them is
-    /// trusted, and the next reads fetch them again.
+    /// trusted. The next reads fetch them again, and this process no longer stores them.
     pub(super) fn drop_mismatched(
         &self,
         entry: &CacheEntry,
@@ -89,6 +89,7 @@ impl DiskCache {
             %computed,
             "disk cache entry does not match S3's full-object checksum; not sealed, dropped and fetched again"
         );
+        entry.mismatched.store(true, Ordering::Release);
         entry.verified.store(false, Ordering::Release);
         entry.entry.unseal();
         entry.checked.clear();
