@@ -34,14 +34,16 @@ fn after_throttling_a_load_takes_fewer_gets_for_the_same_exact_bytes() {
     let during = [
         server.seed_safetensors("m/checkpoints/during-1.safetensors", 96 * MIB, 2),
         server.seed_safetensors("m/checkpoints/during-2.safetensors", 96 * MIB, 4),
+        server.seed_safetensors("m/checkpoints/during-3.safetensors", 96 * MIB, 5),
     ];
     let after = server.seed_safetensors("m/checkpoints/after.safetensors", MODEL_BYTES, 3);
     let cache = tempfile::tempdir().expect("cache dir");
     let mut mount = mount_with_cache(&server.endpoint, cache.path(), "4GiB", &[]);
 
     let (gets_before, _) = load(&server, &mount, "checkpoints/before.safetensors", &before);
-    // A fifth of the GETs answered 503 SlowDown for two loads, more than a second apart: the
-    // span doubles at most once a second, so the growth does not hang on how fast one load is.
+    // A fifth of the GETs answered 503 SlowDown for three loads, more than a second apart:
+    // the span doubles at most once a second, so the growth does not hang on how fast one
+    // load is, nor on one load seeing its 503s only after its last span started.
     let faults = server.server.faults();
     faults.set([Rule::get(Fault::SlowDown).rate(0.2)]);
     for (i, expected) in during.iter().enumerate() {

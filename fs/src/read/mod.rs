@@ -395,7 +395,7 @@ impl BlockReader {
         // page cache in one piece, and fetches a little ahead of each reader; anything that
         // did not land there goes the block path below.
         if let (Some(entry), Route::Disk) = (file.disk.as_ref(), &route) {
-            let until = first + sweep_plan::SPAN_BLOCKS;
+            let until = first + self.fetcher.span_blocks();
             self.fetcher
                 .fetch_to_disk(&file.version, entry, first..=last, until)
                 .await;
@@ -410,7 +410,7 @@ impl BlockReader {
         };
         if let Some(stream) = stream {
             stream.note_reading(first..=last);
-            let until = first + sweep_plan::SPAN_BLOCKS;
+            let until = first + self.fetcher.span_blocks();
             self.fetcher
                 .fetch_to_stream(&file.version, entry, stream, first..=last, until)
                 .await;
