@@ -410,7 +410,8 @@ impl BlockReader {
         };
         if let Some(stream) = stream {
             stream.note_reading(first..=last);
-            let until = first + self.fetcher.span_blocks();
+            // A streamed span is held in memory until read: it keeps the budgeted size.
+            let until = first + sweep_plan::SPAN_BLOCKS;
             self.fetcher
                 .fetch_to_stream(&file.version, entry, stream, first..=last, until)
                 .await;
