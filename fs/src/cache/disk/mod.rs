@@ -498,10 +498,9 @@ impl DiskCache {
             return false;
         };
         let written = entry.entry.write_block(index, bytes);
-        let part = entry.to_fold().map(|like| like.of(bytes));
         let stored = self.written(entry, index..index + 1, written);
-        if let (true, Some(part)) = (stored, part) {
-            entry.folded.record(index, part);
+        if let Some(like) = entry.to_fold().filter(|_| stored) {
+            entry.folded.record(index, like.of(bytes));
         }
         stored
     }

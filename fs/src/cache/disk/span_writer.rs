@@ -4,7 +4,8 @@
 //! bytes had left the CPU's caches, and writing them cost three times what copying them did
 //! while they were fresh. The writer takes each piece of the body as it arrives, writes it at
 //! its offset and folds it into its block's CRC (and its part of the version's full-object
-//! checksum, so sealing reads nothing back). As each block is complete its record follows, which makes it visible (readers waiting for the span may take it then); a torn or
+//! checksum, so sealing reads nothing back). As each block is complete its record follows,
+//! which makes it visible (readers waiting for the span may take it then); a torn or
 //! abandoned download leaves bytes of its unfinished block that no reader will ever see.
 
 use std::io;
