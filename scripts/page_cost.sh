@@ -3,8 +3,9 @@
 # writes GIB GiB into a file in /dev/shm (page allocations, as a cold load's page cache makes)
 # after the page cache is dropped and memory sat free IDLE_S seconds, then at once again
 # (pages just freed), then after IDLE_S seconds once more. On a VM whose host takes back
-# memory the guest leaves free, the first and last cost far more than the second; on an EC2
-# instance the three match. Needs root (drop_caches) and GIB GiB free in /dev/shm.
+# memory the guest leaves free, the first and last cost far more than the second; where
+# memory stays backed the three should match. Needs root (drop_caches) and GIB GiB free in
+# /dev/shm.
 #
 #   sudo scripts/page_cost.sh            # GIB=6 IDLE_S=20
 set -euo pipefail
