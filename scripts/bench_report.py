@@ -218,11 +218,13 @@ def cost_section(w, meta, cases):
     w("**This machine's memory.** The host of these VMs takes back memory the guest leaves free, and"
       " touching it again costs a host fault (`scripts/page_cost.sh` measures it: seconds per GiB"
       " written into pages that sat free, into pages just freed, and after idling again). A cold load"
-      " allocates page cache for the reader's pages, and a system that fills a disk cache (modelfs,"
-      " mountpoint-s3 `--cache`) as much again for the cache file. At 2 GiB the memory touched before"
-      " each run covers it; at 8 GiB (the endpoint's locked copy, the reader's pages and the cache file"
-      " together are about this machine's RAM) it cannot, and those cells pay the fault per GiB"
-      " allocated beyond it, which an EC2 instance's memory does not.")
+      " allocates page cache for the reader's pages, and a system that fills a disk cache as much"
+      " again for the cache file unless it lets those pages go: modelfs drops them 128 MiB behind"
+      " its readers (since 2026-12-05; the reader's mount holds the bytes), mountpoint-s3 `--cache`"
+      " was not examined. At 2 GiB the memory touched before each run covers the allocations; at"
+      " 8 GiB (the endpoint's locked copy alone is a third of this machine's RAM) it cannot, and"
+      " those cells pay the fault per GiB allocated beyond it, which an EC2 instance's memory does"
+      " not.")
     w("")
     budget = meta.get("modelfs_memory_mib")
     if budget:

@@ -1,15 +1,19 @@
-//! Warm read-ahead through real mounts: a complete, verified cache entry opened in
-//! passthrough mode and held (a load) is read into the page cache ahead of the reader; one
-//! opened, read at its header and closed at once (a header scan) is not. Page-cache
+//! The cache files in the page cache, through real mounts. Warm read-ahead: a complete,
+//! verified cache entry opened in passthrough mode and held (a load) is read into the page
+//! cache ahead of the reader; one opened, read at its header and closed at once (a header
+//! scan) is not. Drop-behind: a cold load of a large file leaves its bytes in the reader's
+//! mount only, not in the cache file's pages too. Page-cache
 //! residency of the cache's data files is asked with `mincore(2)`. Needs root (drop_caches).
 
 mod common;
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::drop_page_cache;
+use common::memory_cgroup::MemoryCgroup;
 use common::mount::Mount;
 use common::residency::{cache_data_file_of_size, resident_bytes};
 use common::s3::LocalServer;
@@ -18,8 +22,25 @@ use common::suite::eventually;
 const BUCKET: &str = "models";
 const MIB: u64 = 1 << 20;
 
+/// Held by each test: they drop the page cache and count what is resident, so one's
+/// `drop_caches` must not land in another's count.
+static PAGE_CACHE: Mutex<()> = Mutex::new(());
+
+fn page_cache_to_myself() -> MutexGuard<'static, ()> {
+    PAGE_CACHE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn mount(server: &LocalServer, cache: &Path, extra: &[&str]) -> Mount {
     common::mount::mount_with_cache(&server.endpoint, cache, "4GiB", extra)
+}
+
+/// [`mount`] with the daemon in `group`.
+fn mount_in(server: &LocalServer, cache: &Path, group: &MemoryCgroup) -> Mount {
+    let cache = cache.to_str().expect("utf-8 path");
+    let args = ["--cache-dir", cache, "--cache-size", "4GiB"];
+    Mount::new_with(&server.endpoint, "s3://models/m", &args, |cmd| {
+        group.enter(cmd)
+    })
 }
 
 fn same_bytes(a: &Path, b: &Path) -> bool {
@@ -69,6 +90,7 @@ fn passthrough_opens(log: &str) -> usize {
 
 #[test]
 fn a_file_held_open_is_read_ahead_and_a_header_scan_is_not() {
+    let _page_cache = page_cache_to_myself();
     let server = LocalServer::start(BUCKET);
     let (load_size, scan_size) = (96 * MIB, 96 * MIB + 4096);
     let load_src = server.seed_pseudo_random("m/checkpoints/load.safetensors", load_size, 31);
@@ -130,6 +152,7 @@ fn a_file_held_open_is_read_ahead_and_a_header_scan_is_not() {
 
 #[test]
 fn warm_read_ahead_0_turns_it_off() {
+    let _page_cache = page_cache_to_myself();
     let server = LocalServer::start(BUCKET);
     let size = 80 * MIB;
     let source = server.seed_pseudo_random("m/checkpoints/off.safetensors", size, 33);
@@ -157,6 +180,53 @@ fn warm_read_ahead_0_turns_it_off() {
     assert!(passthrough_opens(&m.log_text()) >= 1);
 }
 
+/// Under a 1 GiB memory limit (the CSI mounter runs under a pod's), a file of a quarter of it
+/// or more leaves the cache file's pages behind its reader, so the load holds one copy in
+/// memory, not two; a smaller file keeps them (its write-back waits until after the load).
+#[test]
+fn a_cold_load_of_a_large_file_leaves_the_cache_file_out_of_the_page_cache() {
+    let _page_cache = page_cache_to_myself();
+    let server = LocalServer::start(BUCKET);
+    let (large, small) = (320 * MIB, 64 * MIB);
+    let large_src = server.seed_pseudo_random("m/checkpoints/large.safetensors", large, 35);
+    let small_src = server.seed_pseudo_random("m/checkpoints/small.safetensors", small, 36);
+    let (large_rel, small_rel) = (
+        "checkpoints/large.safetensors",
+        "checkpoints/small.safetensors",
+    );
+    let cache = tempfile::tempdir().expect("cache dir");
+    let group = MemoryCgroup::new("modelfs-drop-behind", 1 << 30);
+    let mut m = mount_in(&server, cache.path(), &group);
+    assert!(same_bytes(&m.join(large_rel), &large_src));
+    assert!(same_bytes(&m.join(small_rel), &small_src));
+    let large_data = cache_data_file_of_size(cache.path(), large).expect("large entry");
+    let small_data = cache_data_file_of_size(cache.path(), small).expect("small entry");
+    let resident = |p: &Path| resident_bytes(p).expect("mincore");
+    // The last pages are let go once the reads stop.
+    assert!(
+        eventually(Duration::from_secs(10), || resident(&large_data) < 32 * MIB),
+        "{} of {} MiB of the large file's cache file still resident",
+        resident(&large_data) / MIB,
+        large / MIB
+    );
+    let kept = resident(&small_data);
+    assert_eq!(
+        kept,
+        small,
+        "the small file's pages were let go: {} MiB kept",
+        kept / MIB
+    );
+    m.unmount();
+    // Nothing was lost: a new mount serves every byte from the cache, none from S3.
+    server.server.reset_stats();
+    let mut again = mount(&server, cache.path(), &[]);
+    drop_page_cache();
+    assert!(same_bytes(&again.join(large_rel), &large_src));
+    assert!(same_bytes(&again.join(small_rel), &small_src));
+    again.unmount();
+    server.assert_no_gets("bytes were fetched again");
+}
+
 /// Timings for docs/benchmarks.md, not a check: a warm `cat` (1 MiB reads) of a large file
 /// through the mount after a remount and `drop_caches`, with and without warm read-ahead,
 /// and a single-stream read of a copy of the cache file on the same disk.
@@ -165,6 +235,7 @@ fn warm_read_ahead_0_turns_it_off() {
 #[test]
 #[ignore = "a measurement; writes the file three times"]
 fn measure_warm_cat() {
+    let _page_cache = page_cache_to_myself();
     let mib: u64 = std::env::var("MODELFS_WARM_BENCH_MIB")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -28,6 +28,7 @@ pub mod cache;
 pub mod error;
 pub mod fuse;
 pub mod location;
+pub mod memory;
 pub mod metrics;
 pub mod mount;
 pub mod namespace;

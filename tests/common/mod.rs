@@ -8,6 +8,7 @@ pub mod check;
 pub mod csi;
 pub mod http_fake;
 pub mod kube_api;
+pub mod memory_cgroup;
 pub mod moto;
 pub mod mount;
 pub mod pod_identity_agent;

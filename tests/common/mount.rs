@@ -71,6 +71,16 @@ impl Mount {
     /// Mounts `s3://bucket/prefix` from `endpoint` with extra `args`, and waits until the
     /// mount is live. Panics (after cleaning up) if it does not come up.
     pub fn new(endpoint: &Endpoint, source: &str, args: &[&str]) -> Mount {
+        Mount::new_with(endpoint, source, args, |_| {})
+    }
+
+    /// [`Mount::new`], with `prepare` applied to the daemon's command before it starts.
+    pub fn new_with(
+        endpoint: &Endpoint,
+        source: &str,
+        args: &[&str],
+        prepare: impl FnOnce(&mut Command),
+    ) -> Mount {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path).expect("mkdir mountpoint");
@@ -82,6 +92,7 @@ impl Mount {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        prepare(&mut cmd);
         let child = cmd.spawn().expect("spawn modelfs");
         let mut mount = Mount {
             path,

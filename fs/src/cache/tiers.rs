@@ -225,6 +225,15 @@ impl Tiers {
             .flatten()
     }
 
+    /// Notes that bytes `offset..end` of `entry`'s file were copied into a FUSE reply,
+    /// whichever tier they came from: the reader's mount keeps them, so the data file's pages
+    /// of them may go ([`DiskCache::served`]).
+    pub fn served(&self, entry: &Arc<CacheEntry>, offset: u64, end: u64) {
+        if let Some(disk) = &self.disk {
+            disk.served(entry, offset, end - offset);
+        }
+    }
+
     /// Writes those of `blocks` that have no record in `entry` but are in memory (fetched
     /// while the disk could not take them, before the cache made room for the file) to disk
     /// from there, instead of fetching them again.

@@ -362,7 +362,8 @@ impl BlockReader {
             .contains_key(&(version.key.clone(), version.etag.clone()))
     }
 
-    /// Reads up to `len` bytes at `offset`; short only at the end of the object.
+    /// Reads up to `len` bytes at `offset` for a FUSE reply; short only at the end of the
+    /// object.
     pub async fn read(
         self: &Arc<Self>,
         file: &Arc<OpenObject>,
@@ -374,6 +375,18 @@ impl BlockReader {
             return Ok(Bytes::new());
         }
         let end = offset.saturating_add(len).min(size);
+        let bytes = self.read_range(file, offset, end).await?;
+        self.fetcher.served(file, offset, end);
+        Ok(bytes)
+    }
+
+    /// Bytes `offset..end` of `file` (within the object).
+    async fn read_range(
+        self: &Arc<Self>,
+        file: &Arc<OpenObject>,
+        offset: u64,
+        end: u64,
+    ) -> Result<Bytes, FsError> {
         let mut start = None;
         if file.kind == FileKind::Safetensors {
             if let Some(known) = self.known_header(file, end).await? {

@@ -42,6 +42,7 @@
 //!   about once, and the read is served from S3 instead.
 
 mod block_set;
+mod drop_behind;
 pub mod entry;
 mod eviction;
 mod folded;
@@ -253,8 +254,19 @@ pub struct DiskCache {
     /// When each file was last loaded ([`DiskCache::admit`]).
     loads: Mutex<load_history::LoadHistory>,
     warned: Mutex<std::collections::HashSet<&'static str>>,
+    /// Lets go of the pages of bytes served to readers, once they are further on.
+    drop_behind: drop_behind::DropBehind,
+    /// Files at least this large have their served pages let go (see [`DiskCache::served`]).
+    drop_behind_from: u64,
     /// Counters of this tier.
     pub stats: Arc<TierStats>,
+}
+
+/// The size from which a file's served pages are let go: a quarter of this process's memory.
+fn drop_behind_from() -> u64 {
+    let limit = crate::memory::limit();
+    tracing::debug!(?limit, "cache: memory limit");
+    limit.map_or(u64::MAX, |limit| limit / 4)
 }
 
 /// One entry as found by a scan.
@@ -293,6 +305,8 @@ impl DiskCache {
             open: Mutex::new(HashMap::new()),
             loads: Mutex::default(),
             warned: Mutex::new(Default::default()),
+            drop_behind: Default::default(),
+            drop_behind_from: drop_behind_from(),
             stats: Arc::new(TierStats::default()),
         });
         // Start from the usage the last scan recorded, and re-measure in the background; with
@@ -466,6 +480,19 @@ impl DiskCache {
         let mapped = entry.entry.map_resident(offset, len)?;
         TierStats::bump(&self.stats.hits);
         Some(mapped)
+    }
+
+    /// Notes that bytes `offset..offset + len` of `entry` were copied into a FUSE reply: the
+    /// reader's mount keeps them in its page cache, so the data file's pages of them are
+    /// dropped once the readers are further on ([`drop_behind`]), for files of a quarter of
+    /// this process's memory ([`crate::memory::limit`]) or more. Two copies of a smaller file
+    /// fit in half of it, and keeping them defers the write-back until after the load.
+    pub fn served(&self, entry: &Arc<CacheEntry>, offset: u64, len: u64) {
+        if entry.entry.id.size < self.drop_behind_from {
+            return;
+        }
+        self.drop_behind
+            .served(drop_behind::Served::new(entry, offset, len));
     }
 
     /// Whether `offset..offset + len` is a non-empty range of `entry` whose blocks are all

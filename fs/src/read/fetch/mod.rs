@@ -257,6 +257,14 @@ impl Fetcher {
             .await
     }
 
+    /// Notes that bytes `offset..end` of `file` were copied into a FUSE reply
+    /// ([`crate::cache::Tiers::served`]).
+    pub fn served(&self, file: &crate::read::OpenObject, offset: u64, end: u64) {
+        if let Some(entry) = &file.disk {
+            self.tiers.cache.served(entry, offset, end);
+        }
+    }
+
     /// Block `index` of `version`, from the fastest tier that has it, else fetched (once,
     /// however many callers want it at once) and stored.
     pub async fn block(
