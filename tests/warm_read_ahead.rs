@@ -12,8 +12,8 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use common::cgroup::MemoryCgroup;
 use common::drop_page_cache;
-use common::memory_cgroup::MemoryCgroup;
 use common::mount::Mount;
 use common::residency::{cache_data_file_of_size, resident_bytes};
 use common::s3::LocalServer;

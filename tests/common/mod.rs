@@ -4,11 +4,11 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod cgroup;
 pub mod check;
 pub mod csi;
 pub mod http_fake;
 pub mod kube_api;
-pub mod memory_cgroup;
 pub mod moto;
 pub mod mount;
 pub mod pod_identity_agent;

@@ -6,7 +6,6 @@
 
 #![allow(dead_code)] // tests/ec2.rs uses the loop devices only
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -197,31 +196,7 @@ impl Cgroups {
 
     /// Makes `cmd`'s process start in these cgroups.
     fn enter(&self, cmd: &mut Command) {
-        let procs: Vec<std::ffi::CString> = self
-            .0
-            .iter()
-            .map(|d| {
-                std::ffi::CString::new(d.join("cgroup.procs").to_string_lossy().as_bytes())
-                    .expect("path")
-            })
-            .collect();
-        // SAFETY: only open/write/close between fork and exec (async-signal-safe).
-        unsafe {
-            cmd.pre_exec(move || {
-                for path in &procs {
-                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
-                    if fd < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
-                    libc::close(fd);
-                    if !ok {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
+        crate::common::cgroup::start_in(cmd, &self.0);
     }
 
     /// Every process below these cgroups.
@@ -258,18 +233,7 @@ fn cgroup_tree(root: &Path) -> Vec<PathBuf> {
 
 impl Drop for Cgroups {
     fn drop(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let pids = self.pids();
-            if pids.is_empty() || Instant::now() > deadline {
-                break;
-            }
-            for pid in pids {
-                // SAFETY: kill has no memory-safety preconditions.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        crate::common::cgroup::kill_until_empty(|| self.pids());
         for dir in &self.0 {
             // Children first: a cgroup directory goes only once it has none.
             for d in cgroup_tree(dir).iter().rev() {
