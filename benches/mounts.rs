@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use criterion::{criterion_group, Criterion};
+use modelfs_fs::memory::meminfo;
 use modelfs_s3local::models::{parse_safetensors_header, SafetensorsReader};
 use modelfs_s3local::{LocalS3, LocalS3Config, SafetensorsSpec, Shaping};
 use rand::rngs::StdRng;
@@ -507,16 +508,14 @@ impl System {
 /// that fill's writeback, which on a virtual disk goes on for a while after `sync` returns.
 fn drop_caches() {
     let _ = Command::new("sync").status();
-    let dirty_kib = || {
-        std::fs::read_to_string("/proc/meminfo")
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.starts_with("Dirty:") || l.starts_with("Writeback:"))
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+    let dirty = || {
+        ["Dirty", "Writeback"]
+            .iter()
+            .filter_map(|field| meminfo(field))
             .sum::<u64>()
     };
     let started = Instant::now();
-    while dirty_kib() > 4096 && started.elapsed() < Duration::from_secs(30) {
+    while dirty() > 4 * MIB && started.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_secs(env_u64(
@@ -556,13 +555,8 @@ fn lock_in_memory(path: &Path) -> std::io::Result<Option<memmap2::Mmap>> {
 /// Touches up to three times the model plus 512 MiB of anonymous memory, then frees it for
 /// the run to reuse; only free memory, so no page cache (the endpoint's copy) is evicted.
 fn back_memory(model_mib: u64) {
-    let available = std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("MemFree:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024);
-    let len = ((3 * model_mib + 512) * MIB).min(available.saturating_sub(2 << 30));
+    let free = meminfo("MemFree").unwrap_or(0);
+    let len = ((3 * model_mib + 512) * MIB).min(free.saturating_sub(2 << 30));
     let Ok(len) = usize::try_from(len) else {
         return;
     };

@@ -56,7 +56,7 @@ impl WarmLimit {
 
     /// The bytes one file may have read ahead now: memory must be able to hold them.
     pub fn budget(self) -> u64 {
-        self.budget_with(mem_available().unwrap_or(0))
+        self.budget_with(crate::memory::meminfo("MemAvailable").unwrap_or(0))
     }
 
     /// The budget when `available` bytes of memory are available.
@@ -67,14 +67,6 @@ impl WarmLimit {
             WarmLimit::Bytes(limit) => limit.min(share),
         }
     }
-}
-
-/// `MemAvailable` of `/proc/meminfo`, in bytes.
-fn mem_available() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib << 10)
 }
 
 /// The read-aheads of one session: at most one per inode at a time.

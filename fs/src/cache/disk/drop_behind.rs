@@ -32,7 +32,7 @@ const IDLE: Duration = Duration::from_secs(1);
 /// Bytes of a data file copied into a FUSE reply. The entry is held until its pages are let
 /// go: at most until 128 MiB more were read or the reads stopped for a second (an entry held
 /// is not evicted meanwhile).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(super) struct Served<E = Arc<CacheEntry>> {
     entry: E,
     offset: u64,
@@ -138,16 +138,6 @@ impl Served {
             entry: entry.clone(),
             offset,
             len,
-        }
-    }
-}
-
-impl<E: Clone> Clone for Served<E> {
-    fn clone(&self) -> Self {
-        Served {
-            entry: self.entry.clone(),
-            offset: self.offset,
-            len: self.len,
         }
     }
 }
