@@ -35,7 +35,7 @@ pub struct ServeArgs {
     /// Most bytes of a complete cached file read into the page cache ahead of the reader
     /// when it is opened for loading (passthrough, 64 MiB or more, still open after 30 ms),
     /// and never more than half of the memory available; 0 disables it. Default: half of
-    /// `MemAvailable` at the time.
+    /// `MemAvailable` at the time, or of the cgroup's memory limit where that is lower.
     #[arg(long, value_parser = parse_size)]
     pub warm_read_ahead: Option<u64>,
     /// Serve Prometheus metrics on this address (e.g. `127.0.0.1:9464`): S3 requests and

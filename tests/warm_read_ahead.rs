@@ -227,6 +227,52 @@ fn a_cold_load_of_a_large_file_leaves_the_cache_file_out_of_the_page_cache() {
     server.assert_no_gets("bytes were fetched again");
 }
 
+/// Under a 512 MiB memory limit (the CSI mounter runs under a pod's), a held-open warm file
+/// is read ahead by at most half of the limit: `readahead(2)` charges the pages to the
+/// daemon's cgroup, which would evict the first before the reader got to them.
+#[test]
+fn warm_read_ahead_stays_within_half_of_the_daemons_memory_limit() {
+    let _page_cache = page_cache_to_myself();
+    let server = LocalServer::start(BUCKET);
+    let (size, limit) = (400 * MIB, 512 * MIB);
+    let source = server.seed_pseudo_random("m/checkpoints/held.safetensors", size, 37);
+    let rel = "checkpoints/held.safetensors";
+    let cache = tempfile::tempdir().expect("cache dir");
+    fill_cache(&server, cache.path(), &[(rel, &source)]);
+    let data = cache_data_file_of_size(cache.path(), size).expect("entry");
+
+    let group = MemoryCgroup::new("modelfs-warm-limit", limit);
+    let mut m = mount_in(&server, cache.path(), &group);
+    drop_page_cache();
+    let held = std::fs::File::open(m.join(rel)).expect("open");
+    assert!(
+        eventually(Duration::from_secs(20), || read_ahead_bytes(&m.log_text())
+            .is_some()),
+        "the read-ahead did not finish:\n{}",
+        m.log_text()
+    );
+    let asked = read_ahead_bytes(&m.log_text()).unwrap_or(0);
+    let resident = resident_bytes(&data).expect("mincore");
+    drop(held);
+    assert!(
+        (limit / 4..=limit / 2).contains(&asked),
+        "read ahead {} MiB of {} MiB under a {} MiB limit",
+        asked / MIB,
+        size / MIB,
+        limit / MIB
+    );
+    assert!(resident <= limit / 2, "{} MiB resident", resident / MIB);
+    assert!(same_bytes(&m.join(rel), &source));
+    m.unmount();
+}
+
+/// The bytes of the first finished warm read-ahead in a daemon's log.
+fn read_ahead_bytes(log: &str) -> Option<u64> {
+    let line = log.lines().find(|l| l.contains("warm read-ahead done"))?;
+    let value = line.split("bytes=").nth(1)?;
+    value.split_whitespace().next()?.parse().ok()
+}
+
 /// Timings for docs/benchmarks.md, not a check: a warm `cat` (1 MiB reads) of a large file
 /// through the mount after a remount and `drop_caches`, with and without warm read-ahead,
 /// and a single-stream read of a copy of the cache file on the same disk.

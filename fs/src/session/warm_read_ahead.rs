@@ -40,7 +40,9 @@ const PIECE_WAIT: Duration = Duration::from_secs(2);
 /// How many bytes one file may have read ahead.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WarmLimit {
-    /// Half of the memory available (`MemAvailable`) when the read-ahead starts.
+    /// Half of the memory available (`MemAvailable`) when the read-ahead starts, and at most
+    /// half of this process's memory limit ([`crate::memory::limit`]): `readahead(2)` charges
+    /// the pages to our cgroup, which would evict them before the reader got to them.
     #[default]
     Auto,
     /// At most this many bytes, and never more than [`WarmLimit::Auto`]'s share; 0 disables
@@ -56,10 +58,11 @@ impl WarmLimit {
 
     /// The bytes one file may have read ahead now: memory must be able to hold them.
     pub fn budget(self) -> u64 {
-        self.budget_with(crate::memory::meminfo("MemAvailable").unwrap_or(0))
+        let available = crate::memory::meminfo("MemAvailable").unwrap_or(0);
+        self.budget_with(available.min(crate::memory::limit().unwrap_or(u64::MAX)))
     }
 
-    /// The budget when `available` bytes of memory are available.
+    /// The budget when `available` bytes of memory are available to this process.
     fn budget_with(self, available: u64) -> u64 {
         let share = available / 2;
         match self {
@@ -297,6 +300,8 @@ mod tests {
     #[test]
     fn the_limit_never_exceeds_half_the_available_memory() {
         assert!(WarmLimit::Auto.budget() > 0);
+        let limit = crate::memory::limit().expect("a memory limit");
+        assert!(WarmLimit::Auto.budget() <= limit / 2);
         // Fixed figures: MemAvailable moves between two reads while other tests run.
         let available = 12 << 30;
         let share = WarmLimit::Auto.budget_with(available);
