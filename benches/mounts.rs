@@ -1137,40 +1137,58 @@ struct Measured {
     peak_rss_kib: Option<u64>,
     /// CPU seconds the daemon spent in the measured run (mounts only).
     daemon_cpu_s: Option<f64>,
+    /// CPU seconds the endpoint's threads spent in the measured run.
+    endpoint_cpu_s: f64,
     /// Seconds of every run when the case was repeated (this one is their median).
     runs: Vec<f64>,
 }
 
 impl Measured {
     /// A run of no daemon (the link limit, the local file): its time and outcome only.
-    fn without_daemon((seconds, outcome): (f64, Outcome)) -> Measured {
+    fn without_daemon(run: Timed) -> Measured {
         Measured {
-            seconds,
-            outcome,
+            seconds: run.seconds,
+            outcome: run.outcome,
             peak_rss_kib: None,
             daemon_cpu_s: None,
+            endpoint_cpu_s: run.endpoint_cpu_s,
             runs: Vec::new(),
         }
     }
 }
 
-/// Times one measured run. With `MODELFS_BENCH_MARKS` set, prints the run's start and end as
-/// Unix times to stderr, so a system-wide profile (`perf record -k CLOCK_REALTIME`) can be cut
-/// to the measured window.
-fn timed(f: impl FnOnce() -> Result<Outcome, String>) -> Result<(f64, Outcome), String> {
+/// One measured run's time and outcome, and what serving it cost the endpoint.
+struct Timed {
+    seconds: f64,
+    outcome: Outcome,
+    /// CPU seconds of the endpoint's threads during the run: near `seconds`, its core was
+    /// saturated and the run measured the endpoint.
+    endpoint_cpu_s: f64,
+}
+
+/// Times one measured run against `fx`'s endpoint. With `MODELFS_BENCH_MARKS` set, prints the
+/// run's start and end as Unix times to stderr, so a system-wide profile (`perf record -k
+/// CLOCK_REALTIME`) can be cut to the measured window.
+fn timed(fx: &Fixture, f: impl FnOnce() -> Result<Outcome, String>) -> Result<Timed, String> {
     let marks = std::env::var_os("MODELFS_BENCH_MARKS").is_some();
     let unix_now = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64())
     };
+    let endpoint_before = fx.server.cpu_seconds();
     let (started, unix_start) = (Instant::now(), unix_now());
     let outcome = f();
     let seconds = started.elapsed().as_secs_f64();
+    let endpoint_cpu_s = fx.server.cpu_seconds() - endpoint_before;
     if marks {
         eprintln!("measured window: {unix_start:.6} {:.6}", unix_now());
     }
-    Ok((seconds, outcome?))
+    Ok(Timed {
+        seconds,
+        outcome: outcome?,
+        endpoint_cpu_s,
+    })
 }
 
 fn fresh_dir(fx: &Fixture, name: &str) -> PathBuf {
@@ -1203,7 +1221,7 @@ fn run_case(
         (System::Limit, _) => {
             let _resident = fx.endpoint_resident(w, mib);
             back_memory(mib);
-            timed(|| run_limit(fx, w, mib)).map(Measured::without_daemon)
+            timed(fx, || run_limit(fx, w, mib)).map(Measured::without_daemon)
         }
         (System::Local, _) => {
             if mode == Mode::Warm {
@@ -1211,8 +1229,10 @@ fn run_case(
                 drop_caches();
             }
             back_memory(mib);
-            timed(|| run_workload(w, &fx.local, mib, &fx.deadline()).map_err(io))
-                .map(Measured::without_daemon)
+            timed(fx, || {
+                run_workload(w, &fx.local, mib, &fx.deadline()).map_err(io)
+            })
+            .map(Measured::without_daemon)
         }
         (System::Modelfs, _) => {
             let cache = fresh_dir(fx, "cache-modelfs");
@@ -1263,19 +1283,21 @@ fn measure_mount(
     let resident = fx.endpoint_resident(w, mib);
     back_memory(mib);
     let cpu_before = mount.cpu_seconds();
-    let result =
-        timed(|| run_workload(w, &mount.path, mib, &fx.deadline()).map_err(|e| e.to_string()));
+    let result = timed(fx, || {
+        run_workload(w, &mount.path, mib, &fx.deadline()).map_err(|e| e.to_string())
+    });
     let daemon_cpu_s = mount.cpu_seconds().zip(cpu_before).map(|(a, b)| a - b);
     let peak_rss_kib = mount.peak_rss_kib();
     drop(resident);
     before_unmount(&mount);
     mount.stop();
-    let (seconds, outcome) = result?;
+    let run = result?;
     Ok(Measured {
-        seconds,
-        outcome,
+        seconds: run.seconds,
+        outcome: run.outcome,
         peak_rss_kib,
         daemon_cpu_s,
+        endpoint_cpu_s: run.endpoint_cpu_s,
         runs: Vec::new(),
     })
 }
@@ -1398,9 +1420,10 @@ fn modelfs_loads(fx: &Fixture, cache_size: Option<&str>, rels: &[String]) -> Res
         fx.server.reset_stats();
         let deadline = fx.deadline();
         let result = file_bytes.and_then(|len| {
-            let (seconds, outcome) =
-                timed(|| mmap_load(&path, &deadline).map_err(|e| e.to_string()))?;
-            Ok((len, seconds, outcome))
+            let run = timed(fx, || {
+                mmap_load(&path, &deadline).map_err(|e| e.to_string())
+            })?;
+            Ok((len, run.seconds, run.outcome))
         });
         drop(resident);
         run.s3_bytes += fx.server.stats().bytes_sent;
@@ -1845,7 +1868,8 @@ fn json_case(
             "section": section, "workload": w, "mode": mode, "system": system.name(),
             "model_mib": mib, "seconds": m.seconds, "bytes": m.outcome.bytes,
             "items": m.outcome.items, "completed": m.outcome.completed,
-            "peak_rss_kib": m.peak_rss_kib, "daemon_cpu_s": m.daemon_cpu_s, "runs": m.runs,
+            "peak_rss_kib": m.peak_rss_kib, "daemon_cpu_s": m.daemon_cpu_s,
+            "endpoint_cpu_s": m.endpoint_cpu_s, "runs": m.runs,
         }),
         Err(e) => serde_json::json!({
             "section": section, "workload": w, "mode": mode, "system": system.name(),

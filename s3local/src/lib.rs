@@ -36,6 +36,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+mod cpu;
 pub mod faults;
 pub mod models;
 pub mod server;

@@ -132,6 +132,14 @@ impl LocalS3 {
         })
     }
 
+    /// CPU seconds (user + system) the server's threads have used since it started: what
+    /// serving cost, apart from a client in the same process.
+    pub fn cpu_seconds(&self) -> f64 {
+        let server = format!("s3local-{}", self.addr.port());
+        let workers = format!("{server}w");
+        crate::cpu::threads_cpu_seconds(|name| name == server || name == workers)
+    }
+
     /// `http://HOST:PORT` (a loopback address when bound to an unspecified one).
     pub fn endpoint_url(&self) -> String {
         let mut addr = self.addr;
@@ -257,6 +265,9 @@ fn serve_thread(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKERS)
         .thread_name(format!("s3local-{port}w"))
+        // Kept, not retired after 10 s idle: an exited thread's CPU would drop out of
+        // `LocalS3::cpu_seconds`.
+        .thread_keep_alive(Duration::from_secs(24 * 3600))
         .on_thread_start(move || {
             if let Err(err) = pin_current_thread(&cpus) {
                 tracing::warn!(%err, "local S3 server: cannot pin a runtime thread");

@@ -563,3 +563,28 @@ fn usable_from_plain_tests() {
     assert_eq!(&body[..], b"v");
     assert_eq!(server.stats().get_object, 1);
 }
+
+/// `cpu_seconds` counts what serving costs the server's threads, and not the client's CPU in
+/// the same process: a client spinning for a second adds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_seconds_counts_the_servers_threads_only() {
+    let content = vec![7u8; 256 << 20];
+    let (_root, server) = server_holding("big.bin", &content);
+    let client = client(&server);
+    let before = server.cpu_seconds();
+    for _ in 0..4 {
+        let (body, _) = get(&client, "big.bin", None).await;
+        assert_eq!(body.len(), content.len());
+    }
+    let served = server.cpu_seconds() - before;
+    assert!(served > 0.0, "1 GiB served for {served} CPU-s");
+
+    let before = server.cpu_seconds();
+    let started = std::time::Instant::now();
+    let mut x = 0u64;
+    while started.elapsed() < std::time::Duration::from_secs(1) {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+    let idle = server.cpu_seconds() - before;
+    assert!(idle < 0.1, "{idle} CPU-s counted while only the client ran");
+}
