@@ -102,10 +102,19 @@ impl FullObjectChecksum {
     /// pass over the content.
     pub fn combine(&self, parts: impl IntoIterator<Item = (u64, u64)>) -> FullObjectChecksum {
         let algorithm = self.crc_algorithm();
+        let parts: Vec<(u64, u64)> = parts.into_iter().collect();
+        // A cache entry's parts are its blocks, all of one length but the last.
+        let shift = parts
+            .get(1)
+            .filter(|_| parts.len() > 2 * ZeroShift::SETUP_COMBINES)
+            .map(|&(_, len)| ZeroShift::new(algorithm, len));
         let whole = parts.into_iter().fold(None, |whole, (part, len)| {
             Some(match whole {
                 None => part,
-                Some(before) => crc_fast::checksum_combine(algorithm, before, part, len),
+                Some(before) => match &shift {
+                    Some(shift) if shift.len == len => shift.combine(before, part),
+                    _ => crc_fast::checksum_combine(algorithm, before, part, len),
+                },
             })
         });
         self.with_value(whole.unwrap_or_else(|| crc_fast::checksum(algorithm, &[])))
@@ -135,6 +144,47 @@ impl FullObjectChecksum {
             FullObjectChecksum::Crc32c(_) => FullObjectChecksum::Crc32c(value as u32),
             FullObjectChecksum::Crc32(_) => FullObjectChecksum::Crc32(value as u32),
         }
+    }
+}
+
+/// `crc_fast::checksum_combine` for one fixed length of the second part, in 64 XORs instead
+/// of the dozens of 64x64 matrix squarings each call makes (tens of microseconds: sealing an
+/// 8 GiB entry combined 8,192 parts). The combine is affine in the first CRC, `c1`:
+/// `combine(c1, c2, len) = Z(c1) ^ combine(0, 0, len) ^ c2`, with `Z` linear, so `Z` is
+/// tabulated once from `combine` itself on each bit of `c1`.
+struct ZeroShift {
+    len: u64,
+    /// `Z` of each bit of the first CRC.
+    columns: [u64; 64],
+    /// `combine(0, 0, len)`.
+    offset: u64,
+}
+
+impl ZeroShift {
+    /// Calls of `checksum_combine` that building one costs.
+    const SETUP_COMBINES: usize = 65;
+
+    fn new(algorithm: CrcAlgorithm, len: u64) -> ZeroShift {
+        let offset = crc_fast::checksum_combine(algorithm, 0, 0, len);
+        let columns = std::array::from_fn(|bit| {
+            crc_fast::checksum_combine(algorithm, 1 << bit, 0, len) ^ offset
+        });
+        ZeroShift {
+            len,
+            columns,
+            offset,
+        }
+    }
+
+    /// The CRC of content `a` then `b`, from `crc_a` and `crc_b` (`b` of this shift's length).
+    fn combine(&self, crc_a: u64, crc_b: u64) -> u64 {
+        let mut shifted = self.offset ^ crc_b;
+        let mut bits = crc_a;
+        while bits != 0 {
+            shifted ^= self.columns[bits.trailing_zeros() as usize];
+            bits &= bits - 1;
+        }
+        shifted
     }
 }
 
@@ -274,9 +324,48 @@ mod tests {
                 .chunks(4096)
                 .map(|part| (like.of(part), part.len() as u64));
             assert_eq!(like.combine(parts), whole.finish(), "{}", like.algorithm());
+            // Enough parts for the tabulated shift, with a shorter last one.
+            let parts = content
+                .chunks(64)
+                .map(|part| (like.of(part), part.len() as u64));
+            assert!(content.chunks(64).len() > 2 * ZeroShift::SETUP_COMBINES);
+            assert_eq!(like.combine(parts), whole.finish(), "{}", like.algorithm());
             let mut empty = like.digest();
             empty.update(&[]);
             assert_eq!(like.combine([]), empty.finish());
+        }
+    }
+
+    #[test]
+    fn the_tabulated_shift_combines_as_crc_fast_does() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for (algorithm, width) in [
+            (CrcAlgorithm::Crc64Nvme, 64),
+            (CrcAlgorithm::Crc32Iscsi, 32),
+            (CrcAlgorithm::Crc32IsoHdlc, 32),
+        ] {
+            let mask = if width == 64 {
+                u64::MAX
+            } else {
+                (1 << width) - 1
+            };
+            for len in [1, 7, 4096, 1 << 20] {
+                let shift = ZeroShift::new(algorithm, len);
+                for _ in 0..50 {
+                    let (a, b) = (next() & mask, next() & mask);
+                    assert_eq!(
+                        shift.combine(a, b),
+                        crc_fast::checksum_combine(algorithm, a, b, len),
+                        "{algorithm:?} len {len}"
+                    );
+                }
+            }
         }
     }
 }
