@@ -204,7 +204,8 @@ def cost_section(w, meta, cases):
     w("")
     w("The endpoint runs on a core of its own; its CPU is that of its threads during the run, and"
       " \"endpoint busy\" is that CPU ÷ the run's time: near 100%, the endpoint's core was the"
-      " limit, not the system measured.")
+      " limit, not the system measured. `scripts/profile_cost.sh` profiles modelfs's cells"
+      " system-wide: each CPU's time per thread and its top symbols, per measured run.")
     w("")
     w("| model | workload | system | time | rate | vs mountpoint-s3 | vs limit | daemon CPU-s/GiB | daemon peak RSS"
       " | endpoint CPU-s/GiB | endpoint busy |")
