@@ -1141,6 +1141,9 @@ struct Measured {
     endpoint_cpu_s: f64,
     /// Seconds of every run when the case was repeated (this one is their median).
     runs: Vec<f64>,
+    /// The endpoint's CPU seconds in each of those runs, in the same order: a run that met
+    /// a busy endpoint shows here.
+    endpoint_runs: Vec<f64>,
 }
 
 impl Measured {
@@ -1153,6 +1156,7 @@ impl Measured {
             daemon_cpu_s: None,
             endpoint_cpu_s: run.endpoint_cpu_s,
             runs: Vec::new(),
+            endpoint_runs: Vec::new(),
         }
     }
 }
@@ -1299,6 +1303,7 @@ fn measure_mount(
         daemon_cpu_s,
         endpoint_cpu_s: run.endpoint_cpu_s,
         runs: Vec::new(),
+        endpoint_runs: Vec::new(),
     })
 }
 
@@ -1870,6 +1875,7 @@ fn json_case(
             "items": m.outcome.items, "completed": m.outcome.completed,
             "peak_rss_kib": m.peak_rss_kib, "daemon_cpu_s": m.daemon_cpu_s,
             "endpoint_cpu_s": m.endpoint_cpu_s, "runs": m.runs,
+            "endpoint_runs": m.endpoint_runs,
         }),
         Err(e) => serde_json::json!({
             "section": section, "workload": w, "mode": mode, "system": system.name(),
@@ -1911,11 +1917,13 @@ fn run_interleaved(
                 Some(result) => result,
                 None => {
                     let times: Vec<f64> = done.iter().map(|m| m.seconds).collect();
+                    let endpoint: Vec<f64> = done.iter().map(|m| m.endpoint_cpu_s).collect();
                     let peak = done.iter().filter_map(|m| m.peak_rss_kib).max();
                     done.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
                     let mut median = done.swap_remove(done.len() / 2);
                     median.peak_rss_kib = peak;
                     median.runs = times;
+                    median.endpoint_runs = endpoint;
                     Ok(median)
                 }
             };
