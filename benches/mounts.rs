@@ -696,15 +696,7 @@ impl Mount {
     /// CPU seconds (user + system) the daemon has used so far: steadier than wall time on a
     /// shared machine, and what a cold load costs on a node where the CPU is not free.
     fn cpu_seconds(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        // Fields after the command name (which may hold spaces) start at the state, field 3.
-        let rest = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 =
-            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        // SAFETY: sysconf has no preconditions.
-        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        (per_second > 0).then(|| ticks as f64 / per_second as f64)
+        modelfs_s3local::cpu::process_cpu_seconds(self.child.id())
     }
 
     /// Peak resident memory of the daemon so far (VmHWM), KiB.
@@ -1138,12 +1130,12 @@ struct Measured {
     /// CPU seconds the daemon spent in the measured run (mounts only).
     daemon_cpu_s: Option<f64>,
     /// CPU seconds the endpoint's threads spent in the measured run.
-    endpoint_cpu_s: f64,
+    endpoint_cpu_s: Option<f64>,
     /// Seconds of every run when the case was repeated (this one is their median).
     runs: Vec<f64>,
     /// The endpoint's CPU seconds in each of those runs, in the same order: a run that met
     /// a busy endpoint shows here.
-    endpoint_runs: Vec<f64>,
+    endpoint_runs: Vec<Option<f64>>,
 }
 
 impl Measured {
@@ -1167,7 +1159,7 @@ struct Timed {
     outcome: Outcome,
     /// CPU seconds of the endpoint's threads during the run: near `seconds`, its core was
     /// saturated and the run measured the endpoint.
-    endpoint_cpu_s: f64,
+    endpoint_cpu_s: Option<f64>,
 }
 
 /// Times one measured run against `fx`'s endpoint. With `MODELFS_BENCH_MARKS` set, prints the
@@ -1184,7 +1176,11 @@ fn timed(fx: &Fixture, f: impl FnOnce() -> Result<Outcome, String>) -> Result<Ti
     let (started, unix_start) = (Instant::now(), unix_now());
     let outcome = f();
     let seconds = started.elapsed().as_secs_f64();
-    let endpoint_cpu_s = fx.server.cpu_seconds() - endpoint_before;
+    let endpoint_cpu_s = fx
+        .server
+        .cpu_seconds()
+        .zip(endpoint_before)
+        .map(|(a, b)| a - b);
     if marks {
         eprintln!("measured window: {unix_start:.6} {:.6}", unix_now());
     }
@@ -1917,7 +1913,8 @@ fn run_interleaved(
                 Some(result) => result,
                 None => {
                     let times: Vec<f64> = done.iter().map(|m| m.seconds).collect();
-                    let endpoint: Vec<f64> = done.iter().map(|m| m.endpoint_cpu_s).collect();
+                    let endpoint: Vec<Option<f64>> =
+                        done.iter().map(|m| m.endpoint_cpu_s).collect();
                     let peak = done.iter().filter_map(|m| m.peak_rss_kib).max();
                     done.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
                     let mut median = done.swap_remove(done.len() / 2);

@@ -1,14 +1,12 @@
-//! CPU time of a set of this process's threads, from `/proc/self/task`: what the server's
-//! own threads cost, apart from a client that shares its process (the benchmarks).
+//! CPU time from `/proc`: of a set of this process's threads (what the server's own threads
+//! cost, apart from a client that shares its process, as the benchmarks do) or of another
+//! process (the benchmarks' daemons).
 
-/// User + system seconds of the live threads of this process whose name `wanted` accepts.
-/// Threads that have exited are not counted.
-pub(crate) fn threads_cpu_seconds(wanted: impl Fn(&str) -> bool) -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
+/// User + system seconds of the live threads of this process whose name `wanted` accepts
+/// (threads that have exited are not counted); `None` if the clock rate is unknown.
+pub fn threads_cpu_seconds(wanted: impl Fn(&str) -> bool) -> Option<f64> {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0.0;
+        return seconds(0);
     };
     let mut total: u64 = 0;
     for task in tasks.flatten() {
@@ -21,7 +19,20 @@ pub(crate) fn threads_cpu_seconds(wanted: impl Fn(&str) -> bool) -> f64 {
             }
         }
     }
-    total as f64 / ticks
+    seconds(total)
+}
+
+/// User + system seconds process `pid` has used so far; `None` if it cannot be read.
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    seconds(name_and_cpu_ticks(&stat)?.1)
+}
+
+/// `ticks` clock ticks in seconds; `None` if the clock rate is unknown.
+fn seconds(ticks: u64) -> Option<f64> {
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_second > 0).then(|| ticks as f64 / per_second as f64)
 }
 
 /// The thread name and user + system clock ticks of a `/proc/.../stat` line.
@@ -65,10 +76,15 @@ mod tests {
                 .expect("spawn")
         };
         std::thread::sleep(std::time::Duration::from_millis(500));
-        let busy = threads_cpu_seconds(|n| n == name);
+        let busy = threads_cpu_seconds(|n| n == name).expect("clock rate");
         let nobody = threads_cpu_seconds(|n| n == "no such thread");
+        let process = process_cpu_seconds(std::process::id()).expect("own stat");
         spin.join().expect("join");
         assert!((0.2..0.6).contains(&busy), "{busy} s");
-        assert_eq!(nobody, 0.0);
+        assert_eq!(nobody, Some(0.0));
+        assert!(
+            process >= busy,
+            "the process ({process} s) holds its thread ({busy} s)"
+        );
     }
 }

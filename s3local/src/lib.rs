@@ -24,6 +24,7 @@
 //!   keys under their prefixes;
 //! * [`service`]: [`LocalS3Service`], the [`s3s::S3`] implementation over a store;
 //! * [`stats`]: [`RequestStats`], request counters tests assert on;
+//! * [`cpu`]: CPU seconds of this process's threads or of another process, from `/proc`;
 //! * [`server`]: [`LocalS3`], an HTTP server on its own runtime and thread, optionally kept
 //!   to given CPUs ([`LocalS3Config::cpus`]);
 //! * [`faults`]: [`Faults`], failures injected at run time for reliability tests (error
@@ -36,7 +37,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
-mod cpu;
+pub mod cpu;
 pub mod faults;
 pub mod models;
 pub mod server;

@@ -133,8 +133,9 @@ impl LocalS3 {
     }
 
     /// CPU seconds (user + system) the server's threads have used since it started: what
-    /// serving cost, apart from a client in the same process.
-    pub fn cpu_seconds(&self) -> f64 {
+    /// serving cost, apart from a client in the same process. `None` if the clock rate is
+    /// unknown.
+    pub fn cpu_seconds(&self) -> Option<f64> {
         let server = format!("s3local-{}", self.addr.port());
         let workers = format!("{server}w");
         crate::cpu::threads_cpu_seconds(|name| name == server || name == workers)
