@@ -82,8 +82,10 @@ mod tests {
         spin.join().expect("join");
         assert!((0.2..0.6).contains(&busy), "{busy} s");
         assert_eq!(nobody, Some(0.0));
+        // The kernel scales sampled ticks to the scheduler's runtime separately for a thread
+        // and for its process, so the two can disagree by a few ticks.
         assert!(
-            process >= busy,
+            process + 0.05 >= busy,
             "the process ({process} s) holds its thread ({busy} s)"
         );
     }
