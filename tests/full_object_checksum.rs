@@ -119,7 +119,7 @@ fn a_file_whose_bytes_do_not_match_its_checksum_is_never_sealed_and_is_fetched_a
         "the error names the key:\n{log}"
     );
     assert!(!passthrough_opened(&log), "never passed through:\n{log}");
-    assert_eq!(seal(cache.path(), key), None, "never sealed");
+    assert_eq!(seal(cache.path(), key), None, "never sealed:\n{log}");
     m.unmount();
     let log = m.log_text();
     assert!(

@@ -251,6 +251,9 @@ pub struct DiskCache {
     /// entries away at once.
     passes: Mutex<()>,
     open: Mutex<HashMap<String, Weak<CacheEntry>>>,
+    /// What this process learned of versions, by entry stem, kept past their entries (an
+    /// entry goes when its last open closes, and the next open may not bring the checksum).
+    learned: moka::sync::Cache<String, Learned>,
     /// When each file was last loaded ([`DiskCache::admit`]).
     loads: Mutex<load_history::LoadHistory>,
     warned: Mutex<std::collections::HashSet<&'static str>>,
@@ -303,6 +306,7 @@ impl DiskCache {
             evicting: AtomicBool::new(false),
             passes: Mutex::new(()),
             open: Mutex::new(HashMap::new()),
+            learned: moka::sync::Cache::new(MAX_LEARNED),
             loads: Mutex::default(),
             warned: Mutex::new(Default::default()),
             drop_behind: Default::default(),
@@ -367,6 +371,17 @@ impl DiskCache {
         checksum: Option<FullObjectChecksum>,
     ) -> Option<Arc<CacheEntry>> {
         let stem = id.stem();
+        let learned = self.learned.get(&stem).unwrap_or_default();
+        if let Some(checksum) = checksum.filter(|&c| learned.checksum != Some(c)) {
+            let checksum = Some(checksum);
+            self.learned.insert(
+                stem.clone(),
+                Learned {
+                    checksum,
+                    ..learned
+                },
+            );
+        }
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(existing) = open.get(&stem).and_then(Weak::upgrade) {
             if let Some(checksum) = checksum {
@@ -374,6 +389,7 @@ impl DiskCache {
             }
             return Some(existing);
         }
+        let checksum = checksum.or(learned.checksum);
         let entry = match self.open_locked(id) {
             Ok(entry) => entry,
             Err(e) => {
@@ -395,7 +411,7 @@ impl DiskCache {
             allocated: AtomicBool::new(false),
             expected,
             folded: folded::FoldedChecksums::new(id.blocks()),
-            mismatched: AtomicBool::new(false),
+            mismatched: AtomicBool::new(learned.mismatched),
         });
         // Count the entry's map (and the directory) until the next scan measures it.
         let overhead =
@@ -715,6 +731,19 @@ pub fn scan(objects: &Dir) -> io::Result<Vec<ScannedEntry>> {
         }
     }
     Ok(found)
+}
+
+/// Most versions whose checksum or mismatch this process remembers (about 200 bytes each).
+const MAX_LEARNED: u64 = 100_000;
+
+/// What a process learned of one version ([`DiskCache::entry_for`]).
+#[derive(Clone, Copy, Debug, Default)]
+struct Learned {
+    /// S3's full-object checksum, from an open that brought it.
+    checksum: Option<FullObjectChecksum>,
+    /// The content this process received failed that checksum ([`CacheEntry`]'s
+    /// `mismatched`).
+    mismatched: bool,
 }
 
 /// Bytes of `entry`'s data file not allocated on disk yet.

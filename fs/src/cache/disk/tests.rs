@@ -508,6 +508,16 @@ fn a_mismatch_with_the_full_object_checksum_drops_the_entry_unsealed() {
             !cache.write_block(&entry, 0, &content[..1 << 20]),
             "not stored again by this process"
         );
+        // The entry goes with its last open; the next open pinned the version from a
+        // listing (no checksum): this process still knows both.
+        drop(entry);
+        let again = cache.entry(&id(&key, size)).unwrap();
+        assert_eq!(again.expected_checksum(), Some(expected));
+        assert!(
+            !cache.write_block(&again, 0, &content[..1 << 20]),
+            "still not stored by this process"
+        );
+        drop(again);
         let later = open(dir.path(), CacheSize::Bytes(1 << 30));
         let fresh = later.entry_for(&id(&key, size), Some(expected)).unwrap();
         assert!(
@@ -527,6 +537,7 @@ fn without_a_full_object_checksum_sealing_is_unchanged_and_a_later_one_is_checke
     fill(&cache, &entry);
     assert!(cache.verify_complete(&entry));
     assert!(entry.is_verified() && entry.entry.is_sealed());
+    assert_eq!(entry.expected_checksum(), None);
     // An open whose HEAD brought the checksum: the seal does not name it, so it is
     // checked before the next passthrough, and sealed with it.
     let expected = checksum_of(FullObjectChecksum::Crc64Nvme(0), &filled_content(size));
@@ -535,6 +546,12 @@ fn without_a_full_object_checksum_sealing_is_unchanged_and_a_later_one_is_checke
     assert!(!entry.is_verified(), "not checked against the checksum yet");
     assert!(cache.verify_complete(&entry));
     assert!(entry.entry.is_sealed_for(Some(expected)));
+    // Known to this process from then on, after the entry goes too.
+    drop((same, entry));
+    assert_eq!(
+        cache.entry(&key).unwrap().expected_checksum(),
+        Some(expected)
+    );
     // A composite checksum never reaches the cache: it is no full-object checksum.
     let composite = FullObjectChecksum::from_headers(
         "k",

@@ -90,6 +90,11 @@ impl DiskCache {
             "disk cache entry does not match S3's full-object checksum; not sealed, dropped and fetched again"
         );
         entry.mismatched.store(true, Ordering::Release);
+        let learned = Learned {
+            checksum: Some(expected),
+            mismatched: true,
+        };
+        self.learned.insert(entry.entry.id.stem(), learned);
         entry.verified.store(false, Ordering::Release);
         entry.entry.unseal();
         entry.checked.clear();
