@@ -303,6 +303,32 @@ fn without_passthrough_reads_fall_back_to_the_daemon() {
 }
 
 #[test]
+fn cached_opens_read_past_the_mounts_page_cache_and_still_map() {
+    let server = LocalServer::start(BUCKET);
+    let source = server.seed_pseudo_random("m/checkpoints/d.safetensors", 8 * MIB, 9);
+    let cache = tempfile::tempdir().expect("cache dir");
+    let mut m = mount(&server, cache.path(), &["--no-passthrough"]);
+    let path = m.join("checkpoints/d.safetensors");
+    let want = std::fs::read(&source).expect("source");
+    assert_same_file(&path, &source);
+    let mut again = std::fs::File::open(&path).expect("open again");
+    let reads_before = last_open(&m.log_text(), "CachedKeep").expect("open line");
+    let mut read = Vec::new();
+    std::io::Read::read_to_end(&mut again, &mut read).expect("read again");
+    assert!(read == want, "bytes differ");
+    // SAFETY: a read-only mapping of a file nobody writes while it is mapped.
+    let mapped = unsafe { memmap2::Mmap::map(&again) }.expect("map a cached-mode open");
+    assert!(mapped[..] == want[..], "mapped bytes differ");
+    drop((mapped, again));
+    m.unmount();
+    let reads = final_reads(&m.log_text()) - reads_before;
+    assert!(
+        reads >= 8,
+        "the second read of 8 MiB made {reads} daemon reads: the mount's page cache served it"
+    );
+}
+
+#[test]
 fn a_file_read_to_the_end_is_served_by_passthrough_after_a_remount() {
     let server = LocalServer::start(BUCKET);
     let source = server.seed_pseudo_random("m/checkpoints/seal.safetensors", 24 * MIB, 8);

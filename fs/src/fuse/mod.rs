@@ -27,6 +27,9 @@ pub use crate::session::{HandleTable, Ownership};
 pub struct ModelFs {
     session: Arc<Session<BackingId>>,
     runtime: Handle,
+    /// Cached-mode opens bypass the mount's page cache for `read` (`FOPEN_DIRECT_IO`); set at
+    /// `init` when the kernel still lets such files be mapped.
+    direct_reads: bool,
 }
 
 /// fuser's open reply registers backing files with the kernel.
@@ -59,7 +62,11 @@ macro_rules! read_only {
 impl ModelFs {
     /// An adapter over `session`, running its requests on `runtime`.
     pub fn new(session: Arc<Session<BackingId>>, runtime: Handle) -> ModelFs {
-        ModelFs { session, runtime }
+        ModelFs {
+            session,
+            runtime,
+            direct_reads: false,
+        }
     }
 
     fn file_attr(&self, attr: &NodeAttr) -> FileAttr {
@@ -97,6 +104,13 @@ impl Filesystem for ModelFs {
         let _ = config.set_max_background(crate::read::MAX_READS_IN_FLIGHT as u16);
         let _ = config.set_congestion_threshold(48);
         let _ = config.set_max_write(1 << 20);
+        // A reply then goes straight into the reader's buffer: one copy instead of two (into
+        // the mount's page cache, then out of it), and no second cached copy of bytes the
+        // cache file holds. Mappings (safetensors loads) still go through the page cache,
+        // which needs FUSE_DIRECT_IO_ALLOW_MMAP (Linux 6.6+).
+        self.direct_reads = config
+            .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+            .is_ok();
         if self.session.wants_passthrough() {
             let negotiated = config
                 .add_capabilities(InitFlags::FUSE_PASSTHROUGH)
@@ -162,6 +176,11 @@ impl Filesystem for ModelFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let session = self.session.clone();
         let started = std::time::Instant::now();
+        let direct = if self.direct_reads {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::empty()
+        };
         self.runtime.spawn(async move {
             let result = session.open(ino.0, flags.0, &Registrar(&reply)).await;
             metrics().fuse_request("open", started.elapsed());
@@ -171,9 +190,9 @@ impl Filesystem for ModelFs {
                         reply.opened_passthrough(FileHandle(opened.fh), FopenFlags::empty(), &id)
                     }
                     (IoMode::CachedKeep, _) => {
-                        reply.opened(FileHandle(opened.fh), FopenFlags::FOPEN_KEEP_CACHE)
+                        reply.opened(FileHandle(opened.fh), FopenFlags::FOPEN_KEEP_CACHE | direct)
                     }
-                    _ => reply.opened(FileHandle(opened.fh), FopenFlags::empty()),
+                    _ => reply.opened(FileHandle(opened.fh), direct),
                 },
                 Err(e) => reply.error(errno(&e)),
             }
