@@ -236,7 +236,7 @@ def cost_section(w, meta, cases):
       " allocates page cache for the reader's pages, and a system that fills a disk cache as much"
       " again for the cache file unless it lets those pages go: modelfs drops them 128 MiB behind"
       " its readers for files of a quarter of its memory or more, here the 8 GiB model (since"
-      " 2026-12-05; the reader's mount holds the bytes); mountpoint-s3 `--cache` was not examined."
+      " 2026-12-05; the reader has the bytes); mountpoint-s3 `--cache` was not examined."
       " At 2 GiB the memory touched before each run covers the allocations; at"
       " 8 GiB (the endpoint's locked copy alone is a third of this machine's RAM) it cannot, and"
       " those cells pay the fault per GiB allocated beyond it, which an EC2 instance's memory does"

@@ -226,8 +226,8 @@ impl Tiers {
     }
 
     /// Notes that bytes `offset..end` of `entry`'s file were copied into a FUSE reply,
-    /// whichever tier they came from: the reader's mount keeps them, so the data file's pages
-    /// of them may go ([`DiskCache::served`]).
+    /// whichever tier they came from: the reader has them, so the data file's pages of them
+    /// may go ([`DiskCache::served`]).
     pub fn served(&self, entry: &Arc<CacheEntry>, offset: u64, end: u64) {
         if let Some(disk) = &self.disk {
             disk.served(entry, offset, end - offset);

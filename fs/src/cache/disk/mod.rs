@@ -499,9 +499,9 @@ impl DiskCache {
     }
 
     /// Notes that bytes `offset..offset + len` of `entry` were copied into a FUSE reply: the
-    /// reader's mount keeps them in its page cache, so the data file's pages of them are
-    /// dropped once the readers are further on ([`drop_behind`]), for files of a quarter of
-    /// this process's memory ([`crate::memory::limit`]) or more. Two copies of a smaller file
+    /// reader has them (a mapping keeps them in its mount's page cache), so the data file's
+    /// pages of them are dropped once the readers are further on ([`drop_behind`]), for files
+    /// of a quarter of this process's memory ([`crate::memory::limit`]) or more. Two copies of a smaller file
     /// fit in half of it, and keeping them defers the write-back until after the load.
     pub fn served(&self, entry: &Arc<CacheEntry>, offset: u64, len: u64) {
         if entry.entry.id.size < self.drop_behind_from {
