@@ -2,11 +2,11 @@
 //! go once the readers are a little further on.
 //!
 //! The reader has those bytes (in its buffer, or in its mount's page cache for a mapping).
-//! Keeping the cache file's pages as well could hold every cold byte in memory twice: a model half the size of the node's
-//! memory would push out everything else, and where the host takes back the memory a guest
-//! leaves free, allocating the second copy is much of a cold load's cost. Pages still mapped
-//! or dirty are never dropped (the kernel skips them), so nothing here can lose a byte; a
-//! later read of a dropped page reads it from disk.
+//! Keeping the cache file's pages as well could hold every cold byte in memory twice: a model
+//! half the size of the node's memory would push out everything else, and where the host
+//! takes back the memory a guest leaves free, allocating the second copy is much of a cold
+//! load's cost. Pages still mapped or dirty are never dropped (the kernel skips them), so
+//! nothing here can lose a byte; a later read of a dropped page reads it from disk.
 
 use std::collections::VecDeque;
 use std::fs::File;

@@ -371,16 +371,10 @@ impl DiskCache {
         checksum: Option<FullObjectChecksum>,
     ) -> Option<Arc<CacheEntry>> {
         let stem = id.stem();
-        let learned = self.learned.get(&stem).unwrap_or_default();
-        if let Some(checksum) = checksum.filter(|&c| learned.checksum != Some(c)) {
-            let checksum = Some(checksum);
-            self.learned.insert(
-                stem.clone(),
-                Learned {
-                    checksum,
-                    ..learned
-                },
-            );
+        let mut learned = self.learned.get(&stem).unwrap_or_default();
+        if checksum.is_some() && checksum != learned.checksum {
+            learned.checksum = checksum;
+            self.learned.insert(stem.clone(), learned);
         }
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(existing) = open.get(&stem).and_then(Weak::upgrade) {
@@ -389,7 +383,7 @@ impl DiskCache {
             }
             return Some(existing);
         }
-        let checksum = checksum.or(learned.checksum);
+        let checksum = learned.checksum;
         let entry = match self.open_locked(id) {
             Ok(entry) => entry,
             Err(e) => {
@@ -501,8 +495,9 @@ impl DiskCache {
     /// Notes that bytes `offset..offset + len` of `entry` were copied into a FUSE reply: the
     /// reader has them (a mapping keeps them in its mount's page cache), so the data file's
     /// pages of them are dropped once the readers are further on ([`drop_behind`]), for files
-    /// of a quarter of this process's memory ([`crate::memory::limit`]) or more. Two copies of a smaller file
-    /// fit in half of it, and keeping them defers the write-back until after the load.
+    /// of a quarter of this process's memory ([`crate::memory::limit`]) or more. Two copies of
+    /// a smaller file fit in half of it, and keeping them defers the write-back until after
+    /// the load.
     pub fn served(&self, entry: &Arc<CacheEntry>, offset: u64, len: u64) {
         if entry.entry.id.size < self.drop_behind_from {
             return;
