@@ -354,56 +354,23 @@ impl Entry {
     /// The data file's bytes `offset..offset + len`, unchecked: the caller knows the blocks
     /// they lie in are present and intact.
     pub fn read_range(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
-        read_exact_at_uninit(&self.data, offset, len)
+        let mut buf = Vec::new();
+        read_at_uninit(&self.data, offset, len, false, &mut buf)?;
+        Ok(buf)
     }
 
-    /// The data file's bytes `offset..offset + len` as a read-only mapping of its page cache,
-    /// populated (pages not resident are read from disk: call it where blocking is fine).
-    /// `None` when a page is still not resident after that (read into a buffer instead), so
-    /// a reply never waits on (or fails in) a disk read it cannot report. Unchecked, like
-    /// [`Entry::read_range`].
-    pub fn map_range(&self, offset: u64, len: u64) -> Option<bytes::Bytes> {
-        self.map(offset, len, true)
-    }
-
-    /// [`Entry::map_range`] without reading anything from disk: `Some` only when every page
-    /// is resident already, so a caller that must not block (an async task) can serve from
-    /// it. A FUSE reply written from the mapping costs one copy, where reading into a buffer
-    /// first costs two; the kernel maps the pages as it copies them.
-    pub fn map_resident(&self, offset: u64, len: u64) -> Option<bytes::Bytes> {
-        self.map(offset, len, false)
-    }
-
-    fn map(&self, offset: u64, len: u64, populate: bool) -> Option<bytes::Bytes> {
-        let page = page_size();
-        let start = offset - offset % page;
-        let map_len = usize::try_from(offset + len - start).ok()?;
-        let mut options = memmap2::MmapOptions::new();
-        options.offset(start).len(map_len);
-        if populate {
-            options.populate();
-        }
-        // SAFETY: a shared read-only mapping of the data file, whose size is fixed when the
-        // entry is created (never truncated: eviction unlinks whole entries, which leaves the
-        // open file and its pages valid); the bytes of present blocks are never rewritten
-        // with other bytes (writers only fill blocks that are absent).
-        let map = unsafe { options.map(&self.data) }.ok()?;
-        let pages = map_len.div_ceil(page as usize);
-        let mut resident = vec![0u8; pages];
-        // SAFETY: `map` is a live mapping of `map_len` bytes at a page-aligned address, and
-        // `resident` has one byte per page of it.
-        let rc = unsafe {
-            libc::mincore(
-                map.as_ptr() as *mut libc::c_void,
-                map_len,
-                resident.as_mut_ptr(),
-            )
-        };
-        if rc != 0 || resident.iter().any(|r| r & 1 == 0) {
-            return None;
-        }
-        let from = (offset - start) as usize;
-        Some(bytes::Bytes::from_owner(map).slice(from..from + len as usize))
+    /// The data file's bytes `offset..offset + len` if the page cache holds every page of
+    /// them, read without waiting on the disk (`RWF_NOWAIT`), so an async task can call it;
+    /// `None` otherwise (read them on a blocking thread). Unchecked, like
+    /// [`Entry::read_range`]. A buffer costs a copy more than replying from a mapping of the
+    /// page cache, but a mapping per reply cost more: `mmap`, page faults and `munmap` each.
+    pub fn read_resident(&self, offset: u64, len: u64) -> Option<Vec<u8>> {
+        let mut buf = Vec::new();
+        matches!(
+            read_at_uninit(&self.data, offset, len, true, &mut buf),
+            Ok(true)
+        )
+        .then_some(buf)
     }
 
     /// Writes block `index`: bytes first, then the record that makes them visible.
@@ -598,38 +565,52 @@ impl Entry {
     }
 }
 
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
-}
-
-/// Reads exactly `len` bytes of `file` at `offset` into a new buffer that is not zeroed first
-/// (zeroing a MiB costs as much as reading it from the page cache).
-fn read_exact_at_uninit(file: &File, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+/// Appends `len` bytes at `offset` of `file` to `buf`, without zeroing them first (zeroing
+/// a MiB costs as much as reading it from the page cache). With `nowait`, only from the page
+/// cache: `Ok(false)` as soon as a page is not resident (some bytes may have been appended).
+fn read_at_uninit(
+    file: &File,
+    offset: u64,
+    len: u64,
+    nowait: bool,
+    buf: &mut Vec<u8>,
+) -> io::Result<bool> {
     use std::os::fd::AsRawFd;
     let len = usize::try_from(len).map_err(io::Error::other)?;
-    let mut buf: Vec<u8> = Vec::with_capacity(len);
-    while buf.len() < len {
-        let at = libc::off_t::try_from(offset + buf.len() as u64).map_err(io::Error::other)?;
-        let spare = buf.spare_capacity_mut();
-        // SAFETY: `spare` is valid for writes of `spare.len()` bytes, which bounds what pread
-        // writes; the descriptor is open for as long as `file` is borrowed.
-        let n =
-            unsafe { libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), at) };
+    let flags = if nowait { libc::RWF_NOWAIT } else { 0 };
+    let (start, end) = (buf.len(), buf.len() + len);
+    buf.reserve(len);
+    while buf.len() < end {
+        let at =
+            libc::off_t::try_from(offset + (buf.len() - start) as u64).map_err(io::Error::other)?;
+        let missing = end - buf.len();
+        let spare = &mut buf.spare_capacity_mut()[..missing];
+        let iov = libc::iovec {
+            iov_base: spare.as_mut_ptr().cast(),
+            iov_len: spare.len(),
+        };
+        // SAFETY: `iov` covers `spare`, valid for writes of `spare.len()` bytes, which bounds
+        // what the read writes; the descriptor is open for as long as `file` is borrowed.
+        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, flags) };
         match n {
             0 => return Err(ErrorKind::UnexpectedEof.into()),
             n if n < 0 => {
                 let e = io::Error::last_os_error();
-                if e.kind() != ErrorKind::Interrupted {
-                    return Err(e);
+                match e.kind() {
+                    ErrorKind::Interrupted => {}
+                    ErrorKind::WouldBlock if nowait => return Ok(false),
+                    _ => return Err(e),
                 }
             }
-            // SAFETY: pread just initialised the first `n` spare bytes (n <= spare.len()).
+            // SAFETY: the read just initialised the first `n` spare bytes (n <= spare.len()).
             n => unsafe { buf.set_len(buf.len() + n as usize) },
         }
+        // A short read without waiting stopped at a page that is not resident.
+        if nowait && buf.len() < end {
+            return Ok(false);
+        }
     }
-    Ok(buf)
+    Ok(true)
 }
 
 /// Why a block could not be read from disk.
@@ -725,29 +706,44 @@ mod tests {
     }
 
     #[test]
-    fn resident_mappings_never_read_from_disk() {
+    fn resident_reads_never_wait_on_the_disk() {
         use std::os::fd::AsRawFd;
         // On the checkout's disk: a tmpfs /tmp cannot drop the pages this test drops.
         let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         let mut id = id(3 * 4096);
         id.block_size = 4096;
         let entry = Entry::open_or_create(&Dir::open_path(dir.path()).unwrap(), &id).unwrap();
-        let block: Vec<u8> = (0..4096).map(|i| (i % 251) as u8).collect();
-        entry.write_block(1, &block).unwrap();
+        let blocks: Vec<Vec<u8>> = (0..2u8)
+            .map(|b| (0..4096).map(|i| (i % 251) as u8 ^ b).collect())
+            .collect();
+        entry.write_block(1, &blocks[0]).unwrap();
+        entry.write_block(2, &blocks[1]).unwrap();
         let got = entry
-            .map_resident(4096 + 10, 100)
+            .read_resident(4096 + 10, 100)
             .expect("just written: resident");
-        assert_eq!(&got[..], &block[10..110]);
-        drop(got);
-        // Written back and dropped from the page cache: only the blocking path may serve it.
+        assert_eq!(&got[..], &blocks[0][10..110]);
+        // Written back, and the second block's page dropped from the page cache: a range
+        // that ends in it stops there, and only the blocking path serves it.
         entry.data.sync_all().unwrap();
-        // SAFETY: a valid fd; the advice only drops clean cached pages.
-        let rc =
-            unsafe { libc::posix_fadvise(entry.data.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        assert_eq!(rc, 0);
-        assert!(entry.map_resident(4096, 4096).is_none(), "not resident");
-        let read = entry.map_range(4096, 4096).expect("populated from disk");
-        assert_eq!(&read[..], &block[..]);
+        let drop_pages = |offset, len| {
+            // SAFETY: a valid fd; the advice only drops clean cached pages.
+            let rc = unsafe {
+                libc::posix_fadvise(
+                    entry.data.as_raw_fd(),
+                    offset,
+                    len,
+                    libc::POSIX_FADV_DONTNEED,
+                )
+            };
+            assert_eq!(rc, 0);
+        };
+        drop_pages(8192, 4096);
+        assert!(entry.read_resident(4096, 8192).is_none(), "half resident");
+        assert_eq!(entry.read_resident(4096, 4096).unwrap(), blocks[0]);
+        drop_pages(0, 0);
+        assert!(entry.read_resident(4096, 4096).is_none(), "not resident");
+        let read = entry.read_range(4096, 8192).expect("read from disk");
+        assert_eq!(read, [&blocks[0][..], &blocks[1][..]].concat());
     }
 
     #[test]

@@ -467,15 +467,9 @@ impl DiskCache {
 
     /// The bytes `offset..offset + len` of `entry` in one read, if every block they touch is
     /// known intact to this process ([`CacheEntry::all_checked`]); `None` otherwise.
-    /// Served from a mapping of the page cache when it holds them all (one copy less on the
-    /// way to a FUSE reply), read into a buffer otherwise.
     pub fn read_range(&self, entry: &CacheEntry, offset: u64, len: u64) -> Option<bytes::Bytes> {
         if !Self::known_range(entry, offset, len) {
             return None;
-        }
-        if let Some(mapped) = entry.entry.map_range(offset, len) {
-            TierStats::bump(&self.stats.hits);
-            return Some(mapped);
         }
         self.read_checked(entry, offset, len)
             .map(bytes::Bytes::from)
@@ -487,9 +481,9 @@ impl DiskCache {
         if !Self::known_range(entry, offset, len) {
             return None;
         }
-        let mapped = entry.entry.map_resident(offset, len)?;
+        let bytes = entry.entry.read_resident(offset, len)?;
         TierStats::bump(&self.stats.hits);
-        Some(mapped)
+        Some(bytes.into())
     }
 
     /// Notes that bytes `offset..offset + len` of `entry` were copied into a FUSE reply: the
