@@ -146,6 +146,53 @@ fn a_file_whose_bytes_do_not_match_its_checksum_is_never_sealed_and_is_fetched_a
 }
 
 #[test]
+fn a_file_opened_on_a_proof_from_a_get_is_checked_against_its_checksum_before_sealing() {
+    let server = LocalServer::start(BUCKET);
+    let files = 6;
+    let name = |i: usize| format!("loras/l{i}.safetensors");
+    let sources: Vec<PathBuf> = (0..files)
+        .map(|i| server.seed_safetensors(&format!("m/{}", name(i)), 3 * MIB as u64, 70 + i as u64))
+        .collect();
+    let cache = tempfile::tempdir().expect("cache dir");
+    let mut m = mount(&server, cache.path());
+    // Two headers in one folder are a scan: the other headers are fetched ahead, and those
+    // GETs prove that this volume may read the files, so their opens send no HeadObject
+    // (which is what brings S3's checksum).
+    server.server.reset_stats();
+    common::scan_header(&m.join(&name(0)));
+    common::scan_header(&m.join(&name(1)));
+    assert!(
+        server.gets_settle(files as u64),
+        "the scan ahead did not fetch every header"
+    );
+    let heads = server.server.stats().head_object;
+    assert_eq!(heads, 2, "only the two files read first sent a HeadObject");
+    server.server.reset_stats();
+    let last = files - 1;
+    let key = format!("m/{}", name(last));
+    let path = m.join(&name(last));
+    let real = std::fs::read(&sources[last]).expect("source");
+    assert!(std::fs::read(&path).expect("read") == real);
+    let sealed = reopen_until(&m, &path, passthrough_opened);
+    let log = m.log_text();
+    let heads = server.server.stats().head_object;
+    m.unmount();
+    assert!(sealed, "no passthrough open within 20 s:\n{log}");
+    assert_eq!(heads, 1, "one HeadObject, for the checksum:\n{log}");
+    let stored = server
+        .store()
+        .head(BUCKET, &key)
+        .and_then(|meta| meta.checksum)
+        .expect("the store keeps a checksum");
+    let seal = seal(cache.path(), &key).expect("sealed");
+    assert_eq!(
+        seal.lines().nth(1),
+        Some(stored.to_string().as_str()),
+        "the seal names the checksum the content matched:\n{seal}"
+    );
+}
+
+#[test]
 fn the_local_server_keeps_answers_and_enforces_full_object_checksums() {
     let server = LocalServer::start(BUCKET);
     let client = common::s3::client(&server.endpoint);

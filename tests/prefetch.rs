@@ -54,28 +54,6 @@ fn mount(server: &LocalServer, cache: Option<&Path>) -> Mount {
     }
 }
 
-/// Waits (at most 20 s) until the server has answered at least `at_least` GETs and no new
-/// one arrived for half a second: what was started in the background is done.
-fn gets_settle(server: &LocalServer, at_least: u64) -> bool {
-    eventually(Duration::from_secs(20), || {
-        let before = server.server.stats().get_object;
-        std::thread::sleep(Duration::from_millis(500));
-        before == server.server.stats().get_object && before >= at_least
-    })
-}
-
-/// ComfyUI's asset scan: the 8-byte length, then the JSON header, of every model.
-fn scan_header(path: &Path) -> usize {
-    let file = std::fs::File::open(path).expect("open");
-    let mut len = [0u8; 8];
-    file.read_exact_at(&mut len, 0).expect("length");
-    let n = u64::from_le_bytes(len) as usize;
-    let mut json = vec![0u8; n];
-    file.read_exact_at(&mut json, 8).expect("json");
-    let value: serde_json::Value = serde_json::from_slice(&json).expect("header is JSON");
-    value.as_object().map_or(0, |o| o.len())
-}
-
 #[test]
 fn a_header_scan_downloads_only_headers_and_one_block_per_file() {
     let server = LocalServer::start(BUCKET);
@@ -85,7 +63,7 @@ fn a_header_scan_downloads_only_headers_and_one_block_per_file() {
         server.server.reset_stats();
         let mut m = mount(&server, cache.as_ref().map(|d| d.path()));
         for i in 0..files {
-            assert!(scan_header(&m.join(&lora(i))) > 1);
+            assert!(common::scan_header(&m.join(&lora(i))) > 1);
         }
         // Let anything that might have been started in the background run.
         std::thread::sleep(Duration::from_millis(500));
@@ -97,7 +75,7 @@ fn a_header_scan_downloads_only_headers_and_one_block_per_file() {
         );
         server.server.reset_stats();
         for i in 0..files {
-            scan_header(&m.join(&lora(i)));
+            common::scan_header(&m.join(&lora(i)));
         }
         server.assert_no_gets("repeat scans need no GET");
         m.unmount();
@@ -113,16 +91,16 @@ fn a_folder_being_scanned_has_its_other_headers_learned_in_the_background() {
     let cache = tempfile::tempdir().expect("cache");
     let mut m = mount(&server, Some(cache.path()));
     // One header in a folder is not a scan: nothing else is fetched.
-    scan_header(&m.join("vae/alone.safetensors"));
+    common::scan_header(&m.join("vae/alone.safetensors"));
     std::thread::sleep(Duration::from_millis(300));
     let after_one = server.server.stats().get_object;
     assert!(after_one <= 2, "one header cost {after_one} GETs");
     // The second header in one folder is: the other files' headers arrive unasked.
     server.server.reset_stats();
-    scan_header(&m.join(&lora(0)));
-    scan_header(&m.join(&lora(1)));
+    common::scan_header(&m.join(&lora(0)));
+    common::scan_header(&m.join(&lora(1)));
     assert!(
-        gets_settle(&server, files),
+        server.gets_settle(files),
         "headers of the folder were not prefetched ({} GETs)",
         server.server.stats().get_object
     );
@@ -134,7 +112,7 @@ fn a_folder_being_scanned_has_its_other_headers_learned_in_the_background() {
     );
     server.server.reset_stats();
     for i in 0..files {
-        assert!(scan_header(&m.join(&lora(i))) > 1);
+        assert!(common::scan_header(&m.join(&lora(i))) > 1);
     }
     server.assert_no_gets("the rest of the scan is served from memory");
     m.unmount();
@@ -147,9 +125,9 @@ fn two_models_opened_from_a_big_folder_learn_a_bounded_number_of_headers_ahead()
     seed_loras(&server, files, 2 * MIB, 200);
     let cache = tempfile::tempdir().expect("cache");
     let mut m = mount(&server, Some(cache.path()));
-    scan_header(&m.join(&lora(10)));
-    scan_header(&m.join(&lora(11)));
-    assert!(gets_settle(&server, 0), "GETs went on");
+    common::scan_header(&m.join(&lora(10)));
+    common::scan_header(&m.join(&lora(11)));
+    assert!(server.gets_settle(0), "GETs went on");
     // Two GETs per header (the probe, then the rest of block 0): the two opened, and the 32
     // files after the second at most; never the other 46 of the folder.
     let gets = server.server.stats().get_object;
@@ -274,7 +252,7 @@ fn loading_a_model_sweeps_the_whole_file_into_the_cache_once() {
     server.server.reset_stats();
     let path = m.join("checkpoints/s.safetensors");
     let file = std::fs::File::open(&path).expect("open");
-    scan_header(&path);
+    common::scan_header(&path);
     // 8 MiB of consecutive tensors from the middle of the data: the model is being loaded.
     let mut buf = vec![0u8; 1 << 20];
     let middle = header.data_start + header.data_len() / 2;
@@ -391,15 +369,15 @@ fn a_scan_of_headers_another_mount_cached_asks_for_its_read_proofs_ahead() {
     // Another volume scanned the folder: the headers are in the shared disk tier.
     let mut other = mount(&server, Some(cache.path()));
     for i in 0..files {
-        scan_header(&other.join(&lora(i)));
+        common::scan_header(&other.join(&lora(i)));
     }
     other.unmount();
     // A new mount has proven nothing: each file needs a HeadObject of its own before it
     // opens, and the scan ahead asks for them, all at once, as it learns the headers.
     let mut m = mount(&server, Some(cache.path()));
     server.server.reset_stats();
-    scan_header(&m.join(&lora(0)));
-    scan_header(&m.join(&lora(1)));
+    common::scan_header(&m.join(&lora(0)));
+    common::scan_header(&m.join(&lora(1)));
     assert!(
         eventually(Duration::from_secs(20), || {
             server.server.stats().head_object >= files
@@ -409,7 +387,7 @@ fn a_scan_of_headers_another_mount_cached_asks_for_its_read_proofs_ahead() {
     );
     let heads = server.server.stats().head_object;
     for i in 2..files {
-        assert!(scan_header(&m.join(&lora(i))) > 1);
+        assert!(common::scan_header(&m.join(&lora(i))) > 1);
     }
     assert_eq!(
         server.server.stats().head_object,

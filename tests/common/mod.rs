@@ -113,3 +113,16 @@ pub fn drop_page_cache() {
     unsafe { libc::sync() };
     std::fs::write("/proc/sys/vm/drop_caches", "3").expect("drop caches (needs root)");
 }
+
+/// ComfyUI's asset scan: the 8-byte length, then the JSON header, of every model.
+pub fn scan_header(path: &Path) -> usize {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path).expect("open");
+    let mut len = [0u8; 8];
+    file.read_exact_at(&mut len, 0).expect("length");
+    let n = u64::from_le_bytes(len) as usize;
+    let mut json = vec![0u8; n];
+    file.read_exact_at(&mut json, 8).expect("json");
+    let value: serde_json::Value = serde_json::from_slice(&json).expect("header is JSON");
+    value.as_object().map_or(0, |o| o.len())
+}

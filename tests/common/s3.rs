@@ -108,6 +108,16 @@ impl LocalServer {
         assert_eq!(self.server.stats().get_object, 0, "{message}");
     }
 
+    /// Waits (at most 20 s) until at least `at_least` GetObjects reached the server since its
+    /// stats were reset and none came for half a second; false if that never happened.
+    pub fn gets_settle(&self, at_least: u64) -> bool {
+        super::suite::eventually(std::time::Duration::from_secs(20), || {
+            let before = self.server.stats().get_object;
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            before == self.server.stats().get_object && before >= at_least
+        })
+    }
+
     /// Stores `data` as `key` of the server's bucket.
     pub fn seed(&self, key: &str, data: &[u8]) {
         self.store()

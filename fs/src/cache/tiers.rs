@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::disk::verify_scheduler::VerifyScheduler;
+use super::disk::verify_scheduler::{PendingVerification, VerifyScheduler};
 use super::disk::{BlockLock, CacheEntry};
 use super::{BlockKey, DiskCache, MemoryTier};
 
@@ -275,6 +275,12 @@ impl Tiers {
         if let Some(disk) = &self.disk {
             self.verifications.verify_in_background(disk, entry);
         }
+    }
+
+    /// Counts a verification about to start as running until the guard is dropped (see
+    /// [`VerifyScheduler::pending`]).
+    pub fn verification_pending(&self) -> PendingVerification {
+        self.verifications.pending()
     }
 
     /// Waits (blocking, at most `limit`) for running verifications to finish.

@@ -63,6 +63,7 @@ pub fn spawn(
             super::stream::join_or_start(&fetcher, &version, file, plan, no_room, concurrency);
             return;
         }
+        fetcher.ask_checksum_for_load(&entry);
         plan.skip_present(|i| present.get(i as usize).is_some_and(Option::is_some));
         tracing::debug!(
             missing = present.iter().filter(|r| r.is_none()).count(),

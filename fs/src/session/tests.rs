@@ -140,6 +140,8 @@ impl Fixture {
         data.unwrap()
     }
 
+    /// Blocks its thread: the tests run on a multi-threaded runtime, as the daemon does, so
+    /// the checksum questions verifications wait for can run meanwhile.
     fn wait_for_verifications(&self) {
         self.session
             .reader()
@@ -155,7 +157,7 @@ impl Fixture {
 
 const LEN: usize = 3 << 20;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verified_complete_entry_opens_in_passthrough_and_later_opens_join_its_backing() {
     let f = fixture(&[("m.bin", LEN)]);
     let ino = f.ino("m.bin").await;
@@ -180,7 +182,7 @@ async fn a_verified_complete_entry_opens_in_passthrough_and_later_opens_join_its
     assert_eq!(registrar.calls(), 2, "a new first open registers again");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_complete_entry_not_yet_verified_is_served_cached_while_its_open_verifies_it() {
     let f = fixture(&[("m.bin", LEN)]);
     let ino = f.ino("m.bin").await;
@@ -219,7 +221,7 @@ async fn a_complete_entry_not_yet_verified_is_served_cached_while_its_open_verif
     assert_eq!(passthrough.mode, IoMode::Passthrough);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_version_cannot_open_while_the_old_one_is_open_in_passthrough() {
     let f = fixture_with(&[("m.bin", LEN)], Duration::ZERO, WarmLimit::Bytes(0));
     let ino = f.ino("m.bin").await;
@@ -244,7 +246,7 @@ async fn a_new_version_cannot_open_while_the_old_one_is_open_in_passthrough() {
     f.read_all(new.fh, &pattern(LEN, 9)).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_registration_serves_the_open_cached_and_disables_passthrough_once() {
     let f = fixture(&[("a.bin", LEN), ("b.bin", LEN)]);
     let (a, b) = (f.ino("a.bin").await, f.ino("b.bin").await);
@@ -264,7 +266,7 @@ async fn a_refused_registration_serves_the_open_cached_and_disables_passthrough_
     assert_eq!(registrar.calls(), 1, "passthrough is not tried again");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opens_for_writing_are_refused_before_anything_is_opened() {
     let f = fixture(&[("a.bin", LEN)]);
     let ino = f.ino("a.bin").await;
@@ -285,7 +287,7 @@ async fn opens_for_writing_are_refused_before_anything_is_opened() {
     ));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn directory_handles_serve_the_listing_taken_at_opendir() {
     let f = fixture_with(
         &[("a.bin", 10), ("b.bin", 10)],

@@ -371,11 +371,12 @@ impl DiskCache {
         checksum: Option<FullObjectChecksum>,
     ) -> Option<Arc<CacheEntry>> {
         let stem = id.stem();
-        let mut learned = self.learned.get(&stem).unwrap_or_default();
-        if checksum.is_some() && checksum != learned.checksum {
-            learned.checksum = checksum;
-            self.learned.insert(stem.clone(), learned);
-        }
+        let learned = match checksum {
+            Some(checksum) => {
+                self.update_learned(&stem, |learned| learned.checksum = Some(checksum))
+            }
+            None => self.learned.get(&stem).unwrap_or_default(),
+        };
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(existing) = open.get(&stem).and_then(Weak::upgrade) {
             if let Some(checksum) = checksum {
@@ -728,11 +729,26 @@ const MAX_LEARNED: u64 = 100_000;
 /// What a process learned of one version ([`DiskCache::entry_for`]).
 #[derive(Clone, Copy, Debug, Default)]
 struct Learned {
-    /// S3's full-object checksum, from an open that brought it.
+    /// S3's full-object checksum, from an open that brought it or the question below.
     checksum: Option<FullObjectChecksum>,
     /// The content this process received failed that checksum ([`CacheEntry`]'s
     /// `mismatched`).
     mismatched: bool,
+    /// Whether this process asked S3 for the checksum ([`DiskCache::checksum_question`]).
+    question: ChecksumQuestion,
+}
+
+/// Where a process stands on asking S3 for a version's full-object checksum before sealing
+/// its entry: an open proven readable by a GET (a header scan ahead) brought none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ChecksumQuestion {
+    /// Not asked yet.
+    #[default]
+    NotAsked,
+    /// A HeadObject is on its way: the entry waits for its answer to be verified.
+    Asking,
+    /// Answered, or nothing to ask.
+    Answered,
 }
 
 /// Bytes of `entry`'s data file not allocated on disk yet.

@@ -567,3 +567,43 @@ fn without_a_full_object_checksum_sealing_is_unchanged_and_a_later_one_is_checke
     assert!(cache.verify_complete(&other));
     assert_eq!(cache.stats.snapshot().checksum_mismatch, 0);
 }
+
+#[test]
+fn a_version_opened_without_its_checksum_is_asked_for_it_once_and_sealed_with_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), CacheSize::Bytes(1 << 30));
+    let size = 2 << 20;
+    let key = id("unasked", size);
+    let entry = cache.entry(&key).unwrap();
+    assert_eq!(cache.checksum_question(&entry), ChecksumQuestion::NotAsked);
+    assert!(cache.claim_checksum_question(&entry));
+    assert!(!cache.claim_checksum_question(&entry), "asked once");
+    assert_eq!(cache.checksum_question(&entry), ChecksumQuestion::Asking);
+    // Still asking after the entry goes and another open of the version comes.
+    drop(entry);
+    let entry = cache.entry(&key).unwrap();
+    assert_eq!(cache.checksum_question(&entry), ChecksumQuestion::Asking);
+    fill(&cache, &entry);
+    let expected = checksum_of(FullObjectChecksum::Crc64Nvme(0), &filled_content(size));
+    cache.checksum_answered(&entry, Some(expected));
+    assert_eq!(cache.checksum_question(&entry), ChecksumQuestion::Answered);
+    assert_eq!(entry.expected_checksum(), Some(expected));
+    assert!(cache.verify_complete(&entry));
+    assert!(entry.entry.is_sealed_for(Some(expected)));
+
+    // No checksum to be had (S3 keeps none, or the question failed): asked once all the same,
+    // then verified without one.
+    let other = cache.entry(&id("none kept", size)).unwrap();
+    assert!(cache.claim_checksum_question(&other));
+    cache.checksum_answered(&other, None);
+    assert_eq!(cache.checksum_question(&other), ChecksumQuestion::Answered);
+    assert!(!cache.claim_checksum_question(&other));
+    fill(&cache, &other);
+    assert!(cache.verify_complete(&other));
+    // A version whose open brought its checksum, or a verified one, has nothing to ask.
+    let brought = cache
+        .entry_for(&id("brought", size), Some(expected))
+        .unwrap();
+    assert!(!cache.claim_checksum_question(&brought));
+    assert!(!cache.claim_checksum_question(&other));
+}

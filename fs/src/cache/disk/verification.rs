@@ -26,6 +26,60 @@ impl DiskCache {
         }
     }
 
+    /// Where this process stands on asking S3 for the full-object checksum of `entry`'s
+    /// version before sealing it. Nothing is asked ([`ChecksumQuestion::Answered`]) when the
+    /// entry knows its checksum or is verified already.
+    pub fn checksum_question(&self, entry: &CacheEntry) -> ChecksumQuestion {
+        if entry.expected_checksum().is_some() || entry.is_verified() {
+            return ChecksumQuestion::Answered;
+        }
+        self.learned
+            .get(entry.entry.stem())
+            .map_or(ChecksumQuestion::NotAsked, |learned| learned.question)
+    }
+
+    /// Claims the one HeadObject this process sends to learn the checksum of `entry`'s
+    /// version: true for the first caller, who must report with
+    /// [`DiskCache::checksum_answered`].
+    pub fn claim_checksum_question(&self, entry: &CacheEntry) -> bool {
+        if self.checksum_question(entry) != ChecksumQuestion::NotAsked {
+            return false;
+        }
+        let mut first = false;
+        self.update_learned(entry.entry.stem(), |learned| {
+            first = learned.question == ChecksumQuestion::NotAsked;
+            learned.question = ChecksumQuestion::Asking;
+        });
+        first
+    }
+
+    /// Records the answer to the question claimed for `entry`: the version's checksum, or
+    /// `None` when S3 keeps none (or could not say), for this entry and its later ones.
+    pub fn checksum_answered(&self, entry: &CacheEntry, checksum: Option<FullObjectChecksum>) {
+        self.update_learned(entry.entry.stem(), |learned| {
+            learned.question = ChecksumQuestion::Answered;
+            if checksum.is_some() {
+                learned.checksum = checksum;
+            }
+        });
+        if let Some(checksum) = checksum {
+            entry.learn_checksum(checksum);
+        }
+    }
+
+    /// Changes, in one step, what this process remembers of the version of entry stem
+    /// `stem`; returns the result.
+    pub(super) fn update_learned(&self, stem: &str, change: impl FnOnce(&mut Learned)) -> Learned {
+        self.learned
+            .entry(stem.to_string())
+            .and_upsert_with(|old| {
+                let mut learned = old.map(|old| old.into_value()).unwrap_or_default();
+                change(&mut learned);
+                learned
+            })
+            .into_value()
+    }
+
     /// Verifies every present block of `entry` (dropping damaged ones) and records the
     /// result; true if the entry is complete and intact. Blocks this process wrote or checked
     /// already are not read again: a load that downloaded the whole file seals it for free.
@@ -90,11 +144,10 @@ impl DiskCache {
             "disk cache entry does not match S3's full-object checksum; not sealed, dropped and fetched again"
         );
         entry.mismatched.store(true, Ordering::Release);
-        let learned = Learned {
-            checksum: Some(expected),
-            mismatched: true,
-        };
-        self.learned.insert(entry.entry.id.stem(), learned);
+        self.update_learned(entry.entry.stem(), |learned| {
+            learned.checksum = Some(expected);
+            learned.mismatched = true;
+        });
         entry.verified.store(false, Ordering::Release);
         entry.entry.unseal();
         entry.checked.clear();

@@ -35,12 +35,33 @@ impl VerifyScheduler {
         });
     }
 
+    /// Counts a verification about to start (the question it waits for is out) as running
+    /// until the returned guard is dropped, so [`VerifyScheduler::wait`] waits for it too.
+    pub fn pending(&self) -> PendingVerification {
+        self.running.fetch_add(1, Ordering::AcqRel);
+        PendingVerification {
+            running: self.running.clone(),
+        }
+    }
+
     /// Waits (blocking, at most `limit`) for running verifications to finish.
     pub fn wait(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
         while self.running.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+/// A verification counted as running before it starts ([`VerifyScheduler::pending`]).
+#[derive(Debug)]
+pub struct PendingVerification {
+    running: Arc<AtomicUsize>,
+}
+
+impl Drop for PendingVerification {
+    fn drop(&mut self) {
+        self.running.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`header_probe`]: the first bytes of a block answered from a small GET while the rest
 //!   of the block arrives in a second one.
 
+mod checksum_question;
 mod header_probe;
 mod in_flight;
 mod span;
@@ -225,12 +226,6 @@ impl Fetcher {
                 .ok(),
             Priority::Demand => None,
         }
-    }
-
-    /// If `entry` is complete but not verified, checks every block's CRC on a blocking thread
-    /// and seals it (see [`DiskCache::verify_complete`]); one verification at a time.
-    pub fn verify_in_background(&self, entry: &Arc<CacheEntry>) {
-        self.tiers.cache.verify_in_background(entry);
     }
 
     /// Waits (blocking, at most `limit`) for running verifications to finish, so entries
