@@ -159,6 +159,12 @@ pub struct Entry {
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// A block's CRC-32C, the checksum its record holds (the on-disk format's, so records written
+/// by any version of modelfs check).
+pub(super) fn block_crc(bytes: &[u8]) -> u32 {
+    crc_fast::crc32_iscsi(bytes)
+}
+
 /// Moves `name` out of the way and removes it (a link is removed, never followed).
 fn discard(shard: &Dir, name: &str) {
     let trash = format!(".trash-{name}-{}", unique());
@@ -343,7 +349,7 @@ impl Entry {
             return Ok(None);
         };
         let buf = self.read_range(index * self.id.block_size, self.id.block_len(index))?;
-        if crc32c::crc32c(&buf) != crc {
+        if block_crc(&buf) != crc {
             self.unseal();
             self.clear(index)?;
             return Err(ReadBlockError::Corrupt);
@@ -386,7 +392,7 @@ impl Entry {
             ));
         }
         self.write_data(index * self.id.block_size, bytes)?;
-        self.write_records(index, &[crc32c::crc32c(bytes)])
+        self.write_records(index, &[block_crc(bytes)])
     }
 
     /// Writes `bytes` into the data file at `offset`, visible to no reader until
@@ -670,6 +676,33 @@ mod tests {
         let meta = std::fs::metadata(entry.dir.join("data")).unwrap();
         assert_eq!(meta.mode() & 0o777, 0o600);
         assert_eq!(std::fs::metadata(&entry.dir).unwrap().mode() & 0o777, 0o700);
+    }
+
+    /// CRC-32C bit by bit (Castagnoli, reflected): what every record ever written holds.
+    fn reference_crc32c(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &byte in bytes {
+            crc ^= u32::from(byte);
+            for _ in 0..8 {
+                crc = (crc >> 1) ^ (0x82F6_3B78 & 0u32.wrapping_sub(crc & 1));
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn records_hold_the_crc32c_of_their_block() {
+        assert_eq!(
+            block_crc(b"123456789"),
+            0xe306_9283,
+            "the CRC-32C check value"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let id = id(2500);
+        let entry = Entry::open_or_create(&Dir::open_path(dir.path()).unwrap(), &id).unwrap();
+        let block: Vec<u8> = (0..1000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+        entry.write_block(1, &block).unwrap();
+        assert_eq!(entry.record(1).unwrap(), Some(reference_crc32c(&block)));
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub struct SpanWriter {
     /// Bytes written so far, from `start`, by the current attempt.
     written: u64,
     /// The running CRC of the block being written.
-    crc: u32,
+    crc: crc_fast::Digest,
     /// The running part of the full-object checksum of the block being written, when the
     /// entry expects one to fold (see `folded`).
     part: Option<ChecksumDigest>,
@@ -58,7 +58,7 @@ impl SpanWriter {
             start,
             end,
             written: 0,
-            crc: 0,
+            crc: crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi),
             part,
             stored: 0,
             _reservation: reservation,
@@ -81,7 +81,7 @@ impl SpanWriter {
     pub fn push(&mut self, at: u64, bytes: &[u8]) -> io::Result<()> {
         if at == self.start {
             self.written = 0;
-            self.crc = 0;
+            self.crc.reset();
             self.restart_part();
         }
         if at != self.start + self.written || at + bytes.len() as u64 > self.end {
@@ -103,14 +103,14 @@ impl SpanWriter {
             let pos = self.start + self.written;
             let block_end = ((pos / bs + 1) * bs).min(self.end);
             let take = rest.len().min((block_end - pos) as usize);
-            self.crc = crc32c::crc32c_append(self.crc, &rest[..take]);
+            self.crc.update(&rest[..take]);
             if let Some(part) = &mut self.part {
                 part.update(&rest[..take]);
             }
             self.written += take as u64;
             rest = &rest[take..];
             if self.start + self.written == block_end {
-                let crc = std::mem::take(&mut self.crc);
+                let crc = self.crc.finalize_reset() as u32;
                 let part = self.part.as_ref().map(|part| part.finish().value());
                 self.restart_part();
                 let index = (block_end - 1) / bs;
