@@ -26,42 +26,41 @@ impl Fetcher {
             ChecksumQuestion::Answered => self.tiers.cache.verify_in_background(entry),
             // The asker verifies once the answer is in.
             ChecksumQuestion::Asking => {}
-            ChecksumQuestion::NotAsked => {
-                let pending = self.tiers.cache.verification_pending();
-                let (store, tiers) = (self.store.clone(), self.tiers.clone());
-                let (disk, entry) = (disk.clone(), entry.clone());
-                tokio::spawn(async move {
-                    let complete = {
-                        let entry = entry.clone();
-                        tokio::task::spawn_blocking(move || entry.entry.is_complete())
-                            .await
-                            .is_ok_and(|complete| complete.unwrap_or(false))
-                    };
-                    if complete && disk.claim_checksum_question(&entry) {
-                        ask(store.as_ref(), &disk, &entry).await;
-                        tiers.cache.verify_in_background(&entry);
-                    }
-                    drop(pending);
-                });
-            }
+            ChecksumQuestion::NotAsked => self.ask_then_verify(disk, entry, true),
         }
     }
 
     /// Asks for the checksum of `entry`'s version now, if it is unknown and not asked for
     /// yet: a load of the whole file starts.
     pub fn ask_checksum_for_load(&self, entry: &Arc<CacheEntry>) {
-        let Some(disk) = self.tiers.disk() else {
-            return;
-        };
-        if !disk.claim_checksum_question(entry) {
-            return;
+        if let Some(disk) = self.tiers.disk() {
+            self.ask_then_verify(disk, entry, false);
         }
+    }
+
+    /// On a task of its own (an unmount waits for it): claims the question of `entry`'s
+    /// version (`only_if_complete`: once the entry is complete), asks it, then verifies the
+    /// entry if it is complete. Nothing when another caller claimed the question first.
+    fn ask_then_verify(
+        &self,
+        disk: &Arc<DiskCache>,
+        entry: &Arc<CacheEntry>,
+        only_if_complete: bool,
+    ) {
         let pending = self.tiers.cache.verification_pending();
         let (store, tiers) = (self.store.clone(), self.tiers.clone());
         let (disk, entry) = (disk.clone(), entry.clone());
         tokio::spawn(async move {
-            ask(store.as_ref(), &disk, &entry).await;
-            tiers.cache.verify_in_background(&entry);
+            let ready = !only_if_complete || {
+                let entry = entry.clone();
+                tokio::task::spawn_blocking(move || entry.entry.is_complete())
+                    .await
+                    .is_ok_and(|complete| complete.unwrap_or(false))
+            };
+            if ready && disk.claim_checksum_question(&entry) {
+                ask(store.as_ref(), &disk, &entry).await;
+                tiers.cache.verify_in_background(&entry);
+            }
             drop(pending);
         });
     }
