@@ -6,7 +6,7 @@
 # take most of CPU 0 measured the endpoint (the cost table's "endpoint busy" column says the
 # same without a profile). Needs root and perf (Debian's linux-perf).
 #
-#   sudo scripts/profile_cost.sh          # MIB=8192 OUT=target/profile TOP=8 (lines per list)
+#   sudo scripts/profile_cost.sh          # MIB=8192 OUT=target/profile TOP=8 (lines per list) FREQ=99 (Hz)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mib=${MIB:-8192}
@@ -14,7 +14,7 @@ out=${OUT:-target/profile}
 mkdir -p "$out"
 command -v perf >/dev/null || { echo "perf not found (apt-get install linux-perf)" >&2; exit 1; }
 
-perf record -F 99 -a -g -k CLOCK_REALTIME -o "$out/perf.data" >/dev/null 2>"$out/perf.err" &
+perf record -F "${FREQ:-99}" -a -g -k CLOCK_REALTIME -o "$out/perf.data" >/dev/null 2>"$out/perf.err" &
 perf_pid=$!
 trap 'kill -INT "$perf_pid" 2>/dev/null || true' EXIT
 AWS_EC2_METADATA_DISABLED=true MODELFS_BENCH_MARKS=1 MODELFS_BENCH_ONLY=cost \
@@ -29,7 +29,9 @@ report() {
         grep -v '^#' | grep -v '^$' | head -"${TOP:-8}" || true
 }
 workloads=$(python3 -c 'import json,sys; [print(c["workload"], round(c["seconds"], 2)) for c in json.load(open(sys.argv[1]))["cases"] if "seconds" in c]' "$out/cost.json")
-paste <(echo "$workloads") <(grep 'measured window' "$out/bench.err" | awk '{print $3 "," $4}') |
+# The unmeasured link-limit warm-up reports a window too: pair the workloads with the last ones.
+paste <(echo "$workloads") <(grep 'measured window' "$out/bench.err" | awk '{print $3 "," $4}' |
+    tail -n "$(echo "$workloads" | wc -l)") |
 while read -r workload seconds window; do
     echo "== $workload: $seconds s"
     echo "-- samples by CPU and thread"
