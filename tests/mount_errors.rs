@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -136,6 +137,21 @@ fn unusable_cache_dir_and_busy_mountpoint_are_reported() {
     let mut cmd = mount_cmd(&server.endpoint, "s3://models", &mountpoint, true);
     cmd.arg("--cache-dir").arg(&not_a_dir);
     assert_fails(cmd, &mountpoint, &["cannot use cache directory"]);
+
+    // A cache directory inside one that others may write: they could swap it for a link.
+    let shared = dir.path().join("shared");
+    std::fs::create_dir_all(shared.join("cache")).expect("mkdir");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let mut cmd = mount_cmd(&server.endpoint, "s3://models", &mountpoint, true);
+    cmd.arg("--cache-dir").arg(shared.join("cache"));
+    assert_fails(
+        cmd,
+        &mountpoint,
+        &[
+            "is on the way to the cache directory",
+            "writable by group or others",
+        ],
+    );
 
     let first = common::mount::Mount::new(&server.endpoint, "s3://models", &[]);
     let cmd = mount_cmd(&server.endpoint, "s3://models", &first.path, true);

@@ -51,6 +51,7 @@ pub mod lock;
 pub mod safe_dir;
 mod space;
 mod span_writer;
+mod trusted_path;
 mod verification;
 pub mod verify_scheduler;
 
@@ -625,7 +626,7 @@ fn private_subdir(parent: &Dir, name: &str, create: bool) -> io::Result<Dir> {
 /// The entries directory of the existing cache at `root`, checked like
 /// [`DiskCache::open`] checks it (for `modelfs cache` commands, which create nothing).
 pub fn open_objects(root: &Path) -> io::Result<Dir> {
-    let root_dir = Dir::open_path(root)?;
+    let root_dir = trusted_path::open_checked_path(root, false)?;
     root_dir.check_private()?;
     let v1 = private_subdir(&root_dir, "v1", false)?;
     private_subdir(&v1, "objects", false)

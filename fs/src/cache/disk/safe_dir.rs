@@ -67,6 +67,11 @@ impl Stat {
     pub fn is_dir(&self) -> bool {
         self.mode & libc::S_IFMT == libc::S_IFDIR
     }
+
+    /// A symbolic link.
+    pub fn is_link(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFLNK
+    }
 }
 
 /// An open directory; its path is kept for messages only.
@@ -119,20 +124,10 @@ impl Dir {
 
     /// Opens the cache directory at `path`, creating it (0700, parents too) if missing, and
     /// checks it is a directory (not a link to one) owned by this process's user and
-    /// writable by no one else. Refuses it otherwise, and never changes its mode.
+    /// writable by no one else, reached through directories only root or this user can
+    /// change (see `trusted_path`). Refuses it otherwise, and never changes its mode.
     pub fn open_cache_root(path: &Path) -> io::Result<Dir> {
-        use std::os::unix::fs::DirBuilderExt;
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(parent)?;
-        }
-        match std::fs::DirBuilder::new().mode(0o700).create(path) {
-            Err(e) if e.kind() != ErrorKind::AlreadyExists => return Err(e),
-            _ => {}
-        }
-        let dir = Dir::open_path(path).map_err(|e| {
+        let dir = super::trusted_path::open_checked_path(path, true).map_err(|e| {
             if is_foreign(&e) {
                 io::Error::new(
                     ErrorKind::InvalidInput,
@@ -214,6 +209,37 @@ impl Dir {
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
             path: self.path.join(name),
         })
+    }
+
+    /// Opens this directory's parent (`..`, as the kernel resolves it: the physical one).
+    pub fn open_parent(&self) -> io::Result<Dir> {
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: valid dirfd and NUL-terminated name; the returned fd is owned below.
+        let fd = check(unsafe { libc::openat(self.fd.as_raw_fd(), c"..".as_ptr(), flags) })?;
+        Ok(Dir {
+            // SAFETY: `fd` was just opened and is owned by nobody else.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            path: self.path.parent().unwrap_or(&self.path).to_path_buf(),
+        })
+    }
+
+    /// The target of the symbolic link `name`.
+    pub fn read_link(&self, name: &str) -> io::Result<PathBuf> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = component(name)?;
+        let mut buf = vec![0u8; libc::PATH_MAX as usize];
+        // SAFETY: valid dirfd and name; `buf` is writable for its whole length.
+        let len = unsafe {
+            libc::readlinkat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        let len = usize::try_from(len).map_err(|_| io::Error::last_os_error())?;
+        buf.truncate(len);
+        Ok(PathBuf::from(std::ffi::OsStr::from_bytes(&buf)))
     }
 
     /// Creates the subdirectory `name` (0700); fails if the name exists in any form.
