@@ -19,7 +19,9 @@ pub struct ServeArgs {
     #[arg(long, default_value = "512MiB", value_parser = parse_size)]
     pub memory_cache_size: u64,
     /// Directory of the persistent disk cache, shared by every modelfs process and volume on
-    /// the node (e.g. the instance store). Without it, only the memory cache is used.
+    /// the node (e.g. the instance store). Without it, only the memory cache is used. It must
+    /// be owned by modelfs's user and writable by no one else, and every directory above it
+    /// changeable only by root or that user.
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
     /// Disk cache limit: bytes (`50GiB`), a share of the disk (`80%`), or `free:N%` to grow
