@@ -24,19 +24,18 @@ impl VerifyScheduler {
         if entry.is_verified() || !entry.start_verification() {
             return;
         }
-        let (disk, entry, running) = (disk.clone(), entry.clone(), self.running.clone());
-        running.fetch_add(1, Ordering::AcqRel);
+        let (disk, entry, running) = (disk.clone(), entry.clone(), self.pending());
         tokio::task::spawn_blocking(move || {
             let complete = entry.entry.is_complete().unwrap_or(false);
             let verified = complete && disk.verify_complete(&entry);
             tracing::debug!(key = %entry.entry.id.key, complete, verified, "cache entry checked");
             entry.end_verification();
-            running.fetch_sub(1, Ordering::AcqRel);
+            drop(running);
         });
     }
 
-    /// Counts a verification about to start (the question it waits for is out) as running
-    /// until the returned guard is dropped, so [`VerifyScheduler::wait`] waits for it too.
+    /// Counts a verification (running, or about to start once the question it waits for is
+    /// answered) until the returned guard is dropped; [`VerifyScheduler::wait`] waits for it.
     pub fn pending(&self) -> PendingVerification {
         self.running.fetch_add(1, Ordering::AcqRel);
         PendingVerification {
@@ -53,7 +52,7 @@ impl VerifyScheduler {
     }
 }
 
-/// A verification counted as running before it starts ([`VerifyScheduler::pending`]).
+/// A verification counted as running ([`VerifyScheduler::pending`]).
 #[derive(Debug)]
 pub struct PendingVerification {
     running: Arc<AtomicUsize>,
