@@ -200,27 +200,25 @@ impl Dir {
 
     /// Opens the subdirectory `name`; a link there is an error (`ELOOP`/`ENOTDIR`).
     pub fn open_dir(&self, name: &str) -> io::Result<Dir> {
-        let c = component(name)?;
+        self.open_dir_at(&component(name)?, self.path.join(name))
+    }
+
+    /// Opens the directory `name` names here, not following a link; `path` is for messages.
+    fn open_dir_at(&self, name: &CStr, path: PathBuf) -> io::Result<Dir> {
         let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
         // SAFETY: valid dirfd and NUL-terminated name; the returned fd is owned below.
-        let fd = check(unsafe { libc::openat(self.fd.as_raw_fd(), c.as_ptr(), flags) })?;
+        let fd = check(unsafe { libc::openat(self.fd.as_raw_fd(), name.as_ptr(), flags) })?;
         Ok(Dir {
             // SAFETY: `fd` was just opened and is owned by nobody else.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
-            path: self.path.join(name),
+            path,
         })
     }
 
     /// Opens this directory's parent (`..`, as the kernel resolves it: the physical one).
     pub fn open_parent(&self) -> io::Result<Dir> {
-        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-        // SAFETY: valid dirfd and NUL-terminated name; the returned fd is owned below.
-        let fd = check(unsafe { libc::openat(self.fd.as_raw_fd(), c"..".as_ptr(), flags) })?;
-        Ok(Dir {
-            // SAFETY: `fd` was just opened and is owned by nobody else.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-            path: self.path.parent().unwrap_or(&self.path).to_path_buf(),
-        })
+        let path = self.path.parent().unwrap_or(&self.path).to_path_buf();
+        self.open_dir_at(c"..", path)
     }
 
     /// The target of the symbolic link `name`.

@@ -53,9 +53,13 @@ pub fn open_checked_path(path: &Path, create: bool) -> io::Result<Dir> {
             }
         }
         let next = match dir.open_dir(&name) {
-            Err(e) if is_foreign(&e) && !last && dir.stat(&name)?.is_link() => {
+            Err(e) if is_foreign(&e) && !last => {
+                let stat = dir.stat(&name)?;
+                if !stat.is_link() {
+                    return Err(e);
+                }
                 links += 1;
-                let target = trusted_link(&dir, &name, links)?;
+                let target = trusted_link(&dir, &name, stat.uid, links)?;
                 if target.is_absolute() {
                     dir = Dir::open_path(Path::new("/"))?;
                 }
@@ -85,8 +89,8 @@ fn names_of(path: &Path) -> VecDeque<OsString> {
         .collect()
 }
 
-/// The target of the link `name` in `dir`, if root or this user owns the link.
-fn trusted_link(dir: &Dir, name: &str, links: u32) -> io::Result<PathBuf> {
+/// The target of the link `name` in `dir`, if its owner (`owner`) is root or this user.
+fn trusted_link(dir: &Dir, name: &str, owner: u32, links: u32) -> io::Result<PathBuf> {
     let path = dir.path().join(name);
     if links > MAX_LINKS {
         return Err(io::Error::new(
@@ -94,7 +98,6 @@ fn trusted_link(dir: &Dir, name: &str, links: u32) -> io::Result<PathBuf> {
             format!("too many symbolic links on the way to {}", path.display()),
         ));
     }
-    let owner = dir.stat(name)?.uid;
     if !trusted_owner(owner) {
         return Err(refused(
             &path,
