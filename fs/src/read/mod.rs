@@ -16,6 +16,7 @@
 //!
 //! Cache keys include the ETag, so a block of one version is never served for another.
 
+mod block_buffers;
 mod fetch;
 mod header_scan;
 pub mod load_detect;
@@ -48,6 +49,11 @@ pub const HEADER_PROBE: u64 = 64 << 10;
 /// Most FUSE reads the kernel sends at once (the mount's `max_background`); each holds a
 /// reply of up to 1 MiB.
 pub const MAX_READS_IN_FLIGHT: u64 = 64;
+
+/// Unused block buffers kept for the next blocks a streamed load collects (see
+/// `block_buffers`): enough for the bursts between a stream's blocks landing and the memory
+/// tier letting older ones go.
+pub const SPARE_BLOCK_BUFFERS: u64 = 32;
 
 /// The start of a safetensors file, kept in memory: where its header ends, and its first
 /// bytes (the header, or the whole probe when that is longer, since the kernel's reads
@@ -89,11 +95,11 @@ impl Default for ReadConfig {
 }
 
 impl ReadConfig {
-    /// Most bytes in flight outside the memory tier: one sweep span per background slot,
-    /// plus a reply buffer for each of the kernel's [`MAX_READS_IN_FLIGHT`] reads.
+    /// Most bytes outside the memory tier: one sweep span per background slot, a reply buffer
+    /// for each of the kernel's [`MAX_READS_IN_FLIGHT`] reads, and the spare block buffers.
     pub fn in_flight_bytes(&self) -> u64 {
         self.prefetch_concurrency as u64 * sweep_plan::SPAN_BLOCKS * self.block_size
-            + MAX_READS_IN_FLIGHT * self.block_size
+            + (MAX_READS_IN_FLIGHT + SPARE_BLOCK_BUFFERS) * self.block_size
     }
 
     /// What the memory tier may hold: the memory budget less the bytes in flight, so the

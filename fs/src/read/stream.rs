@@ -3,7 +3,8 @@
 //! When a model being loaded cannot be stored beside the entries in use
 //! ([`DiskCache::admit`](crate::cache::DiskCache::admit)), none of it is written: a sweep like
 //! the disk one (the same [`SweepPlan`]: file order from the read that showed the load, name
-//! order for a load by name) fetches its blocks in 8 MiB GETs into memory, at most
+//! order for a load by name) fetches its blocks in 8 MiB GETs into reused buffers
+//! ([`BlockBuffers`]), at most
 //! [`lead_spans`] spans ahead of the readers. A block fetched ahead is held by the stream,
 //! outside the LRU memory tier, until all its bytes have been read (it then goes to the tier,
 //! like any block read), so no other traffic pushes it out before its reader comes: each
@@ -26,9 +27,10 @@ use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::block_buffers::{BlockBuffer, BlockBuffers};
 use super::fetch::Fetcher;
 use super::sweep_plan::SweepPlan;
 use super::{Loading, OpenObject};
@@ -39,10 +41,11 @@ use crate::store::ObjectVersion;
 /// memory tier (its readers may never come).
 pub const STALL: Duration = Duration::from_secs(5);
 
-/// Spans a stream may have in flight or held at once: half the background slots, so one
-/// streamed load keeps the link busy and leaves slots to the others.
+/// Spans a stream may have in flight or held at once: every background slot, since its spans
+/// keep their places until read and fewer than the lead are downloading. Another load's sweep
+/// takes slots as this one's spans are read.
 pub fn lead_spans(prefetch_concurrency: usize) -> usize {
-    (prefetch_concurrency / 2).max(1)
+    prefetch_concurrency.max(1)
 }
 
 /// What a span fetched ahead holds until its blocks have been read: its background slot (its
@@ -203,14 +206,21 @@ pub struct BlockCollector {
     block_size: u64,
     /// Object offset of the next byte expected.
     at: u64,
-    block: BytesMut,
+    buffers: Arc<BlockBuffers>,
+    block: Option<BlockBuffer>,
     /// Blocks returned so far, from the span's first.
     returned: u64,
 }
 
 impl BlockCollector {
-    /// A collector for the blocks `blocks` of an object of `size` bytes.
-    pub fn new(blocks: std::ops::Range<u64>, block_size: u64, size: u64) -> BlockCollector {
+    /// A collector for the blocks `blocks` of an object of `size` bytes, into buffers from
+    /// `buffers`.
+    pub fn new(
+        blocks: std::ops::Range<u64>,
+        block_size: u64,
+        size: u64,
+        buffers: &Arc<BlockBuffers>,
+    ) -> BlockCollector {
         let start = blocks.start * block_size;
         BlockCollector {
             first: blocks.start,
@@ -218,7 +228,8 @@ impl BlockCollector {
             end: (blocks.end * block_size).min(size),
             block_size,
             at: start,
-            block: BytesMut::new(),
+            buffers: buffers.clone(),
+            block: None,
             returned: 0,
         }
     }
@@ -234,7 +245,9 @@ impl BlockCollector {
     pub fn push(&mut self, at: u64, piece: &[u8]) -> Result<Vec<(u64, Bytes)>, String> {
         if at == self.start {
             self.at = self.start;
-            self.block.clear();
+            if let Some(block) = &mut self.block {
+                block.clear();
+            }
         }
         if at != self.at || at + piece.len() as u64 > self.end {
             return Err(format!(
@@ -251,14 +264,14 @@ impl BlockCollector {
             let index = self.at / self.block_size;
             let block_end = ((index + 1) * self.block_size).min(self.end);
             let take = rest.len().min((block_end - self.at) as usize);
-            if self.block.is_empty() {
-                self.block.reserve((block_end - self.at) as usize);
-            }
-            self.block.extend_from_slice(&rest[..take]);
+            let mut block = self.block.take().unwrap_or_else(|| self.buffers.take());
+            block.extend_from_slice(&rest[..take]);
             self.at += take as u64;
             rest = &rest[take..];
-            if self.at == block_end {
-                let bytes = std::mem::take(&mut self.block).freeze();
+            if self.at < block_end {
+                self.block = Some(block);
+            } else {
+                let bytes = block.freeze();
                 if index >= self.first + self.returned {
                     self.returned += 1;
                     done.push((index, bytes));
@@ -405,9 +418,10 @@ mod tests {
 
     #[test]
     fn collected_blocks_are_whole_and_returned_once_across_a_retry() {
+        let buffers = BlockBuffers::new(1000, 4);
         let data: Vec<u8> = (0..2500u32).map(|i| i as u8).collect();
         // Blocks 1..3 of a 2500-byte object in blocks of 1000: bytes 1000..2500.
-        let mut c = BlockCollector::new(1..3, 1000, 2500);
+        let mut c = BlockCollector::new(1..3, 1000, 2500, &buffers);
         assert_eq!(c.range(), 1000..2500);
         assert!(c.push(1000, &data[1000..1400]).unwrap().is_empty());
         let got = c.push(1400, &data[1400..2100]).unwrap();
@@ -421,7 +435,7 @@ mod tests {
             c.push(1500, &data[1500..1600]).is_err(),
             "a gap is an error"
         );
-        let mut c = BlockCollector::new(1..3, 1000, 2500);
+        let mut c = BlockCollector::new(1..3, 1000, 2500, &buffers);
         c.push(1000, &data[1000..2000]).unwrap();
         // Retried from the start: block 1 is not returned again, block 2 is.
         let got = c.push(1000, &data[1000..2500]).unwrap();

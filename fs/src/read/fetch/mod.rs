@@ -27,8 +27,10 @@ use crate::cache::disk::CacheEntry;
 pub use crate::cache::Priority;
 use crate::cache::{BlockKey, DiskCache, Lookup, MemoryTier, Tiers};
 use crate::error::FsError;
+use crate::read::block_buffers::BlockBuffers;
 use crate::read::span_size::SpanSize;
 use crate::read::stream::Stream;
+use crate::read::SPARE_BLOCK_BUFFERS;
 use crate::store::{ObjectStore, ObjectVersion};
 use in_flight::InFlightTable;
 
@@ -44,6 +46,8 @@ pub struct SharedTiers {
     block_size: u64,
     background_slots: Arc<Semaphore>,
     in_flight: InFlightTable,
+    /// Buffers for the blocks streamed loads collect.
+    buffers: Arc<BlockBuffers>,
     /// Streamed loads (files the disk cache cannot hold) in progress, one per version.
     streams: Arc<Mutex<HashMap<VersionKey, Weak<Stream>>>>,
     /// Versions whose streamed load has been warned about (once each).
@@ -73,6 +77,7 @@ impl SharedTiers {
             block_size: config.block_size,
             background_slots: Arc::new(Semaphore::new(config.prefetch_concurrency.max(1))),
             in_flight: InFlightTable::default(),
+            buffers: BlockBuffers::new(config.block_size, SPARE_BLOCK_BUFFERS as usize),
             streams: Arc::default(),
             warned_too_small: Arc::default(),
         }

@@ -468,7 +468,12 @@ impl Fetcher {
         for _ in blocks.clone() {
             crate::metrics::metrics().fetched_block(priority.label());
         }
-        let mut blocks = BlockCollector::new(blocks, self.tiers.block_size, version.size);
+        let mut blocks = BlockCollector::new(
+            blocks,
+            self.tiers.block_size,
+            version.size,
+            &self.tiers.buffers,
+        );
         let range = blocks.range();
         let mut sink = |at: u64, piece: &[u8]| {
             let done = blocks
