@@ -1543,6 +1543,15 @@ fn cost_disk_need(fx: &Fixture, mib: u64) -> u64 {
     store + mib * MIB + DISK_MARGIN
 }
 
+/// One unmeasured link-limit `cat` of the `mib` MiB model: the first run after the object is
+/// seeded met the endpoint's slow copies (4-5x its CPU per GiB) in about half the tries, and
+/// never a later run.
+fn warm_up_endpoint(fx: &Fixture, mib: u64, section: &str) {
+    if let Err(e) = run_case(fx, System::Limit, Mode::Cold, Workload::Seq1M, mib) {
+        eprintln!("{section}, {mib} MiB: warm-up run failed: {e}");
+    }
+}
+
 /// Caches earlier cases left behind, removed before a size that needs the room.
 fn remove_leftover_caches(fx: &Fixture) {
     for dir in ["cache-modelfs", "cache-mp", "cache-small"] {
@@ -1587,11 +1596,7 @@ fn cost_cases(
             continue;
         }
         seed_big(&fx.server, None, mib);
-        // Unmeasured: the first run after the object is seeded met the endpoint's slow copies
-        // (4-5x its CPU per GiB) in about half the tries, and never a later run.
-        if let Err(e) = run_case(fx, System::Limit, Mode::Cold, Workload::Seq1M, mib) {
-            eprintln!("cost, {mib} MiB: warm-up run failed: {e}");
-        }
+        warm_up_endpoint(fx, mib, "cost");
         for w in todo {
             for system in [System::Modelfs, System::Mountpoint, System::Limit]
                 .into_iter()
@@ -1964,6 +1969,9 @@ fn report_mode(out_path: &Path) {
             .is_none_or(|s| s.iter().any(|x| x == system.name()))
     };
     let mib = fx.config.model_mib;
+    if WORKLOADS.iter().any(|w| fx.config.chosen(w.id())) {
+        warm_up_endpoint(&fx, mib, "workloads");
+    }
     for w in WORKLOADS {
         if !fx.config.chosen(w.id()) {
             continue;
