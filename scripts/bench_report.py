@@ -406,9 +406,10 @@ def main():
       f" Each workload cell is the median of {meta.get('repeat', 1)} runs, the systems' runs interleaved"
       " (A B C A B C …) so the machine's drift hits all alike (every run's time is in the JSON);"
       f" a run still going after {meta['deadline_s']} s is cut, not repeated, and shown as `> N s` with the"
-      " rate of the part it did. The cost and fleet sections are one run per cell; at each cost size"
-      " an unmeasured link-limit `cat` of the model runs first (the first run after the model is"
-      " seeded met the endpoint's slow copies, 4-5x its CPU per GiB, in about half the tries).")
+      " rate of the part it did. The cost and fleet sections are one run per cell. Before the workload"
+      " tables and at each cost size an unmeasured link-limit `cat` of the model runs first (the first"
+      " run after the model is seeded met the endpoint's slow copies, 4-5x its CPU per GiB, in about"
+      " half the tries; until 2026-12-06 the workload tables' first run paid them).")
     w("- Ratios are rate ÷ rate: `vs mountpoint-s3` > 1 means faster than mountpoint-s3;"
       " `vs limit` is the share of the link limit (cold) or of the local file (warm). Daemon CPU = user +"
       " system time of the FUSE daemon's process during the measured run (from `/proc`), per GiB the"
