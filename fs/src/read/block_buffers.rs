@@ -68,11 +68,6 @@ impl BlockBuffer {
         self.bytes.extend_from_slice(piece);
     }
 
-    /// Forgets what it holds (a retried download starts the block again).
-    pub fn clear(&mut self) {
-        self.bytes.clear();
-    }
-
     /// The block's bytes.
     pub fn freeze(self) -> Bytes {
         Bytes::from_owner(self)

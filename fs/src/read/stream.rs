@@ -245,9 +245,8 @@ impl BlockCollector {
     pub fn push(&mut self, at: u64, piece: &[u8]) -> Result<Vec<(u64, Bytes)>, String> {
         if at == self.start {
             self.at = self.start;
-            if let Some(block) = &mut self.block {
-                block.clear();
-            }
+            // The unfinished block's buffer goes back to the pool.
+            self.block = None;
         }
         if at != self.at || at + piece.len() as u64 > self.end {
             return Err(format!(
